@@ -1,0 +1,6 @@
+"""napari-scan-classifier: classify CT/MRI scans with a CNN, explain, annotate and fine-tune."""
+
+from napari_scan_classifier.volume import Volume
+
+__version__ = "0.1.0"
+__all__ = ["Volume", "__version__"]

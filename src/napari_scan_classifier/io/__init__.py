@@ -1,0 +1,53 @@
+"""Reading and writing scans. Every reader returns :class:`~napari_scan_classifier.volume.Volume`s
+in the package's world convention; nothing here imports napari or Qt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from napari_scan_classifier.errors import UnreadableScanError
+from napari_scan_classifier.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a load, and why (shown to the user; names the file, never the patient)."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path.name}: {self.reason}"
+
+
+@dataclass
+class LoadResult:
+    """The volumes found under a path, plus the files that could not be used."""
+
+    volumes: list[Volume]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def load_scans(path: str | Path) -> LoadResult:
+    """Load every scan under ``path``: a NIfTI file, a DICOM file, or a folder of DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableScanError(f"{path.name}: no such file or folder")
+    if path.is_file() and is_nifti(path):
+        from napari_scan_classifier.io.nifti import load_nifti
+
+        return LoadResult([load_nifti(path)])
+    from napari_scan_classifier.io.dicom import load_dicom
+
+    return load_dicom(path)
+
+
+__all__ = ["LoadResult", "SkippedFile", "is_nifti", "load_scans"]
