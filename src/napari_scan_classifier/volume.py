@@ -131,7 +131,7 @@ class Volume:
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
         if self.voxels.ndim not in (3, 4):
-            raise ValueError(f"voxels must be 3D (z, y, x) or 4D (t, z, y, x), got {self.voxels.shape}")
+            raise ValueError(f"voxels must be (z, y, x) or (t, z, y, x), got {self.voxels.shape}")
         unsafe = set(self.metadata) - SAFE_METADATA_KEYS
         if unsafe:
             raise ValueError(f"metadata keys not on the de-identified allow-list: {sorted(unsafe)}")
@@ -176,7 +176,7 @@ class Volume:
         return zyx_to_nifti_affine(self.affine)
 
     def with_voxels(self, voxels: np.ndarray, **metadata: Any) -> Volume:
-        """A volume on the same grid with other voxels (a mask, a saliency map, a probability map)."""
+        """A volume on the same grid with other voxels (a mask, a saliency or probability map)."""
         if voxels.shape[-3:] != self.shape:
             raise ValueError(f"voxels of shape {voxels.shape} are not on this {self.shape} grid")
         return replace(self, voxels=voxels, metadata={**self.metadata, **metadata})

@@ -1,0 +1,119 @@
+"""NIfTI-1/-2 (.nii, .nii.gz), 3D and 4D, through nibabel.
+
+NIfTI stores voxels as (i, j, k[, t]) with an (i, j, k) -> RAS affine; we transpose to (z, y, x)
+or (t, z, y, x) and convert the affine to the package's world frame (see ``volume.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from napari_scan_classifier.errors import UnreadableScanError
+from napari_scan_classifier.volume import Volume, nifti_to_zyx_affine
+
+# NIfTI intent/description fields are free text; we only keep what we wrote ourselves.
+_MODALITY_PREFIX = "modality="
+
+
+def _best_affine(image: nib.Nifti1Image | nib.Nifti2Image) -> np.ndarray:
+    """sform when it is set, else qform, else the header's fallback (as nibabel and ITK choose)."""
+    sform, sform_code = image.header.get_sform(coded=True)
+    if sform is not None and int(sform_code) > 0:
+        return sform
+    qform, qform_code = image.header.get_qform(coded=True)
+    if qform is not None and int(qform_code) > 0:
+        return qform
+    return image.header.get_best_affine()
+
+
+def _modality_from_header(header: nib.Nifti1Header) -> str:
+    description = bytes(header["descrip"]).split(b"\x00", 1)[0].decode("ascii", "replace")
+    for token in description.split(";"):
+        if token.startswith(_MODALITY_PREFIX):
+            return token[len(_MODALITY_PREFIX) :].strip() or "OT"
+    return "OT"
+
+
+def _to_zyx(data: np.ndarray) -> np.ndarray:
+    """(i, j, k[, t, ...]) -> (z, y, x) or (t, z, y, x); trailing dims beyond t fold into t."""
+    if data.ndim == 3:
+        return np.ascontiguousarray(data.transpose(2, 1, 0))
+    volumes = data.reshape(*data.shape[:3], -1)
+    return np.ascontiguousarray(volumes.transpose(3, 2, 1, 0))
+
+
+def load_nifti(path: str | Path) -> Volume:
+    """Read a .nii/.nii.gz file (NIfTI-1 or -2, 3D or 4D) as a Volume in world coordinates."""
+    path = Path(path)
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as error:
+        raise UnreadableScanError(f"{path.name}: no such file") from error
+    except Exception as error:  # nibabel raises many types for corrupt headers
+        raise UnreadableScanError(f"{path.name}: not a readable NIfTI file ({error})") from error
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise UnreadableScanError(f"{path.name}: not a NIfTI image")
+    if len(image.shape) < 3:
+        raise UnreadableScanError(f"{path.name}: a {len(image.shape)}D image, not a volume")
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError) as error:
+        raise UnreadableScanError(f"{path.name}: voxel data is truncated or corrupt") from error
+    spatial_zooms = image.header.get_zooms()[:3]
+    return Volume(
+        voxels=_to_zyx(data),
+        affine=nifti_to_zyx_affine(_best_affine(image)),
+        modality=_modality_from_header(image.header),
+        metadata={
+            "source_format": f"NIfTI-{2 if isinstance(image, nib.Nifti2Image) else 1}",
+            "slice_thickness": float(spatial_zooms[2]),
+        },
+    )
+
+
+def save_nifti(volume: Volume, path: str | Path) -> Path:
+    """Write a Volume (or a mask/map on its grid) as NIfTI-1, atomically, with its geometry.
+
+    The file's sform and qform both carry the affine, so other viewers overlay it exactly.
+    Only the modality is written to the header: no other metadata leaves the package.
+    """
+    path = Path(path)
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path.name}: a NIfTI file name must end in .nii or .nii.gz")
+    voxels = volume.voxels
+    data = voxels.transpose(2, 1, 0) if voxels.ndim == 3 else voxels.transpose(3, 2, 1, 0)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    image = nib.Nifti1Image(np.asarray(data), volume.nifti_affine())
+    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_sform(image.affine, code="scanner")
+    if _is_orthogonal(image.affine):
+        image.header.set_qform(image.affine, code="scanner")
+    else:  # a qform cannot hold shear (gantry tilt): leave it unset rather than approximate it
+        image.header.set_qform(None, code="unknown")
+    image.header["descrip"] = f"{_MODALITY_PREFIX}{volume.modality}"[:79].encode("ascii", "replace")
+    return _atomic_save(image, path)
+
+
+def _is_orthogonal(affine: np.ndarray) -> bool:
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.allclose(columns.T @ columns, np.eye(3), atol=1e-6))
+
+
+def _atomic_save(image: nib.Nifti1Image, path: Path) -> Path:
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
