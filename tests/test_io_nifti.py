@@ -110,6 +110,15 @@ def test_save_round_trip_keeps_geometry_and_values(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["roundtrip.nii.gz"]
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, bool, np.float16])
+def test_save_narrows_types_nifti_cannot_hold(tmp_path: Path, dtype: type) -> None:
+    labels = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
+    volume = Volume(labels, np.eye(4))
+    again = load_nifti(save_nifti(volume, tmp_path / "labels.nii.gz"))
+    np.testing.assert_array_equal(again.voxels, labels.astype(again.voxels.dtype))
+    np.testing.assert_array_equal(again.voxels.astype(np.float64), labels.astype(np.float64))
+
+
 def test_save_orthogonal_writes_matching_qform(tmp_path: Path) -> None:
     volume = Volume(np.zeros((3, 4, 5), np.int16), np.diag([3.0, 1.0, 1.0, 1.0]))
     path = save_nifti(volume, tmp_path / "ortho.nii")

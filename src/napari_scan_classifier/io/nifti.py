@@ -87,9 +87,7 @@ def save_nifti(volume: Volume, path: str | Path) -> Path:
         raise ValueError(f"{path.name}: a NIfTI file name must end in .nii or .nii.gz")
     voxels = volume.voxels
     data = voxels.transpose(2, 1, 0) if voxels.ndim == 3 else voxels.transpose(3, 2, 1, 0)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    image = nib.Nifti1Image(np.asarray(data), volume.nifti_affine())
+    image = nib.Nifti1Image(_nifti_storable(np.asarray(data)), volume.nifti_affine())
     image.header.set_xyzt_units("mm", "sec")
     image.header.set_sform(image.affine, code="scanner")
     if _is_orthogonal(image.affine):
@@ -98,6 +96,22 @@ def save_nifti(volume: Volume, path: str | Path) -> Path:
         image.header.set_qform(None, code="unknown")
     image.header["descrip"] = f"{_MODALITY_PREFIX}{volume.modality}"[:79].encode("ascii", "replace")
     return _atomic_save(image, path)
+
+
+def _nifti_storable(data: np.ndarray) -> np.ndarray:
+    """NIfTI has no bool, float16 or (in nibabel) 64-bit integer voxels: narrow them losslessly."""
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
+        low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        for narrower in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(narrower)
+            if info.min <= low and high <= info.max:
+                return data.astype(narrower)
+        return data.astype(np.float64)
+    return data
 
 
 def _is_orthogonal(affine: np.ndarray) -> bool:
