@@ -1,0 +1,1 @@
+"""Dock widgets contributed through ``napari.yaml``."""
