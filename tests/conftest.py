@@ -2,7 +2,14 @@
 
 import os
 
-# Headless machines run Qt offscreen. Where a display exists (a desktop, or ``xvfb-run``) Qt uses
-# it, so the tests that check rendered pixels can run.
-if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Use the virtual display pytest-xvfb started (OpenGL works there); else Qt offscreen.
+
+    Offscreen Qt has no OpenGL, so tests that render (or add layers to a Qt viewer) skip there.
+    """
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

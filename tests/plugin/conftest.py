@@ -14,12 +14,23 @@ from napari.utils.notifications import Notification, notification_manager
 from scan_files import DicomSeries, write_ct_series
 
 
+def _opengl_available() -> bool:
+    from qtpy.QtGui import QOpenGLContext
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    return app is not None and app.platformName() != "offscreen" and QOpenGLContext().create()
+
+
 @pytest.fixture
-def viewer() -> ViewerModel:
-    """napari's viewer without its window: open/save run napari's own code and our installed
-    manifest, and need no OpenGL (which a display-less offscreen Qt cannot give a canvas)."""
+def viewer(make_napari_viewer, qapp) -> ViewerModel:  # noqa: ANN001 (pytest fixtures)
+    """A real napari viewer (Qt window, canvas) wherever OpenGL exists, as under pytest-xvfb in CI.
+
+    Offscreen Qt cannot give a canvas OpenGL; there the same open/save code runs on napari's
+    window-less ViewerModel instead, so the reader and writer are still tested.
+    """
     npe2.PluginManager.instance().discover()
-    return ViewerModel()
+    return make_napari_viewer() if _opengl_available() else ViewerModel()
 
 
 @pytest.fixture
