@@ -22,6 +22,7 @@ or :meth:`Volume.nifti_affine`, rather than flipping signs by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import permutations
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,18 @@ class Volume:
     def nifti_affine(self) -> np.ndarray:
         """The (i, j, k) -> RAS affine of ``voxels`` transposed to (x, y, z), for NIfTI files."""
         return zyx_to_nifti_affine(self.affine)
+
+    def world_aligned(self) -> Volume:
+        """The same scan with data axis i the one running closest to world axis i (a view).
+
+        Viewers that slice along data axes (napari) need this for sagittal and coronal
+        acquisitions; the geometry is unchanged, only the axis order and affine columns permute.
+        """
+        cosines = np.abs(self.affine[:3, :3]) / np.linalg.norm(self.affine[:3, :3], axis=0)
+        order = max(permutations(range(3)), key=lambda p: sum(cosines[i, p[i]] for i in range(3)))
+        lead = self.voxels.ndim - 3
+        voxels = self.voxels.transpose(*range(lead), *(lead + axis for axis in order))
+        return replace(self, voxels=voxels, affine=self.affine[:, [*order, 3]])
 
     def with_voxels(self, voxels: np.ndarray, **metadata: Any) -> Volume:
         """A volume on the same grid with other voxels (a mask, a saliency or probability map)."""

@@ -11,7 +11,6 @@ widgets get the scan back without re-reading it.
 
 from __future__ import annotations
 
-from itertools import permutations
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,7 +52,8 @@ DEFAULT_CT_WINDOW = CT_WINDOWS["soft tissue"]
 def volume_to_layer_data(volume: Volume) -> FullLayerData:
     """An image LayerDataTuple placing ``volume`` in world mm, named from safe fields only."""
     metadata = {**volume.metadata, VOLUME_KEY: volume}
-    voxels, affine = _world_aligned(volume)
+    aligned = volume.world_aligned()
+    voxels, affine = aligned.voxels, aligned.affine
     kwargs: dict[str, Any] = {
         "name": volume.display_name(),
         "affine": _layer_affine(affine, voxels.ndim),
@@ -115,15 +115,6 @@ def _percentile_limits(voxels: np.ndarray) -> tuple[float, float]:
     sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)]
     low, high = (float(v) for v in np.nanpercentile(sample, [1, 99.5]))
     return (low, high) if high > low else (low, low + 1)
-
-
-def _world_aligned(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels (a view) and affine with data axis i the one running closest to world axis i."""
-    cosines = np.abs(volume.affine[:3, :3]) / np.linalg.norm(volume.affine[:3, :3], axis=0)
-    order = max(permutations(range(3)), key=lambda p: sum(cosines[i, p[i]] for i in range(3)))
-    lead = volume.voxels.ndim - 3
-    voxels = volume.voxels.transpose(*range(lead), *(lead + axis for axis in order))
-    return voxels, volume.affine[:, [*order, 3]]
 
 
 def _layer_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
