@@ -1,0 +1,90 @@
+"""Time loading a CT series with napari-scan-classifier and with SimpleITK (medians, ratio).
+
+Writes a 512x512x300 int16 CT series (one file per slice, via ``dicom_write``) to a temporary
+folder, then alternates the two loaders several times in this one process so both see the same
+warm file cache. SimpleITK reads the way its docs show: ``GetGDCMSeriesFileNames`` then an
+``ImageSeriesReader``, and the voxels are taken as a NumPy view (no extra copy).
+
+    python benchmarks/bench_io.py [--slices 300] [--size 512] [--runs 9] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK
+
+from napari_scan_classifier.io.dicom import load_dicom
+from napari_scan_classifier.io.dicom_write import write_series
+from napari_scan_classifier.volume import Volume, lps_to_world
+
+
+def make_series(folder: Path, slices: int, size: int) -> np.ndarray:
+    """A CT-like volume (HU from -1024 to ~2000) written as one file per slice."""
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 2000, size=(slices, size, size), dtype=np.int16)
+    affine_lps = np.array([[0, 0, 0.7, -180], [0, 0.7, 0, -180], [1.25, 0, 0, -300], [0, 0, 0, 1]])
+    write_series(
+        Volume(hu, lps_to_world(affine_lps), modality="CT"), folder, series_description="benchmark"
+    )
+    return hu
+
+
+def load_ours(folder: Path, workers: int | None) -> np.ndarray:
+    result = load_dicom(folder, max_workers=workers)
+    return result.volumes[0].voxels
+
+
+def load_sitk(folder: Path) -> SimpleITK.Image:
+    reader = SimpleITK.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def timed(load, *args):
+    start = time.perf_counter()
+    result = load(*args)
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--workers", type=int, help="thread pool size (default: automatic)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        print(f"writing {args.slices} slices of {args.size}x{args.size} int16 ...", flush=True)
+        truth = make_series(folder, args.slices, args.size)
+        ours, theirs = [], []
+        for _ in range(args.runs):
+            seconds, voxels = timed(load_ours, folder, args.workers)
+            ours.append(seconds)
+            seconds, image = timed(load_sitk, folder)
+            theirs.append(seconds)
+        reference = SimpleITK.GetArrayViewFromImage(image)  # a view: `image` must stay alive
+        if not (np.array_equal(voxels, truth) and np.array_equal(reference, truth)):
+            raise SystemExit("the loaders disagree with the written volume")
+    report("napari-scan-classifier", ours)
+    report("SimpleITK", theirs)
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    print(f"ratio of medians, ours / SimpleITK: {ratio:.2f} (below 1 = faster)")
+
+
+def report(name: str, seconds: list[float]) -> None:
+    runs = ", ".join(f"{s:.3f}" for s in seconds)
+    print(
+        f"{name:<22}: median {statistics.median(seconds):.3f} s, best {min(seconds):.3f} s "
+        f"(runs: {runs})"
+    )
+
+
+if __name__ == "__main__":
+    main()
