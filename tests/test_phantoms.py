@@ -316,11 +316,6 @@ def test_sample_nifti_is_byte_for_byte_reproducible(sample_dir, second_sample_di
     assert (sample_dir / name).read_bytes() == (second_sample_dir / name).read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="io.dicom_write.write_series still draws random SOP and frame-of-reference UIDs, "
-    "stamps today's date and names files at random; regenerating the samples churns git",
-)
 def test_sample_dicom_is_byte_for_byte_reproducible(sample_dir, second_sample_dir):
     def files(folder: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted((folder / "ct_phantom").iterdir())}

@@ -7,10 +7,11 @@ tilt, other transfer syntaxes) whose every pixel position the reader must recove
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from napari_scan_classifier.volume import Volume, world_to_lps
 
 _SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 _INT16 = np.iinfo(np.int16)
+_REPRODUCIBLE_DATE = "20000101"
 
 
 @dataclass(frozen=True)
@@ -101,24 +103,27 @@ def slice_dataset(
     window: tuple[float, float] | None = None,
     bits_stored: int | None = None,
     body_part: str | None = None,
+    sop_uid: str | None = None,
+    content_date: str | None = None,
 ) -> FileDataset:
     """One single-frame CT/MR image holding ``pixels`` (stored values, 2D integer array).
 
     ``rescale`` is (slope, intercept); ``position`` is the LPS IPP of pixel (0, 0) and
-    ``pixel_spacing`` is DICOM's (row spacing, column spacing).
+    ``pixel_spacing`` is DICOM's (row spacing, column spacing). ``sop_uid`` and ``content_date``
+    default to a fresh UID and today; fix them for byte-identical output.
     """
     if modality not in _SOP_CLASSES:
         raise ValueError(f"modality {modality!r}: only {sorted(_SOP_CLASSES)} can be written")
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype.kind not in "iu":
         raise ValueError(f"a slice needs 2D integer pixels, got {pixels.dtype} {pixels.shape}")
-    sop_uid = generate_uid()
+    sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = _SOP_CLASSES[modality]
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    today = _dt.date.today().strftime("%Y%m%d")
+    today = content_date or _dt.date.today().strftime("%Y%m%d")
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, sop_uid
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids.study, uids.series
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = uids.frame_of_reference, ""
@@ -146,14 +151,23 @@ def slice_dataset(
         ds.WindowCenter, ds.WindowWidth = _ds_values(window)
     if body_part:
         ds.BodyPartExamined = body_part
-    ds.set_pixel_data(pixels, "MONOCHROME2", bits_stored or 8 * pixels.dtype.itemsize)
+    ds.set_pixel_data(
+        pixels, "MONOCHROME2", bits_stored or 8 * pixels.dtype.itemsize, generate_instance_uid=False
+    )
     return ds
 
 
 def save_dataset(
-    ds: FileDataset, folder: str | Path, transfer_syntax: str = ExplicitVRLittleEndian
+    ds: FileDataset,
+    folder: str | Path,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    *,
+    reproducible: bool = False,
 ) -> Path:
-    """Write ``ds`` atomically under a random name (so names never follow slice order)."""
+    """Write ``ds`` atomically under a name that never follows slice order.
+
+    The name is random, or with ``reproducible`` a hash of the SOP instance UID.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     syntax = UID(transfer_syntax)
@@ -164,7 +178,8 @@ def save_dataset(
             dtype = np.dtype(f"<{'i' if ds.PixelRepresentation else 'u'}{ds.BitsAllocated // 8}")
             ds.PixelData = np.frombuffer(ds.PixelData, dtype).byteswap().tobytes()
         ds.file_meta.TransferSyntaxUID = syntax
-    path = folder / f"{uuid.uuid4().hex}.dcm"
+    stem = _uid_hash(ds.SOPInstanceUID) if reproducible else uuid.uuid4().hex
+    path = folder / f"{stem}.dcm"
     partial = folder / f".{path.name}.partial"
     dcmwrite(
         partial,
@@ -198,6 +213,14 @@ def _stored_values(voxels: np.ndarray, intercept: float) -> np.ndarray:
     return stored.astype(np.int16)
 
 
+def _uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode("ascii")).hexdigest()[:32]
+
+
+def _derived_uid(parent: str, part: str) -> str:
+    return generate_uid(entropy_srcs=[parent, part])
+
+
 def write_series(
     volume: Volume,
     folder: str | Path,
@@ -214,11 +237,15 @@ def write_series(
 
     Voxels are rounded to integers and stored as int16 with slope 1 (CT: intercept -1024, so
     stored values are HU + 1024). IPP/IOP/PixelSpacing come from the (possibly sheared) affine.
+    Given ``series_uid``, the output is byte-for-byte reproducible: every other UID, the file
+    names and the dates derive from it (sample data regenerates without churn).
     """
     if volume.voxels.ndim != 3:
         raise ValueError("write_series writes 3D (z, y, x) volumes")
     geometry = stack_geometry(volume.affine)
     uids = SeriesUIDs(**{k: v for k, v in (("study", study_uid), ("series", series_uid)) if v})
+    if series_uid:
+        uids = replace(uids, frame_of_reference=_derived_uid(series_uid, "frame-of-reference"))
     intercept = -1024.0 if volume.modality == "CT" else 0.0
     if window is None and volume.metadata.get("window_center") is not None:
         window = (volume.metadata["window_center"], volume.metadata["window_width"])
@@ -240,6 +267,8 @@ def write_series(
             slice_thickness=thickness,
             window=window,
             body_part=volume.metadata.get("body_part"),
+            sop_uid=_derived_uid(series_uid, f"slice-{k}") if series_uid else None,
+            content_date=_REPRODUCIBLE_DATE if series_uid else None,
         )
-        paths.append(save_dataset(ds, folder, transfer_syntax))
+        paths.append(save_dataset(ds, folder, transfer_syntax, reproducible=bool(series_uid)))
     return paths
