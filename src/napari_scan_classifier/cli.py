@@ -12,8 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_scan_classifier.errors import ScanClassifierError
+
+if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from napari_scan_classifier.evaluation import EvaluationReport
+    from napari_scan_classifier.training import TrainingEvent, TrainingResult
 
 
 def _series_command(args: argparse.Namespace) -> int:
@@ -25,7 +30,8 @@ def _series_command(args: argparse.Namespace) -> int:
         return 0
     for info in series:
         shape = "x".join(str(n) for n in info.shape)
-        print(f"{info.key}  {info.modality:<3} #{info.series_number!s:<5} {shape:<13} {info.description}")
+        number = f"#{info.series_number}"
+        print(f"{info.key}  {info.modality:<3} {number:<6} {shape:<13} {info.description}")
     return 0
 
 
@@ -46,9 +52,146 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
+    if args.headless:
+        return _print_sample_summary()
     from napari_scan_classifier.plugin.demo import run_demo
 
-    return run_demo(headless=args.headless)
+    return run_demo()
+
+
+def _print_sample_summary() -> int:
+    from napari_scan_classifier.io import load_scans
+    from napari_scan_classifier.samples import sample_ct_path
+
+    for volume in load_scans(sample_ct_path()).volumes:
+        spacing = " x ".join(f"{mm:g}" for mm in volume.spacing)
+        print(f"{volume.display_name()}: {volume.shape} voxels, {spacing} mm")
+    return 0
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    """Train or fine-tune; Ctrl-C cancels cleanly at the end of the current batch."""
+    import signal
+    import threading
+
+    from napari_scan_classifier.models import load_bundle
+    from napari_scan_classifier.training import TrainingConfig, train
+
+    scratch_only = {
+        "--architecture": args.architecture,
+        "--input-shape": args.input_shape,
+        "--modality": args.modality,
+    }
+    given = [flag for flag, value in scratch_only.items() if value is not None]
+    if args.base and given:
+        raise ScanClassifierError(
+            f"{', '.join(given)} only apply when training from scratch; the base model fixes them"
+        )
+    settings = {
+        "architecture": args.architecture,
+        "input_shape": args.input_shape,
+        "modality": args.modality,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "imbalance": args.imbalance,
+        "augment": not args.no_augment,
+        "seed": args.seed,
+        "validation_fraction": args.validation_fraction,
+        "patience": args.patience,
+        "name": args.name,
+    }
+    config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
+    base = load_bundle(args.base) if args.base else None
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        result = train(
+            args.cases, config, base=base, out=args.out, progress=_print_event, cancel=cancel
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _print_training_summary(result)
+    return 0
+
+
+def _print_event(event: TrainingEvent) -> None:
+    if event.kind == "epoch" or (event.kind == "load" and event.batch == event.total):
+        print(event.message, flush=True)
+
+
+def _print_training_summary(result: TrainingResult) -> None:
+    m = result.bundle.metadata
+    counts = "; ".join(
+        f"{split}: " + ", ".join(f"{name} {n}" for name, n in by_class.items())
+        for split, by_class in result.class_counts.items()
+    )
+    print(f"cases per class: {counts}")
+    print(f"saved {m.name} version {m.version} to {result.bundle.path}")
+    print(f"validation: {_metrics_line(result.report)}")
+    print(
+        f"calibration: ECE {result.uncalibrated.ece:.3f} -> {result.report.ece:.3f} "
+        f"(temperature {m.temperature:.3f})"
+    )
+    if result.base_report is not None:
+        print(
+            f"base model (version {m.parent_version}) on the same cases: "
+            f"{_metrics_line(result.base_report)}"
+        )
+    for note in result.notes:
+        print(f"note: {note}")
+
+
+def _metrics_line(report: EvaluationReport) -> str:
+    values = report.to_dict()
+    shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+    parts = [
+        f"{key} {values[key]:.3f}" if values[key] is not None else f"{key} n/a" for key in shown
+    ]
+    return f"n {values['n']}  " + "  ".join(parts)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.models import load_bundle
+    from napari_scan_classifier.training import evaluate_bundle
+
+    report = evaluate_bundle(load_bundle(args.model), args.cases, split=args.split)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    print(_metrics_line(report))
+    print("cases per class: " + ", ".join(f"{k} {v}" for k, v in report.class_counts.items()))
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train or fine-tune a model on labelled cases")
+    train.add_argument("--cases", required=True, help="case library folder or MedMNIST-style npz")
+    train.add_argument("--out", required=True, help="folder to save the new model version in")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--base", help="model bundle to fine-tune")
+    start.add_argument("--architecture", choices=("cnn3d", "slice_gru"), help="train from scratch")
+    train.add_argument("--input-shape", type=int, nargs=3, metavar=("D", "H", "W"))
+    train.add_argument("--modality", choices=("CT", "MR"))
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--imbalance", choices=("class_weight", "balanced_sampling", "none"))
+    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument("--validation-fraction", type=float)
+    train.add_argument("--patience", type=int, help="epochs without better validation AUC")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--name", help="model name (default: the base's)")
+    train.set_defaults(run=_train_command)
+
+    evaluate = commands.add_parser("evaluate", help="measure a model on labelled cases")
+    evaluate.add_argument("--model", required=True, help="model bundle folder or .zip")
+    evaluate.add_argument("--cases", required=True, help="case library folder or MedMNIST npz")
+    evaluate.add_argument("--split", help="npz split (default: test if present, else val)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_evaluate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="open napari with the sample scan")
     demo.add_argument("--headless", action="store_true", help="print the result, open no window")
     demo.set_defaults(run=_demo_command)
+
+    _add_training_commands(commands)
     return parser
 
 

@@ -11,26 +11,19 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 from napari.utils.notifications import Notification, notification_manager
+from qt_support import opengl_available
 from scan_files import DicomSeries, write_ct_series
 
 
-def _opengl_available() -> bool:
-    from qtpy.QtGui import QOpenGLContext
-    from qtpy.QtWidgets import QApplication
-
-    app = QApplication.instance()
-    return app is not None and app.platformName() != "offscreen" and QOpenGLContext().create()
-
-
 @pytest.fixture
-def viewer(make_napari_viewer, qapp) -> ViewerModel:  # noqa: ANN001 (pytest fixtures)
+def viewer(make_napari_viewer, qapp) -> ViewerModel:
     """A real napari viewer (Qt window, canvas) wherever OpenGL exists, as under pytest-xvfb in CI.
 
     Offscreen Qt cannot give a canvas OpenGL; there the same open/save code runs on napari's
     window-less ViewerModel instead, so the reader and writer are still tested.
     """
     npe2.PluginManager.instance().discover()
-    return make_napari_viewer() if _opengl_available() else ViewerModel()
+    return make_napari_viewer() if opengl_available() else ViewerModel()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 
+from napari_scan_classifier import samples
 from napari_scan_classifier.plugin import sample_data
 
 PLUGIN = "napari-scan-classifier"
@@ -16,8 +17,8 @@ PLUGIN = "napari-scan-classifier"
 @pytest.fixture
 def no_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Behave like an installed wheel: no sample_data/ next to the package; cache under tmp."""
-    monkeypatch.setattr(sample_data, "_CHECKOUT_SAMPLES", tmp_path / "no-checkout")
-    monkeypatch.setattr(sample_data.platformdirs, "user_cache_dir", lambda *_: str(tmp_path))
+    monkeypatch.setattr(samples, "_CHECKOUT_SAMPLES", tmp_path / "no-checkout")
+    monkeypatch.setattr(samples.platformdirs, "user_cache_dir", lambda *_: str(tmp_path))
     return tmp_path
 
 
@@ -28,18 +29,18 @@ def test_samples_are_generated_once_into_the_cache(viewer: ViewerModel, no_check
     assert ct.name == "CT #1 Synthetic CT phantom"
     assert tuple(ct.contrast_limits) == (-160.0, 240.0)  # the series' stored soft-tissue window
     assert mr.metadata["modality"] == "MR"
-    folder = sample_data.sample_dir()
+    folder = samples.sample_dir()
     assert folder.parent == no_checkout
-    stamp = (folder / sample_data.MR_SAMPLE).stat().st_mtime_ns
+    stamp = (folder / samples.MR_SAMPLE).stat().st_mtime_ns
     again = sample_data.sample_mr()
-    assert (folder / sample_data.MR_SAMPLE).stat().st_mtime_ns == stamp
+    assert (folder / samples.MR_SAMPLE).stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again[0][0], mr.data)
 
 
 def test_checkout_samples_are_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkout = tmp_path / "sample_data"
-    (checkout / sample_data.CT_SAMPLE).mkdir(parents=True)
-    (checkout / sample_data.MR_SAMPLE).touch()
-    monkeypatch.setattr(sample_data, "_CHECKOUT_SAMPLES", checkout)
+    (checkout / samples.CT_SAMPLE).mkdir(parents=True)
+    (checkout / samples.MR_SAMPLE).touch()
+    monkeypatch.setattr(samples, "_CHECKOUT_SAMPLES", checkout)
 
-    assert sample_data.sample_dir() == checkout
+    assert samples.sample_dir() == checkout
