@@ -1,0 +1,385 @@
+"""Classify scans with a model bundle: calibrated probabilities, per-slice scores, uncertainty.
+
+Each scan (or a box in it) is resampled onto the bundle's model grid and intensity range by
+:func:`~napari_scan_classifier.preprocess.prepare`; several scans go through the network in one
+batch. Probabilities are calibrated, ``softmax(logits / temperature)`` with the bundle's
+temperature.
+
+Uncertainty comes from N stochastic passes:
+
+- ``"mc_dropout"``: the model's :class:`~napari_scan_classifier.models.MCDropout` layers sample
+  masks (a twin from :func:`~napari_scan_classifier.models.with_mc_dropout`, BatchNorm on its
+  moving statistics). Everything upstream of the first dropout layer is deterministic, so it runs
+  once and only the network's tail is sampled N times: ten passes cost about one.
+- ``"tta"``: test-time augmentation, the plain pass plus N - 1 passes with a small intensity
+  gain/offset jitter, every other one mirrored left-right (the only flip anatomy allows: the body
+  is roughly left-right symmetric, never top-bottom or front-back).
+- ``"none"``: the plain pass only; the spread is zero.
+
+Reported per scan: the per-class standard deviation of the pass probabilities, the predictive
+entropy ``H[mean p]`` and the mutual information ``H[mean p] - mean H[p]`` (the part of the
+entropy due to the model's own uncertainty), in nats.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import keras
+import numpy as np
+from scipy.special import entr
+
+from napari_scan_classifier.backend import device_name
+from napari_scan_classifier.errors import CancelledError, InvalidInputError
+from napari_scan_classifier.evaluation import softmax
+from napari_scan_classifier.models import Bundle, MCDropout, with_mc_dropout
+from napari_scan_classifier.preprocess import Box, ModelGrid, check_scan, prepare, slice_index_map
+from napari_scan_classifier.volume import Volume
+
+Method = Literal["mc_dropout", "tta", "none"]
+METHODS = ("mc_dropout", "tta", "none")
+Progress = Callable[[int, int, str], None]
+Cancel = Callable[[], bool] | threading.Event
+
+TTA_GAIN = 0.05  # intensity gain drawn from 1 +- this
+TTA_OFFSET = 0.02  # offset drawn from +- this times the input's value range
+MAX_LABEL_VALUES = 16  # an integer array with this few values is a label image, not a scan
+_LABEL_SAMPLE = 100_000  # voxels looked at to tell labels from a scan
+
+
+@dataclass
+class Prediction:
+    """The result for one scan.
+
+    ``probabilities`` are calibrated (``softmax(logits / temperature)``), in the bundle's class
+    order; ``logits`` are the raw volume logits. ``per_slice`` is ``(source slices, classes)``: the
+    softmax of a slice-scoring model's per-slice logits (uncalibrated: the temperature is fitted
+    to volume logits), mapped to the scan's own slices, NaN where the model grid does not reach;
+    ``None`` for models that do not score slices. ``timings`` (s): ``preprocess`` is this scan's,
+    ``predict`` and ``uncertainty`` are for the whole batch it was classified in.
+    """
+
+    probabilities: dict[str, float]
+    predicted_class: str
+    logits: np.ndarray
+    per_slice: np.ndarray | None
+    uncertainty: dict[str, Any]
+    device: str
+    timings: dict[str, float]
+    model_name: str
+    model_version: int
+    modality_warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; per-slice scores as one list per class, ``None`` outside the grid."""
+        per_slice = None
+        if self.per_slice is not None:
+            per_slice = {
+                name: [None if np.isnan(p) else float(p) for p in self.per_slice[:, k]]
+                for k, name in enumerate(self.probabilities)
+            }
+        return {
+            "model": {"name": self.model_name, "version": self.model_version},
+            "predicted_class": self.predicted_class,
+            "probabilities": dict(self.probabilities),
+            "logits": [float(v) for v in self.logits],
+            "per_slice": per_slice,
+            "uncertainty": self.uncertainty,
+            "device": self.device,
+            "timings": dict(self.timings),
+            "modality_warning": self.modality_warning,
+        }
+
+
+def classify(
+    volumes: Volume | Sequence[Volume],
+    bundle: Bundle,
+    *,
+    box: Box | Sequence[Box | None] | None = None,
+    uncertainty_passes: int = 10,
+    method: Method = "mc_dropout",
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Prediction | list[Prediction]:
+    """Classify one scan (returns a Prediction) or several in one batch (returns a list).
+
+    ``box`` is one region for every scan or one per scan (``None``: the whole scan). Raises
+    InvalidInputError for data that is not a scan, and CancelledError when ``cancel`` fires
+    (checked between scans and between uncertainty passes).
+    """
+    single = isinstance(volumes, Volume)
+    scans = [volumes] if single else list(volumes)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if uncertainty_passes < 1:
+        raise ValueError(f"uncertainty_passes must be at least 1, got {uncertainty_passes}")
+    if not scans:
+        raise InvalidInputError("no scan to classify")
+    boxes = _boxes_for(box, len(scans))
+    passes = 0 if method == "none" else uncertainty_passes
+    report = Reporter(len(scans) + 1 + passes, progress, cancel)
+    start = time.perf_counter()
+
+    inputs, grids, preprocess_times = [], [], []
+    for i, (scan, region) in enumerate(zip(scans, boxes, strict=True)):
+        report(f"resampling scan {i + 1} of {len(scans)}")
+        t0 = time.perf_counter()
+        x, grid = prepare_input(scan, bundle, region)
+        inputs.append(x)
+        grids.append(grid)
+        preprocess_times.append(time.perf_counter() - t0)
+    batch = np.stack(inputs)[..., None]
+
+    report("running the model")
+    t0 = time.perf_counter()
+    runner = _runner(bundle.model)
+    features, outputs = runner.forward(batch)
+    predict_time = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    samples = _sample(runner, batch, features, outputs["volume"], method, passes, grids, report)
+    timings = {"predict": predict_time, "uncertainty": time.perf_counter() - t0}
+    timings["total"] = time.perf_counter() - start
+
+    results = [
+        _prediction(bundle, scan, b, outputs, samples, grids[b], method, timings, seconds)
+        for b, (scan, seconds) in enumerate(zip(scans, preprocess_times, strict=True))
+    ]
+    for result in results:
+        if result.modality_warning:
+            warnings.warn(result.modality_warning, UserWarning, stacklevel=2)
+    report.finish()
+    return results[0] if single else results
+
+
+def prepare_input(
+    volume: Volume, bundle: Bundle, box: Box | None = None
+) -> tuple[np.ndarray, ModelGrid]:
+    """The (D, H, W) model input for ``volume`` (or ``box`` in it) and its grid, after checking
+    that the data are a scan at all (InvalidInputError otherwise)."""
+    if not isinstance(volume, Volume):
+        raise InvalidInputError(f"expected a scan volume, got {type(volume).__name__}")
+    check_scan(volume.voxels)
+    if _looks_like_labels(volume.voxels):
+        raise InvalidInputError(
+            "the data look like a label image (a segmentation with a handful of integer values), "
+            "not a CT or MR scan"
+        )
+    meta = bundle.metadata
+    return prepare(volume, meta.input_shape, meta.target_spacing_mm, meta.intensity, box)
+
+
+def logits_of(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """Volume logits (B, classes) of a (B, D, H, W) batch, through the compiled predict path."""
+    return np.asarray(model.predict_on_batch(batch[..., None])["volume"], dtype=np.float64)
+
+
+def left_right_axis(grid: ModelGrid) -> int:
+    """The array axis of the model grid that runs most nearly along the patient's left-right."""
+    return int(np.argmax(np.abs(grid.affine[2, :3])))  # world axis 2 is L (see volume.py)
+
+
+@dataclass
+class _Runner:
+    """A model made ready for repeated inference; built once per model (see :func:`_runner`).
+
+    ``deterministic`` gives the input of the first dropout layer (the cut) and the outputs in one
+    compiled pass; ``tail`` samples the rest of the MC twin from the cut. Without a clean cut (a
+    path around it) the cut is the input itself and the tail the whole twin; without dropout
+    layers there is no twin. Nothing here refers to the model object itself, only to its layers,
+    so the cache entry goes when the model does.
+    """
+
+    deterministic: keras.Model
+    twin: keras.Model | None = None
+    tail: keras.Model | None = None
+    cut_is_input: bool = False
+
+    @classmethod
+    def build(cls, model: keras.Model) -> _Runner:
+        dropouts = [layer for layer in model.layers if isinstance(layer, MCDropout)]
+        plain = keras.Model(model.input, model.output)
+        if not dropouts:
+            return cls(plain, cut_is_input=True)
+        twin = with_mc_dropout(model)
+        cut = dropouts[0].name
+        try:
+            tail = keras.Model(twin.get_layer(cut).input, twin.output)
+        except ValueError:
+            return cls(plain, twin, twin, cut_is_input=True)
+        deterministic = keras.Model(model.input, [model.get_layer(cut).input, model.output])
+        return cls(deterministic, twin, tail)
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Cut features and the model's outputs for a (B, D, H, W, 1) batch."""
+        if self.cut_is_input:
+            return batch, dict(self.deterministic.predict_on_batch(batch))
+        features, outputs = self.deterministic.predict_on_batch(batch)
+        return features, dict(outputs)
+
+
+_RUNNERS: weakref.WeakKeyDictionary[keras.Model, _Runner] = weakref.WeakKeyDictionary()
+
+
+def _runner(model: keras.Model) -> _Runner:
+    """The cached runner of ``model``, its twin given the model's current weights (a model may
+    be trained after its runner was built)."""
+    if model not in _RUNNERS:
+        _RUNNERS[model] = _Runner.build(model)
+    runner = _RUNNERS[model]
+    if runner.twin is not None:
+        runner.twin.set_weights(model.get_weights())
+    return runner
+
+
+class Reporter:
+    """Progress reports and cancel checks for a long job: call it with a message before each
+    step; it raises CancelledError once ``cancel`` fires."""
+
+    def __init__(
+        self,
+        total: int,
+        progress: Progress | None,
+        cancel: Cancel | None,
+        job: str = "classification",
+    ) -> None:
+        self.total, self.done, self.job = total, 0, job
+        self.progress = progress
+        self.cancelled = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+
+    def __call__(self, message: str) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise CancelledError(f"{self.job} was cancelled")
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total, "done")
+
+
+def _sample(
+    runner: _Runner,
+    batch: np.ndarray,
+    features: np.ndarray,
+    logits: np.ndarray,
+    method: Method,
+    passes: int,
+    grids: list[ModelGrid],
+    report: Reporter,
+) -> np.ndarray:
+    """Volume logits of every uncertainty pass, (passes, B, classes); the plain pass for none."""
+    tail = runner.tail
+    if method == "none" or (method == "mc_dropout" and tail is None):
+        return np.asarray(logits)[None]
+    if method == "mc_dropout":
+        samples = []
+        for k in range(passes):
+            report(f"uncertainty: dropout pass {k + 1} of {passes}")
+            samples.append(keras.ops.convert_to_numpy(tail(features)["volume"]))
+        return np.stack(samples)
+    rng = np.random.default_rng(0)
+    axes = [left_right_axis(grid) for grid in grids]
+    samples = [np.asarray(logits)]
+    report(f"uncertainty: augmented pass 1 of {passes}")
+    for k in range(1, passes):
+        report(f"uncertainty: augmented pass {k + 1} of {passes}")
+        augmented = _augment(batch, axes, flip=k % 2 == 1, rng=rng)
+        samples.append(runner.forward(augmented)[1]["volume"])
+    return np.stack(samples)
+
+
+def _augment(
+    batch: np.ndarray, axes: list[int], *, flip: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Each scan of the batch with an intensity jitter, mirrored left-right when ``flip``."""
+    out = np.empty_like(batch)
+    for b, axis in enumerate(axes):
+        x = np.flip(batch[b], axis=axis) if flip else batch[b]
+        gain = 1.0 + rng.uniform(-TTA_GAIN, TTA_GAIN)
+        offset = rng.uniform(-TTA_OFFSET, TTA_OFFSET) * float(x.max() - x.min())
+        out[b] = x * np.float32(gain) + np.float32(offset)
+    return out
+
+
+def _prediction(
+    bundle: Bundle,
+    scan: Volume,
+    b: int,
+    outputs: dict[str, np.ndarray],
+    samples: np.ndarray,
+    grid: ModelGrid,
+    method: Method,
+    batch_timings: dict[str, float],
+    preprocess_seconds: float,
+) -> Prediction:
+    meta = bundle.metadata
+    logits = np.asarray(outputs["volume"][b], dtype=np.float64)
+    probabilities = softmax(logits[None], meta.temperature)[0]
+    per_slice = None
+    if "slices" in outputs:
+        per_slice = slice_index_map(grid).apply(softmax(outputs["slices"][b]))
+    uncertainty = _uncertainty(softmax(samples[:, b], meta.temperature), meta.classes)
+    uncertainty.update(method=method, passes=int(samples.shape[0]))
+    if method == "mc_dropout" and samples.shape[0] == 1:
+        uncertainty["note"] = "the model has no dropout layers to sample: no spread measured"
+    return Prediction(
+        probabilities={name: float(p) for name, p in zip(meta.classes, probabilities, strict=True)},
+        predicted_class=meta.classes[int(np.argmax(logits))],
+        logits=logits,
+        per_slice=per_slice,
+        uncertainty=uncertainty,
+        device=device_name(),
+        timings={"preprocess": preprocess_seconds, **batch_timings},
+        model_name=meta.name,
+        model_version=meta.version,
+        modality_warning=_modality_warning(scan, bundle),
+    )
+
+
+def _uncertainty(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Spread of (passes, classes) probabilities: per-class mean and SD, entropy, mutual info."""
+    mean = probabilities.mean(axis=0)
+    entropy = float(entr(mean).sum())
+    expected_entropy = float(entr(probabilities).sum(axis=1).mean())
+    return {
+        "mean": {name: float(p) for name, p in zip(classes, mean, strict=True)},
+        "std": {name: float(s) for name, s in zip(classes, probabilities.std(axis=0), strict=True)},
+        "predictive_entropy": entropy,
+        "mutual_information": max(entropy - expected_entropy, 0.0),
+    }
+
+
+def _modality_warning(scan: Volume, bundle: Bundle) -> str | None:
+    expected = bundle.metadata.modality
+    if scan.modality == expected:
+        return None
+    return (
+        f"this scan's modality is {scan.modality!r} but the model '{bundle.metadata.name}' "
+        f"was trained on {expected} scans: the result may not be meaningful"
+    )
+
+
+def _looks_like_labels(voxels: np.ndarray) -> bool:
+    """Non-negative integers with only a few values: a segmentation, not a scan."""
+    if not np.issubdtype(voxels.dtype, np.integer):
+        return False
+    step = max(1, round((voxels.size / _LABEL_SAMPLE) ** (1 / 3)))
+    values = np.unique(voxels[::step, ::step, ::step])
+    return 1 < values.size <= MAX_LABEL_VALUES and values[0] >= 0
+
+
+def _boxes_for(box: Box | Sequence[Box | None] | None, n: int) -> list[Box | None]:
+    if box is None or isinstance(box, Box):
+        return [box] * n
+    boxes = list(box)
+    if len(boxes) != n:
+        raise ValueError(f"got {len(boxes)} boxes for {n} scans")
+    return boxes

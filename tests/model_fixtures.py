@@ -1,0 +1,120 @@
+"""Small bundles and scans for the inference and saliency tests.
+
+``sphere_case`` makes the simplest scan a classifier can learn where the lesion is the only
+signal: soft-tissue noise, plus one bright sphere for class 1. ``trained_sphere_bundle`` is a
+width-8 cnn3d on a 32^3 grid trained on 160 of them (15-30 s on two cores), trained once per
+test session (cached) whichever module asks first.
+
+Plain functions, imported by the test modules (tests/ is on sys.path in pytest's default
+"prepend" import mode); module fixtures wrap them where needed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+import numpy as np
+
+from napari_scan_classifier.inference import prepare_input
+from napari_scan_classifier.models import (
+    Bundle,
+    BundleMetadata,
+    build_cnn3d,
+    build_slice_gru,
+)
+from napari_scan_classifier.volume import Volume
+
+GRID = (32, 32, 32)
+CLASSES = ["normal", "lesion"]
+CT_WINDOW = {"kind": "ct_window", "center": 40.0, "width": 400.0}
+SPHERE_HU = 180.0
+NOISE_HU = 20.0
+TEMPERATURE = 1.5
+
+
+def metadata(**changes: object) -> BundleMetadata:
+    fields = {
+        "name": "sphere-test",
+        "version": 1,
+        "classes": CLASSES,
+        "modality": "CT",
+        "task": "volume",
+        "input_shape": GRID,
+        "target_spacing_mm": None,
+        "intensity": CT_WINDOW,
+        "architecture": "cnn3d",
+        "temperature": TEMPERATURE,
+    }
+    return BundleMetadata(**{**fields, **changes})
+
+
+def sphere_case(
+    seed: int,
+    label: int,
+    shape: tuple[int, int, int] = GRID,
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+) -> tuple[Volume, np.ndarray]:
+    """A noisy soft-tissue CT (int16 HU) and its lesion mask: one bright sphere if ``label``."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(40.0, NOISE_HU, shape)
+    mask = np.zeros(shape, dtype=bool)
+    if label:
+        radius = rng.uniform(3.0, 5.0)
+        centre = [rng.uniform(radius + 1, n - radius - 2) for n in shape]
+        grid = np.indices(shape, dtype=float)
+        mask = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
+        hu[mask] += SPHERE_HU
+    affine = np.diag([*spacing, 1.0])
+    return Volume(np.round(hu).astype(np.int16), affine, modality="CT"), mask
+
+
+def tiny_bundle(
+    architecture: str = "cnn3d", grid: tuple[int, int, int] = GRID, **changes: object
+) -> Bundle:
+    """An untrained, seeded model: fast, and enough for checks that need no skill."""
+    keras.utils.set_random_seed(0)
+    if architecture == "slice_gru":
+        model = build_slice_gru((*grid, 1), len(CLASSES), width=4, gru_units=4, dropout=0.5)
+    else:
+        model = build_cnn3d((*grid, 1), len(CLASSES), width=4, dropout=0.5)
+    meta = metadata(architecture=architecture, input_shape=grid, **changes)
+    return Bundle(meta, model)
+
+
+@functools.cache
+def trained_sphere_bundle(cases: int = 160, epochs: int = 3) -> Bundle:
+    """A cnn3d that has learned to tell scans with a sphere from scans without.
+
+    Scans of varied sizes (stretched onto the grid) teach it spheres of several sizes. XLA makes
+    training on a CPU about ten times faster (TensorFlow's own 3D convolution gradients are
+    slow). The BatchNorm moving statistics cannot catch up in so few steps (momentum 0.99), so
+    they are re-estimated on the training set at the end.
+    """
+    keras.utils.set_random_seed(1)
+    model = build_cnn3d((*GRID, 1), len(CLASSES), width=8, dropout=0.2)
+    bundle = Bundle(metadata(), model)
+    rng = np.random.default_rng(7)
+    labels = np.arange(cases) % 2
+    x = np.stack(
+        [
+            prepare_input(sphere_case(1000 + i, y, tuple(rng.integers(28, 45, 3)))[0], bundle)[0]
+            for i, y in enumerate(labels)
+        ]
+    )[..., None]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    xla = keras.backend.backend() != "torch"  # XLA under TensorFlow and JAX
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss={"volume": loss}, jit_compile=xla)
+    model.fit(x, {"volume": labels}, epochs=epochs, batch_size=16, verbose=0)
+    _refresh_batchnorm(model, x)
+    return bundle
+
+
+def _refresh_batchnorm(model: keras.Model, x: np.ndarray) -> None:
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(x, training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
