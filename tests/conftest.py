@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+import napari_scan_classifier  # noqa: F401  (first: loads TensorFlow beside OpenGL safely)
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from napari_scan_classifier.errors import ScanClassifierError
 
@@ -51,21 +51,56 @@ def _convert_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.results import check_output, classify_paths, write_report
+
+    out = check_output(args.out)
+    explain = bool(args.saliency_dir or args.faithfulness)
+    report = classify_paths(
+        args.paths,
+        args.model,
+        saliency=(args.method or "gradcam") if explain else "none",
+        passes=args.passes,
+        faithfulness=args.faithfulness,
+        saliency_dir=args.saliency_dir,
+        on_row=_print_row,
+    )
+    for skipped in report.skipped:
+        print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
+    write_report(report, out)
+    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    return 0
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    """One line per series on stdout as it is done; its problems on stderr."""
+    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
+    print(f"{row['series']}: {outcome}", flush=True)
+    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
+    for note in filter(None, notes):
+        print(f"warning: {row['series']}: {note}", file=sys.stderr)
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     if args.headless:
-        return _print_sample_summary()
+        return _print_demo_result(args.model)
     from napari_scan_classifier.plugin.demo import run_demo
 
-    return run_demo()
+    return run_demo(model=args.model)
 
 
-def _print_sample_summary() -> int:
+def _print_demo_result(model: str | None) -> int:
+    """Classify the sample CT as the demo window does, and print what the window would show."""
     from napari_scan_classifier.io import load_scans
+    from napari_scan_classifier.results import classify_scan, resolve_bundle, summary_lines
     from napari_scan_classifier.samples import sample_ct_path
 
+    bundle = resolve_bundle(model)
     for volume in load_scans(sample_ct_path()).volumes:
         spacing = " x ".join(f"{mm:g}" for mm in volume.spacing)
         print(f"{volume.display_name()}: {volume.shape} voxels, {spacing} mm")
+        result = classify_scan(volume, bundle, faithfulness=True).to_dict()
+        print("\n".join(f"  {line}" for line in summary_lines(result)), flush=True)
     return 0
 
 
@@ -81,6 +116,7 @@ def _train_command(args: argparse.Namespace) -> int:
         "--architecture": args.architecture,
         "--input-shape": args.input_shape,
         "--modality": args.modality,
+        "--width": args.width,
     }
     given = [flag for flag, value in scratch_only.items() if value is not None]
     if args.base and given:
@@ -100,6 +136,7 @@ def _train_command(args: argparse.Namespace) -> int:
         "validation_fraction": args.validation_fraction,
         "patience": args.patience,
         "name": args.name,
+        "width": args.width,
     }
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
     base = load_bundle(args.base) if args.base else None
@@ -175,6 +212,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--architecture", choices=("cnn3d", "slice_gru"), help="train from scratch")
     train.add_argument("--input-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     train.add_argument("--modality", choices=("CT", "MR"))
+    train.add_argument("--width", type=int, help="filters of the first layer (default 16)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="learning rate")
@@ -194,6 +232,32 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=_evaluate_command)
 
 
+def _passes(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
+def _add_classify_command(commands: argparse._SubParsersAction) -> None:
+    classify = commands.add_parser(
+        "classify", help="classify every series under the paths into a JSON or CSV file"
+    )
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file or NIfTI")
+    classify.add_argument("--out", required=True, help="results file: .json or .csv")
+    classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
+    classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
+    classify.add_argument(
+        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+    )
+    classify.add_argument(
+        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+    )
+    classify.add_argument(
+        "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
+    )
+    classify.set_defaults(run=_classify_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-scan-classifier",
@@ -211,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(run=_convert_command)
 
-    demo = commands.add_parser("demo", help="open napari with the sample scan")
+    _add_classify_command(commands)
+    demo = commands.add_parser("demo", help="open napari with the sample scan, classified")
     demo.add_argument("--headless", action="store_true", help="print the result, open no window")
+    demo.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     demo.set_defaults(run=_demo_command)
 
     _add_training_commands(commands)

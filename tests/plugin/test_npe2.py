@@ -45,7 +45,12 @@ def test_contributions() -> None:
     assert {"*.dcm", "*.nii", "*.nii.gz"} <= set(reader.filename_patterns)
     assert sorted(tuple(w.layer_types) for w in contributions.writers) == [("image",), ("labels",)]
     assert {s.key for s in contributions.sample_data} == {"phantom_ct", "phantom_mr"}
-    assert [w.display_name for w in contributions.widgets] == ["Display"]
+    assert [w.display_name for w in contributions.widgets] == [
+        "Display",
+        "Classify scan",
+        "Annotate cases",
+        "Train model",
+    ]
 
 
 @pytest.mark.parametrize(

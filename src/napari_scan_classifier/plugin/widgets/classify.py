@@ -1,0 +1,401 @@
+"""The "Classify scan" dock widget: classify the chosen scan with a model bundle, show the class
+probabilities with their uncertainty, and lay the saliency map over the anatomy.
+
+The widget only wires things together. The job is the core's
+:func:`~napari_scan_classifier.results.classify_scan`, run in a napari ``thread_worker`` (the Qt
+thread never waits on a model); the worker is a generator that yields the core's (done, total,
+message) reports, which drive a napari progress bar. Cancel sets the ``threading.Event`` the core
+checks between steps. Errors the user can act on (no scan, a bad bundle, NaN voxels) become one
+line in napari's notifications; the result goes into the scan layer's metadata and a saliency
+layer aligned by plugin/layers.py, both updated in place when the scan is classified again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Layer
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.theme import get_theme
+from qtpy.QtWidgets import QSizePolicy
+from superqt.utils import GeneratorWorker
+
+from napari_scan_classifier.errors import CancelledError, ScanClassifierError
+from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.plugin.layers import (
+    is_result_layer,
+    map_to_layer_data,
+    put_result_layer,
+    remove_result_layer,
+    scan_volume,
+)
+from napari_scan_classifier.results import (
+    DEFAULT_PASSES,
+    SALIENCY_METHODS,
+    SALIENCY_TITLES,
+    ScanResult,
+    classify_scan,
+    resolve_bundle,
+    saliency_title,
+    slice_text,
+    summary_lines,
+)
+from napari_scan_classifier.volume import Volume
+
+if TYPE_CHECKING:
+    import napari
+    from napari.components.overlays import TextOverlay
+
+CLASSIFICATION_KEY = "classification"  # scan layer metadata: the latest result, JSON types
+SALIENCY_KIND = "saliency"
+BUNDLE_FILTER = "Model bundles (bundle.json *.zip)"
+MIN_CHART_WIDTH = 220  # px
+BAR_PX, AXES_PX, SLICES_PX = 28, 60, 150  # chart heights: per class bar, titles, slice plot
+_POLL_S = 0.05  # how often the worker looks for the core's progress reports
+
+Report = tuple[int, int, str]
+_LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClassifyWidget(Container):
+    """Scan and model pickers, options, Classify/Cancel, and the result of the chosen scan."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._bundles: dict[str, Bundle] = {}  # by path: bundles are immutable, load once
+        self._cancel_event = threading.Event()
+        self._progress: progress | None = None
+        self._owns_overlay = False
+        self.worker: GeneratorWorker | None = None
+
+        self.scan = ComboBox(label="Scan", choices=self._scan_choices, nullable=True)
+        self.model = FileEdit(label="Model", mode="r", filter=BUNDLE_FILTER)
+        self.model.line_edit.native.setPlaceholderText("bundled demo model")
+        self.model.tooltip = "A bundle folder (pick its bundle.json) or a .zip; empty: bundled"
+        self.saliency = ComboBox(
+            label="Saliency",
+            choices=[(SALIENCY_TITLES[m], m) for m in SALIENCY_METHODS],
+            value="gradcam",
+        )
+        self.passes = SpinBox(label="Uncertainty passes", min=0, max=100, value=DEFAULT_PASSES)
+        self.passes.tooltip = "Monte Carlo dropout samples for the ± spread (0: none)"
+        self.check = CheckBox(text="Check the saliency map (deletion curve)", value=True)
+        self.run_button = PushButton(text="Classify")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.chart = ResultChart(get_theme(viewer.theme).text.as_hex())
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.extend([self.scan, self.model, self.saliency, self.passes, self.check, buttons])
+        for view in (self.summary.native, self.chart.canvas):  # full width, no label column
+            self.native.layout().addWidget(view)
+        self._connect()
+        self._follow_active()
+        self._show_stored()
+
+    def _connect(self) -> None:
+        layers = self._viewer.layers
+        for event in (
+            layers.events.inserted,
+            layers.events.removed,
+            layers.events.reordered,
+            layers.events.renamed,
+        ):
+            event.connect(self._refresh_scans)
+        layers.selection.events.active.connect(self._follow_active)
+        self._viewer.dims.events.current_step.connect(self._show_slice)
+        self.scan.changed.connect(self._show_stored)
+        self.run_button.changed.connect(self.classify)
+        self.cancel_button.changed.connect(self.cancel)
+
+    def _scan_choices(self, _: Any = None) -> list[tuple[str, Layer]]:
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and not is_result_layer(layer)
+        ]
+
+    def _refresh_scans(self) -> None:
+        """New choices, keeping the chosen scan (magicgui would lose it when it was renamed)."""
+        chosen = self.scan.value
+        self.scan.reset_choices()
+        if chosen is not None and chosen in self._viewer.layers:
+            self.scan.value = chosen
+
+    def _follow_active(self) -> None:
+        """Pick the active layer when it is a scan, so the default is what the user looks at."""
+        self._refresh_scans()
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Image) and not is_result_layer(active):
+            self.scan.value = active  # shows its stored result, if the choice changed
+
+    # ------------------------------------------------------------------------------ running
+
+    def classify(self) -> GeneratorWorker | None:
+        """Classify the chosen scan in a worker thread; returns the started worker, or None
+        (after telling the user why) when there is nothing to classify."""
+        layer = self.scan.value
+        if self.worker is not None:
+            return None
+        if layer is None:
+            show_info("Open a CT or MR scan (an image layer) to classify it.")
+            return None
+        try:
+            volume = scan_volume(layer)
+        except ScanClassifierError as error:
+            show_error(str(error))
+            return None
+        self._cancel_event = threading.Event()
+        options = {
+            "saliency": self.saliency.value,
+            "passes": self.passes.value,
+            "faithfulness": self.check.value and self.saliency.value != "none",
+        }
+        model = self.model.line_edit.value.strip()
+        worker = _classification(volume, model, dict(self._bundles), options, self._cancel_event)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(partial(self._on_result, layer, volume))
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: show_info("Classification cancelled."))
+        worker.finished.connect(self._on_finished)
+        self._set_running(True, f"Classifying {layer.name}")
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running classification to stop at its next step."""
+        self._cancel_event.set()
+        self.cancel_button.enabled = False
+
+    def _set_running(self, running: bool, description: str = "") -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        if running:
+            self._progress = progress(total=0, desc=description)
+        elif self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _on_progress(self, report: Report) -> None:
+        done, total, message = report
+        bar = self._progress
+        if bar is None:
+            return
+        self.summary.value = f"Classifying: {message}…"
+        # Last: redrawing the bar may run the worker's end (which shows the result) meanwhile.
+        bar.total = total
+        bar.set_description(message)
+        bar.update(done - bar.n)
+
+    def _on_result(self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any]) -> None:
+        model, bundle, result = outcome
+        self._bundles[model] = bundle
+        if layer not in self._viewer.layers:
+            show_info(f"'{layer.name}' was closed before its classification finished.")
+            return
+        data = result.to_dict()
+        layer.metadata[CLASSIFICATION_KEY] = data
+        self._show_saliency(layer, volume, result, data)
+        if data["modality_warning"]:
+            show_warning(f"{layer.name}: {data['modality_warning']}")
+
+    def _show_saliency(
+        self, layer: Layer, volume: Volume, result: ScanResult, data: dict[str, Any]
+    ) -> None:
+        if result.saliency is None:
+            remove_result_layer(self._viewer.layers, layer, SALIENCY_KIND)
+            return
+        name = f"{layer.name} · {saliency_title(data['saliency'])}"
+        layer_data = map_to_layer_data(
+            volume, result.saliency.values, name, {CLASSIFICATION_KEY: data}
+        )
+        put_result_layer(self._viewer.layers, layer, SALIENCY_KIND, layer_data)
+
+    def _on_error(self, error: BaseException) -> None:
+        if isinstance(error, CancelledError):
+            show_info("Classification cancelled.")
+        elif isinstance(error, ScanClassifierError):
+            show_error(str(error))
+        else:  # a bug, not the user's input: one line here, the traceback in the log
+            show_error(f"Classification failed unexpectedly: {type(error).__name__}: {error}")
+            _LOG.error("classification failed", exc_info=error)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        self._show_stored()
+
+    # ----------------------------------------------------------------------------- showing
+
+    def _show_stored(self) -> None:
+        """Show the chosen scan's latest result (or nothing) in the dock and the overlay."""
+        layer = self.scan.value
+        result = layer.metadata.get(CLASSIFICATION_KEY) if layer is not None else None
+        lines = summary_lines(result, probabilities=False) if result else []
+        self.summary.value = "\n".join(lines)
+        self.chart.show(result)
+        self._show_slice()
+
+    def _show_slice(self) -> None:
+        """Per-slice scores of the slice on screen: cursor in the chart, text on the canvas."""
+        layer = self.scan.value
+        result = layer.metadata.get(CLASSIFICATION_KEY) if layer is not None else None
+        k = self._slice_on_screen(layer) if result and result.get("per_slice") else None
+        text = slice_text(result, k) if result and k is not None else None
+        self.chart.move_cursor(k)
+        overlay = _text_overlay(self._viewer)
+        if text is not None:
+            overlay.text, overlay.visible = text, True
+            self._owns_overlay = True
+        elif self._owns_overlay:
+            overlay.text, overlay.visible = "", False
+            self._owns_overlay = False
+
+    def _slice_on_screen(self, layer: Layer) -> int | None:
+        """The scan's slice (as acquired, 0-based) at the viewer's current position."""
+        point = np.asarray(self._viewer.dims.point, dtype=float)[-3:]
+        if point.size < 3 or layer not in self._viewer.layers:
+            return None
+        return int(np.round(scan_volume(layer).world_to_index(point)[0, 0]))
+
+    def set_bundle(self, bundle: Bundle) -> None:
+        """Classify with ``bundle`` from now on (e.g. a model just trained: saved, so it has a
+        path), without loading it again."""
+        self._bundles[str(bundle.path)] = bundle
+        self.model.value = bundle.path
+
+
+def _text_overlay(viewer: napari.viewer.Viewer) -> TextOverlay:
+    """The canvas text overlay (``viewer.canvas`` since napari 0.9; ``text_overlay`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays.text if canvas is not None else viewer.text_overlay
+
+
+@thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
+def _classification(
+    volume: Volume,
+    model: str,
+    bundles: dict[str, Bundle],
+    options: dict[str, Any],
+    cancel: threading.Event,
+) -> Generator[Report, None, tuple[str, Bundle, ScanResult]]:
+    """Load the model (unless loaded before) and classify; yields progress reports.
+
+    superqt's GeneratorWorker, not napari's: napari's would also report every error with its
+    traceback, and the widget reports the ones the user can act on as one clear line.
+    """
+    yield (0, 1, "loading the model")
+    bundle = bundles.get(model) or resolve_bundle(model or None)
+    step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
+    result = yield from _reporting(step, cancel)
+    return model, bundle, result
+
+
+def _reporting(step: Callable[..., T], cancel: threading.Event) -> Generator[Report, None, T]:
+    """Run ``step(progress=...)`` in a helper thread and yield its progress reports as they come:
+    the core reports through a callback, a generator worker through yields. Returns its result
+    or raises its error; closing the generator (the worker was quit) sets ``cancel`` first."""
+    reports: queue.Queue[Report] = queue.Queue()
+    with ThreadPoolExecutor(1, thread_name_prefix="scan-classifier") as pool:
+        future = pool.submit(step, progress=lambda *report: reports.put(report))
+        try:
+            while not (future.done() and reports.empty()):
+                try:
+                    yield reports.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+        except GeneratorExit:  # napari's status bar quit the worker: stop the core too
+            cancel.set()
+            raise
+        return future.result()
+
+
+class ResultChart:
+    """Class probabilities as bars with ± SD error bars; below, where the model scores slices,
+    the per-slice probabilities with a cursor at the slice on screen."""
+
+    def __init__(self, text_color: str) -> None:
+        self.figure = Figure(layout="constrained")
+        self.figure.patch.set_alpha(0.0)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setStyleSheet("background-color: transparent;")
+        # Follow the dock's width; the figure's own size would otherwise set the dock's minimum.
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.canvas.setMinimumWidth(MIN_CHART_WIDTH)
+        self._color = text_color
+        self._cursor: Any = None
+        self.show(None)
+
+    def show(self, result: dict[str, Any] | None) -> None:
+        self.figure.clear()
+        self._cursor = None
+        self.canvas.setVisible(result is not None)
+        if result is None:
+            return
+        per_slice = result.get("per_slice")
+        bars = BAR_PX * len(result["probabilities"]) + AXES_PX
+        heights = [bars, SLICES_PX] if per_slice else [bars]
+        grid = self.figure.add_gridspec(len(heights), 1, height_ratios=heights)
+        self._bars(self.figure.add_subplot(grid[0]), result)
+        if per_slice:
+            self._slices(self.figure.add_subplot(grid[1]), per_slice)
+        self.canvas.setFixedHeight(sum(heights))
+        self.canvas.draw_idle()
+
+    def move_cursor(self, k: int | None) -> None:
+        if self._cursor is None:
+            return
+        self._cursor.set_visible(k is not None)
+        if k is not None:
+            self._cursor.set_xdata([k + 1, k + 1])
+        self.canvas.draw_idle()
+
+    def _bars(self, axes: Any, result: dict[str, Any]) -> None:
+        names = list(result["probabilities"])
+        values = [result["probabilities"][n] for n in names]
+        errors = [result["uncertainty"]["std"][n] for n in names]
+        colors = ["#4560c4" if n == result["predicted_class"] else "#61696e" for n in names]
+        positions = np.arange(len(names))[::-1]
+        axes.barh(positions, values, xerr=errors, color=colors, ecolor=self._color, capsize=4)
+        for y, p, e in zip(positions, values, errors, strict=True):
+            axes.text(1.02, y, f"{p:.2f} ± {e:.2f}", va="center", color=self._color, fontsize=8)
+        axes.set_yticks(positions, names)
+        axes.set_xlim(0, 1.35)
+        axes.set_xticks([0, 0.5, 1])
+        axes.set_title("p(class) ± SD", fontsize=9, color=self._color)
+        self._style(axes)
+
+    def _slices(self, axes: Any, per_slice: dict[str, list[float | None]]) -> None:
+        for name, values in per_slice.items():
+            scores = np.array([np.nan if v is None else v for v in values], dtype=float)
+            axes.plot(np.arange(1, scores.size + 1), scores, label=name, linewidth=1.2)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("slice (as acquired)", fontsize=8, color=self._color)
+        axes.legend(fontsize=7, frameon=False, labelcolor=self._color)
+        self._cursor = axes.axvline(1, color="#e3b617", linewidth=1)
+        self._style(axes)
+
+    def _style(self, axes: Any) -> None:
+        axes.set_facecolor("none")
+        axes.tick_params(colors=self._color, labelsize=8)
+        for spine in axes.spines.values():
+            spine.set_color(self._color)

@@ -1,0 +1,536 @@
+"""Classification results as people see them, for the command line and the napari widget alike.
+
+One job serves both faces: classify scans (several in one batch), explain each with a saliency map
+on the scan's own grid, and turn the outcome into JSON-ready dicts, CSV rows, NIfTI maps and short
+text lines. Series are labelled from de-identified fields only (modality, series number,
+description, the reader's hashed series key and a running index); no patient field and no source
+path is ever written, only file names of skipped files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_scan_classifier.errors import (
+    InvalidInputError,
+    ScanClassifierError,
+    UnreadableScanError,
+)
+from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter, classify
+from napari_scan_classifier.models import Bundle, load_bundle
+from napari_scan_classifier.models.bundle import METADATA_FILE
+from napari_scan_classifier.models.bundled import load_default_bundle
+from napari_scan_classifier.saliency import SaliencyMap, grad_cam, occlusion
+from napari_scan_classifier.volume import Volume
+
+SALIENCY_METHODS = ("gradcam", "occlusion", "none")
+SALIENCY_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "none": "None"}
+UNCERTAINTY_TITLES = {"mc_dropout": "Monte Carlo dropout", "tta": "test-time augmentation"}
+DEFAULT_PASSES = 10
+BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, shared overhead
+OUTPUT_SUFFIXES = (".json", ".csv")
+FAITHFUL_MARGIN = 0.02  # deletion-curve areas closer than this are a tie with random order
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class ScanResult:
+    """One scan's prediction and, unless the method was ``"none"``, its saliency map."""
+
+    prediction: Prediction
+    saliency: SaliencyMap | None = None
+    saliency_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types only (NaN becomes None): the prediction plus the saliency summary."""
+        data = self.prediction.to_dict()
+        data["saliency"] = None
+        if self.saliency is not None:
+            data["timings"]["saliency"] = self.saliency_seconds
+            faithfulness = self.saliency.faithfulness
+            data["saliency"] = {
+                "method": self.saliency.method,
+                "target_class": self.saliency.target_class,
+                "faithfulness": None if faithfulness is None else faithfulness.to_dict(),
+            }
+        return json_safe(data)
+
+
+def resolve_bundle(path: str | os.PathLike[str] | None) -> Bundle:
+    """The bundle at ``path`` (validated): a folder, its bundle.json (what a file picker gives)
+    or a .zip; the bundled model for ``None`` or ``""``."""
+    if path is None or str(path) == "":
+        return load_default_bundle()
+    source = Path(path).expanduser()
+    return load_bundle(source.parent if source.name == METADATA_FILE else source)
+
+
+def predict(
+    volumes: Sequence[Volume],
+    bundle: Bundle,
+    passes: int = DEFAULT_PASSES,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> list[Prediction]:
+    """Classify ``volumes`` in one batch; ``passes`` MC-dropout samples for the uncertainty
+    (0: none). A modality mismatch is reported in each Prediction, not as a Python warning."""
+    method = "mc_dropout" if passes > 0 else "none"
+    with warnings.catch_warnings():  # classify warns at this call site (stacklevel 2)
+        warnings.filterwarnings("ignore", category=UserWarning, module=re.escape(__name__))
+        result = classify(
+            list(volumes),
+            bundle,
+            uncertainty_passes=max(passes, 1),
+            method=method,
+            progress=progress,
+            cancel=cancel,
+        )
+    return result  # type: ignore[return-value]  # a list in, a list out
+
+
+def explain(
+    volume: Volume,
+    bundle: Bundle,
+    method: str,
+    target_class: str,
+    *,
+    faithfulness: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> SaliencyMap | None:
+    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none")."""
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
+    if method == "none":
+        return None
+    Reporter(1, progress, cancel, job="saliency")(f"{SALIENCY_TITLES[method]} map")
+    if method == "gradcam":
+        return grad_cam(volume, bundle, target_class, faithfulness=faithfulness)
+    return occlusion(
+        volume,
+        bundle,
+        target_class,
+        progress=progress,
+        cancel=cancel,
+        faithfulness=faithfulness,
+    )
+
+
+def classify_scan(
+    volume: Volume,
+    bundle: Bundle,
+    *,
+    saliency: str = "gradcam",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> ScanResult:
+    """Classify one scan and explain its predicted class: what the widget and the demo show."""
+    (prediction,) = predict([volume], bundle, passes, progress, cancel)
+    return _explained(volume, bundle, prediction, saliency, faithfulness, progress, cancel)
+
+
+def _explained(
+    volume: Volume,
+    bundle: Bundle,
+    prediction: Prediction,
+    method: str,
+    faithfulness: bool,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> ScanResult:
+    start = time.perf_counter()
+    saliency = explain(
+        volume,
+        bundle,
+        method,
+        prediction.predicted_class,
+        faithfulness=faithfulness,
+        progress=progress,
+        cancel=cancel,
+    )
+    return ScanResult(prediction, saliency, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------- batches of files
+
+
+@dataclass
+class BatchReport:
+    """What ``classify`` on the command line found: one row per series, the files it skipped."""
+
+    model: dict[str, Any]
+    series: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def classified(self) -> int:
+        return sum(row["status"] == "classified" for row in self.series)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "series": self.series, "skipped_files": self.skipped}
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output name whose format is unknown before any work is done."""
+    out = Path(path)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ScanClassifierError(f"{out.name}: the results file must end in .json or .csv")
+    return out
+
+
+def classify_paths(
+    paths: Sequence[str | os.PathLike[str]],
+    bundle: Bundle | str | os.PathLike[str] | None,
+    *,
+    saliency: str = "none",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    saliency_dir: str | os.PathLike[str] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchReport:
+    """Classify every series under every path with ``bundle`` (or the bundle at that path, the
+    bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
+    row as soon as it is done (a long batch shows its progress).
+
+    A path that does not exist stops everything at once, before the model loads (a typo should
+    not give a partial result); files or series that cannot be used are recorded and the rest go
+    on. Raises UnreadableScanError when nothing at all could be classified.
+    """
+    missing = [Path(p).name or str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
+    if not isinstance(bundle, Bundle):
+        bundle = resolve_bundle(bundle)
+    report = BatchReport(_model_summary(bundle))
+    index = 0
+    for number, path in enumerate(paths, start=1):
+        volumes = _load(path, number, report)
+        for chunk in _chunks(volumes, BATCH_SIZE):
+            for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
+                index += 1
+                row = series_row(index, number, volume)
+                if isinstance(outcome, Prediction):
+                    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+                    row.update(status="classified", **result.to_dict())
+                    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+                else:
+                    row.update(status="failed", error=outcome)
+                report.series.append(row)
+                if on_row is not None:
+                    on_row(row)
+    if not report.classified:
+        reasons = "; ".join(
+            [row["error"] for row in report.series] + [s["reason"] for s in report.skipped]
+        )
+        raise UnreadableScanError(f"no scan could be classified ({reasons or 'nothing found'})")
+    return report
+
+
+def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
+    from napari_scan_classifier.io import load_scans
+
+    try:
+        loaded = load_scans(path)
+    except UnreadableScanError as error:
+        report.skipped.append({"input": number, "file": Path(path).name, "reason": str(error)})
+        return []
+    report.skipped.extend(
+        {"input": number, "file": s.path.name, "reason": s.reason} for s in loaded.skipped
+    )
+    return loaded.volumes
+
+
+def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _predict_each(volumes: list[Volume], bundle: Bundle, passes: int) -> list[Prediction | str]:
+    """One batch; if a scan in it is unusable, each on its own, so the others still get a result
+    (the unusable ones get the reason)."""
+    try:
+        return list(predict(volumes, bundle, passes))
+    except InvalidInputError as error:
+        if len(volumes) == 1:
+            return [str(error)]
+    return [outcome for volume in volumes for outcome in _predict_each([volume], bundle, passes)]
+
+
+def series_row(index: int, number: int, volume: Volume) -> dict[str, Any]:
+    """A series' de-identified label and geometry: ``index`` counts series over the whole run,
+    ``number`` is the position of the input path on the command line."""
+    meta = volume.metadata
+    return {
+        "index": index,
+        "input": number,
+        "series": series_label(index, volume),
+        "series_key": meta.get("series_key"),
+        "modality": volume.modality,
+        "series_number": meta.get("series_number"),
+        "description": volume.description,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(s, 6) for s in volume.spacing],
+        "geometry_warnings": [str(w) for w in meta.get("geometry_warnings", ())],
+        "status": "",
+        "error": None,
+    }
+
+
+def series_label(index: int, volume: Volume) -> str:
+    """``"003 CT #2 Chest [1a2b3c4d5e6f]"``: index, safe header fields, hashed series key."""
+    key = volume.metadata.get("series_key")
+    return f"{index:03d} {volume.display_name()}" + (f" [{key}]" if key else "")
+
+
+def _saved_map(
+    volume: Volume, result: ScanResult, index: int, folder: str | os.PathLike[str] | None
+) -> dict[str, Any] | None:
+    summary = result.to_dict()["saliency"]
+    if summary is None or folder is None or result.saliency is None:
+        return summary
+    from napari_scan_classifier.io.nifti import save_nifti
+
+    target = _UNSAFE_FILE_CHARS.sub("_", result.saliency.target_class)
+    name = f"{index:03d}_{volume.modality}_{result.saliency.method}_{target}.nii.gz"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_nifti(volume.with_voxels(result.saliency.values), Path(folder) / name)
+    return {**summary, "file": name}
+
+
+def _model_summary(bundle: Bundle) -> dict[str, Any]:
+    meta = bundle.metadata
+    return {
+        "name": meta.name,
+        "version": meta.version,
+        "classes": list(meta.classes),
+        "modality": meta.modality,
+    }
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def write_report(report: BatchReport, path: str | os.PathLike[str]) -> Path:
+    """Write ``report`` as JSON or CSV (by the suffix), atomically."""
+    out = check_output(path)
+    text = to_json(report) if out.suffix.lower() == ".json" else to_csv(report)
+    return _atomic_write(out, text)
+
+
+def to_json(report: BatchReport) -> str:
+    return json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def to_csv(report: BatchReport) -> str:
+    """One row per series (probability and SD columns per class), then one per skipped file."""
+    classes = report.model["classes"]
+    columns = [
+        "index",
+        "input",
+        "series",
+        "series_key",
+        "modality",
+        "series_number",
+        "description",
+        "status",
+        "predicted_class",
+        *(f"p_{name}" for name in classes),
+        *(f"sd_{name}" for name in classes),
+        "predictive_entropy",
+        "mutual_information",
+        "uncertainty_passes",
+        "device",
+        "model",
+        "model_version",
+        "seconds",
+        "saliency_file",
+        "saliency_vs_random_auc",
+        "modality_warning",
+        "geometry_warnings",
+        "file",
+        "note",
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in report.series:
+        writer.writerow(_csv_row(row, classes))
+    for skipped in report.skipped:
+        writer.writerow(
+            {
+                "input": skipped["input"],
+                "status": "skipped",
+                "file": skipped["file"],
+                "note": skipped["reason"],
+            }
+        )
+    return buffer.getvalue()
+
+
+def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    flat = {
+        key: row[key]
+        for key in (
+            "index",
+            "input",
+            "series",
+            "series_key",
+            "modality",
+            "series_number",
+            "description",
+            "status",
+        )
+    }
+    flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
+    flat["note"] = row["error"] or ""
+    if row["status"] != "classified":
+        return flat
+    uncertainty = row["uncertainty"]
+    saliency = row["saliency"] or {}
+    faithfulness = saliency.get("faithfulness") or {}
+    for name in classes:
+        flat[f"p_{name}"] = _fmt(row["probabilities"][name])
+        flat[f"sd_{name}"] = _fmt(uncertainty["std"][name])
+    flat.update(
+        predicted_class=row["predicted_class"],
+        predictive_entropy=_fmt(uncertainty["predictive_entropy"]),
+        mutual_information=_fmt(uncertainty["mutual_information"]),
+        uncertainty_passes=uncertainty["passes"] if uncertainty["method"] != "none" else 0,
+        device=row["device"],
+        model=row["model"]["name"],
+        model_version=row["model"]["version"],
+        seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
+        saliency_file=saliency.get("file", ""),
+        saliency_vs_random_auc=_fmt(faithfulness.get("ratio")),
+        modality_warning=row["modality_warning"] or "",
+    )
+    return flat
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars as Python numbers and NaN/infinity as None (valid JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------- text
+
+
+def probability_lines(result: Mapping[str, Any]) -> list[str]:
+    """``"lesion   0.83 ± 0.04"`` per class (± the SD over the uncertainty passes)."""
+    std = result["uncertainty"]["std"]
+    width = max(len(name) for name in result["probabilities"])
+    return [
+        f"{name:<{width}}  {p:.2f} ± {std[name]:.2f}" for name, p in result["probabilities"].items()
+    ]
+
+
+def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> list[str]:
+    """What a person reads first: prediction, probabilities (unless a chart shows them), model,
+    device, time, caveats."""
+    model = result["model"]
+    timings = result["timings"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
+    uncertainty = result["uncertainty"]
+    spread = (
+        f"{uncertainty['passes']} {UNCERTAINTY_TITLES.get(uncertainty['method'], '')} passes"
+        if uncertainty["method"] != "none"
+        else "no uncertainty passes"
+    )
+    lines = [
+        f"Predicted: {result['predicted_class']}",
+        *(probability_lines(result) if probabilities else []),
+        f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
+        f"Time: {timings['total'] + timings.get('saliency', 0.0):.2f} s ({parts})",
+    ]
+    lines += _saliency_lines(result.get("saliency"))
+    if result.get("modality_warning"):
+        lines.append(f"Warning: {result['modality_warning']}")
+    return lines
+
+
+def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:
+    if not saliency:
+        return []
+    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
+    lines = [f"Saliency: {title} of '{saliency['target_class']}'"]
+    check = saliency.get("faithfulness")
+    if check:
+        verdict = (
+            "faster than random"
+            if check["difference"] > FAITHFUL_MARGIN
+            else "no faster than random"
+        )
+        lines.append(
+            f"Saliency check: deleting the most salient voxels first lowers "
+            f"p({check['target_class']}) {verdict} (area {check['auc_salient']:.2f} vs "
+            f"{check['auc_random']:.2f})"
+        )
+    return lines
+
+
+def _method_key(method: str) -> str:
+    """SaliencyMap.method ("grad_cam") as the option name ("gradcam")."""
+    return method.replace("_", "")
+
+
+def saliency_title(saliency: Mapping[str, Any]) -> str:
+    """``"Grad-CAM (lesion)"``: for layer names."""
+    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
+    return f"{title} ({saliency['target_class']})"
+
+
+def slice_text(result: Mapping[str, Any], k: int) -> str | None:
+    """``"slice 12/72: p(normal)=0.17 p(lesion)=0.83"`` for slice ``k`` (0-based, as acquired),
+    or None where the model scores no slices or did not reach this one."""
+    per_slice = result.get("per_slice")
+    if not per_slice:
+        return None
+    scores = {name: values[k] for name, values in per_slice.items() if 0 <= k < len(values)}
+    if not scores or any(p is None for p in scores.values()):
+        return None
+    total = len(next(iter(per_slice.values())))
+    shown = " ".join(f"p({name})={p:.2f}" for name, p in scores.items())
+    return f"slice {k + 1}/{total}: {shown}"

@@ -1,0 +1,330 @@
+"""The "Classify scan" widget on a real napari viewer: the result equals the core's, the saliency
+layer lies over the scan, nothing piles up, bad input is explained, Cancel works, and the viewer
+stays responsive while the model runs.
+
+Tiny untrained models keep it fast; the checks are about wiring and geometry, not skill.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from model_fixtures import CLASSES, metadata, tiny_bundle
+from napari.components import ViewerModel
+from napari.layers import Image, Layer
+from napari.utils.notifications import Notification, NotificationSeverity
+from pytestqt.qtbot import QtBot
+from qtpy.QtCore import Qt, QTimer
+
+from napari_scan_classifier.inference import classify
+from napari_scan_classifier.models import Bundle, build_cnn3d, load_bundle, save_bundle
+from napari_scan_classifier.plugin.layers import (
+    VOLUME_KEY,
+    find_result_layer,
+    volume_to_layer_data,
+)
+from napari_scan_classifier.plugin.widgets.classify import (
+    CLASSIFICATION_KEY,
+    SALIENCY_KIND,
+    ClassifyWidget,
+)
+from napari_scan_classifier.results import slice_text
+from napari_scan_classifier.saliency import grad_cam
+from napari_scan_classifier.volume import Volume
+
+PLUGIN = "napari-scan-classifier"
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bundle(tiny_bundle(), tmp_path_factory.mktemp("models") / "cnn3d")
+
+
+@pytest.fixture(scope="module")
+def gru_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bundle(tiny_bundle("slice_gru"), tmp_path_factory.mktemp("models") / "gru")
+
+
+def _widget(viewer: ViewerModel, model: Path, **options: object) -> ClassifyWidget:
+    widget = ClassifyWidget(viewer)
+    widget.model.value = model
+    widget.passes.value = 3
+    for name, value in options.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def _sample(viewer: ViewerModel) -> Image:
+    (layer,) = viewer.open_sample(PLUGIN, "phantom_ct")
+    return layer
+
+
+def _run(qtbot: QtBot, widget: ClassifyWidget) -> None:
+    """Press Classify and wait for the worker to finish."""
+    widget.run_button.clicked.emit()
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def _messages(notifications: list[Notification], severity: NotificationSeverity) -> list[str]:
+    return [n.message for n in notifications if n.severity == severity]
+
+
+def test_classify_adds_an_aligned_saliency_layer_and_the_result(
+    viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path
+) -> None:
+    scan = _sample(viewer)
+    widget = _widget(viewer, cnn_dir)
+    assert widget.scan.value is scan  # the active layer by default
+
+    _run(qtbot, widget)
+
+    volume: Volume = scan.metadata[VOLUME_KEY]
+    bundle = load_bundle(cnn_dir)
+    result = scan.metadata[CLASSIFICATION_KEY]
+    expected = classify(volume, bundle, method="none")
+    assert list(result["probabilities"]) == CLASSES
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+    for name in CLASSES:
+        assert result["probabilities"][name] == pytest.approx(expected.probabilities[name])
+    assert result["predicted_class"] == expected.predicted_class
+    assert result["uncertainty"]["passes"] == 3 and result["device"]
+    assert result["saliency"]["faithfulness"]["target_class"] == expected.predicted_class
+
+    saliency = find_result_layer(viewer.layers, scan, SALIENCY_KIND)
+    assert saliency is not None and len(viewer.layers) == 2
+    assert saliency.name == f"{scan.name} · Grad-CAM ({expected.predicted_class})"
+    np.testing.assert_allclose(saliency.affine.affine_matrix, scan.affine.affine_matrix)
+    reference = grad_cam(volume, bundle).values
+    aligned = volume.with_voxels(reference).world_aligned().voxels
+    np.testing.assert_allclose(saliency.data, aligned, atol=1e-6)
+    assert float(saliency.data.max()) == pytest.approx(1.0) and float(saliency.data.min()) >= 0
+    assert saliency.blending == "additive" and saliency.colormap.name == "inferno"
+    assert saliency.metadata[CLASSIFICATION_KEY] == result
+
+    assert f"Predicted: {expected.predicted_class}" in widget.summary.value
+    assert "sphere-test v1" in widget.summary.value and result["device"] in widget.summary.value
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_classifying_again_updates_the_same_layer(
+    viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path
+) -> None:
+    scan = _sample(viewer)
+    widget = _widget(viewer, cnn_dir)
+    _run(qtbot, widget)
+    saliency = find_result_layer(viewer.layers, scan, SALIENCY_KIND)
+    scan.name = "renamed"
+    assert widget.scan.value is scan
+
+    widget.passes.value = 0
+    _run(qtbot, widget)
+
+    assert len(viewer.layers) == 2
+    assert find_result_layer(viewer.layers, scan, SALIENCY_KIND) is saliency
+    assert saliency.name.startswith("renamed · Grad-CAM")
+    assert scan.metadata[CLASSIFICATION_KEY]["uncertainty"]["method"] == "none"
+
+    widget.saliency.value = "none"
+    _run(qtbot, widget)
+    assert list(viewer.layers) == [scan]  # a stale map is not left behind
+
+
+def test_per_slice_scores_follow_the_slider(
+    viewer: ViewerModel, qtbot: QtBot, gru_dir: Path
+) -> None:
+    scan = _sample(viewer)
+    widget = _widget(viewer, gru_dir, saliency="none")
+    _run(qtbot, widget)
+    result = scan.metadata[CLASSIFICATION_KEY]
+    scores = result["per_slice"]
+    assert set(scores) == set(CLASSES) and len(scores[CLASSES[1]]) == scan.data.shape[0]
+
+    for step in (5, 40):
+        viewer.dims.set_current_step(0, step)
+        k = round(float(scan.world_to_data(viewer.dims.point)[0]))  # napari's own transform
+        overlay = viewer.canvas.overlays.text
+        assert overlay.visible and overlay.text == slice_text(result, k)
+        assert f"p({CLASSES[1]})={scores[CLASSES[1]][k]:.2f}" in overlay.text
+        assert widget.chart._cursor.get_xdata()[0] == k + 1
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda v: v.add_labels(np.zeros((4, 8, 8), dtype=np.uint8)), "Open a CT or MR scan"),
+        (lambda v: v.add_image(np.zeros((32, 32), dtype=np.float32), name="xray"), "2D"),
+        (lambda v: v.add_image(np.zeros((4, 8, 8, 3), dtype=np.uint8), rgb=True), "RGB"),
+    ],
+    ids=["labels only", "2D image", "RGB"],
+)
+def test_layers_that_are_not_scans_are_explained_at_once(
+    viewer: ViewerModel,
+    notifications: list[Notification],
+    make,
+    expected: str,
+    cnn_dir: Path,
+) -> None:
+    make(viewer)
+    widget = _widget(viewer, cnn_dir)
+
+    assert widget.classify() is None
+
+    assert expected in notifications[-1].message
+    assert widget.run_button.enabled and len(viewer.layers) == 1
+
+
+def _nan_scan(viewer: ViewerModel) -> Layer:
+    volume = Volume(np.full((8, 16, 16), 40.0, dtype=np.float32), np.eye(4), modality="CT")
+    volume.voxels[2, 3, 4] = np.nan
+    return Layer.create(*volume_to_layer_data(volume))
+
+
+def _segmentation(viewer: ViewerModel) -> Layer:
+    labels = np.zeros((8, 16, 16), dtype=np.uint8)
+    labels[2:5, 4:9, 4:9] = 2
+    return viewer.add_image(labels, name="mask opened as an image")
+
+
+@pytest.mark.parametrize(
+    ("make", "model", "expected"),
+    [
+        (_nan_scan, None, "NaN"),
+        (_segmentation, None, "label image"),
+        (_nan_scan, "broken", "cannot be used"),
+    ],
+    ids=["NaN voxels", "segmentation", "invalid bundle"],
+)
+def test_worker_errors_become_one_line(
+    viewer: ViewerModel,
+    qtbot: QtBot,
+    notifications: list[Notification],
+    tmp_path: Path,
+    cnn_dir: Path,
+    make,
+    model: str | None,
+    expected: str,
+) -> None:
+    layer = make(viewer)
+    if layer not in viewer.layers:
+        viewer.layers.append(layer)
+    if model:
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "bundle.json").write_text("{}")
+    widget = _widget(viewer, tmp_path / model if model else cnn_dir)
+
+    _run(qtbot, widget)
+
+    errors = _messages(notifications, NotificationSeverity.ERROR)
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert "Traceback" not in errors[0] and "\n" not in errors[0]
+    assert CLASSIFICATION_KEY not in layer.metadata and len(viewer.layers) == 1
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_other_modality_warns_and_goes_on(
+    viewer: ViewerModel, qtbot: QtBot, notifications: list[Notification], cnn_dir: Path
+) -> None:
+    (mr,) = viewer.open_sample(PLUGIN, "phantom_mr")
+    widget = _widget(viewer, cnn_dir, saliency="none")
+
+    _run(qtbot, widget)
+
+    (warning,) = _messages(notifications, NotificationSeverity.WARNING)
+    assert "'MR'" in warning and "trained on CT" in warning
+    assert sum(mr.metadata[CLASSIFICATION_KEY]["probabilities"].values()) == pytest.approx(1.0)
+    assert "Warning:" in widget.summary.value
+
+
+@pytest.mark.parametrize("how", ["cancel button", "napari quits the worker"])
+def test_cancel_stops_the_worker(
+    viewer: ViewerModel,
+    qtbot: QtBot,
+    notifications: list[Notification],
+    cnn_dir: Path,
+    how: str,
+) -> None:
+    """Occlusion takes many forward passes; cancelling at the first of them ends it there."""
+    scan = _sample(viewer)
+    widget = _widget(viewer, cnn_dir, saliency="occlusion")
+    reports: list[str] = []
+    worker = widget.classify()
+
+    def cancel_once_occluding(report: tuple[int, int, str]) -> None:
+        reports.append(report[2])
+        if report[2].startswith("occluding") and widget.cancel_button.enabled:
+            if how == "cancel button":
+                widget.cancel_button.clicked.emit()
+            else:
+                worker.quit()
+                widget.cancel_button.enabled = False
+
+    worker.yielded.connect(cancel_once_occluding)
+    start = time.perf_counter()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert time.perf_counter() - start < 5.0  # a full occlusion map takes about 10 s here
+    assert 1 <= sum(r.startswith("occluding") for r in reports) <= 3
+    assert "Classification cancelled." in _messages(notifications, NotificationSeverity.INFO)
+    assert not _messages(notifications, NotificationSeverity.ERROR)
+    assert CLASSIFICATION_KEY not in scan.metadata and len(viewer.layers) == 1
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_demo_viewer_opens_classified(qtbot: QtBot, cnn_dir: Path, mock_app_model) -> None:
+    # mock_app_model: the demo's own Viewer registers the plugin's actions in a throwaway napari
+    # app, so a later test's Viewer does not find them registered already.
+    from qt_support import opengl_available
+
+    if not opengl_available():
+        pytest.skip("napari's window needs OpenGL: run under Xvfb (pytest-xvfb)")
+    from napari_scan_classifier.plugin.demo import CLASSIFY_DOCK, open_demo_viewer
+
+    viewer = open_demo_viewer(show=False, classify=True, model=str(cnn_dir))
+    try:
+        widget = viewer.window.dock_widgets[CLASSIFY_DOCK]
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+        scan, saliency = viewer.layers
+        assert find_result_layer(viewer.layers, scan, SALIENCY_KIND) is saliency
+        assert "Predicted:" in widget.summary.value
+    finally:
+        viewer.close()
+
+
+@pytest.mark.slow
+def test_viewer_stays_responsive_while_classifying(
+    viewer: ViewerModel, qtbot: QtBot, tmp_path: Path
+) -> None:
+    """A QTimer ticking every 10 ms never waits more than 200 ms while the worker loads a 64^3
+    model and classifies (its graphs traced on first use) with 50 dropout passes and a checked
+    Grad-CAM map. (Adding the result's layer afterwards is napari's usual cost of a new layer.)"""
+    scan = _sample(viewer)
+    keras.utils.set_random_seed(0)
+    model = build_cnn3d((64, 64, 64, 1), len(CLASSES), width=16, dropout=0.5)
+    bundle = save_bundle(Bundle(metadata(input_shape=(64, 64, 64)), model), tmp_path / "big")
+    widget = _widget(viewer, bundle)
+    widget.passes.value = 50
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+
+    start = time.perf_counter()
+    worker = widget.classify()
+    done: list[float] = []  # when the worker thread hands over its result
+    worker.returned.connect(
+        lambda _: done.append(time.perf_counter()), type=Qt.ConnectionType.DirectConnection
+    )
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    timer.stop()
+
+    assert CLASSIFICATION_KEY in scan.metadata
+    (end,) = done
+    assert end - start > 1.0, "the job was too short to show anything"
+    gaps = np.diff([start, *(t for t in ticks if t < end), end])
+    assert gaps.max() < 0.2, f"the event loop stalled for {gaps.max():.3f} s"

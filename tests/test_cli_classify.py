@@ -1,0 +1,224 @@
+"""``napari-scan-classifier classify`` and ``demo --headless``: what they write, and how they fail.
+
+A tiny untrained model is enough: the checks are about plumbing (every series found, results equal
+to the core's, maps on the scan's own grid, nothing identifying written), not about skill.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import CLASSES, tiny_bundle
+
+from napari_scan_classifier.cli import main
+from napari_scan_classifier.inference import classify
+from napari_scan_classifier.io import load_scans
+from napari_scan_classifier.io.dicom_write import write_series
+from napari_scan_classifier.io.nifti import load_nifti
+from napari_scan_classifier.models import load_bundle, save_bundle
+from napari_scan_classifier.models.bundled import bundled_model_path
+from napari_scan_classifier.phantoms import make_ct_phantom
+
+PATIENT = "DOE^JANE"
+SERIES = {"Abdomen 5mm": 3, "Abdomen soft": 4}  # description -> series number
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bundle(tiny_bundle(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def dicom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CT series of one study in one folder tree, a patient name in every header, and a file
+    that is not DICOM at all."""
+    root = tmp_path_factory.mktemp("patient_DOE_JANE")
+    for seed, (description, number) in enumerate(SERIES.items()):
+        volume = make_ct_phantom(seed, shape=(20, 40, 40), spacing=(5.0, 4.0, 4.0)).volume
+        write_series(
+            volume,
+            root / f"series{number}",
+            series_description=description,
+            series_number=number,
+            patient_name=PATIENT,
+        )
+    (root / "notes.txt").write_text("not a scan")
+    return root
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_rows_equal_the_core_and_maps_keep_the_scan_geometry(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    out, maps = tmp_path / "results.json", tmp_path / "maps"
+
+    code, stdout, stderr = _run(
+        capsys, "classify", dicom_dir, "--model", bundle_dir, "--out", out, "--saliency-dir", maps
+    )
+
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    rows = report["series"]
+    assert sorted(row["series_number"] for row in rows) == sorted(SERIES.values())
+    assert [row["index"] for row in rows] == [1, 2]
+    assert report["model"]["classes"] == CLASSES
+    assert [s["file"] for s in report["skipped_files"]] == ["notes.txt"]
+    bundle = load_bundle(bundle_dir)
+    volumes = {v.metadata["series_key"]: v for v in load_scans(dicom_dir).volumes}
+    for row in rows:
+        volume = volumes[row["series_key"]]
+        assert row["status"] == "classified"
+        assert row["series"].startswith(f"{row['index']:03d} CT #{row['series_number']}")
+        assert row["description"] == volume.description
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+        assert row["predicted_class"] in CLASSES
+        assert set(row["uncertainty"]["std"]) == set(CLASSES)
+        assert row["uncertainty"]["passes"] == 10
+        assert row["device"]
+        expected = classify(volume, bundle, method="none").probabilities
+        for name in CLASSES:
+            assert row["probabilities"][name] == pytest.approx(expected[name], abs=1e-5)
+        saved = load_nifti(maps / row["saliency"]["file"])
+        assert saved.shape == volume.shape
+        np.testing.assert_allclose(saved.affine, volume.affine, atol=1e-4)
+        assert float(saved.voxels.min()) >= 0.0 and float(saved.voxels.max()) == pytest.approx(1.0)
+    assert f"wrote {out}" in stdout
+    assert "skipped notes.txt" in stderr
+
+
+def test_nothing_identifying_is_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    out = tmp_path / "results.json"
+
+    code, stdout, stderr = _run(capsys, "classify", dicom_dir, "--model", bundle_dir, "--out", out)
+
+    assert code == 0, stderr
+    written = out.read_text() + stdout + stderr
+    for secret in ("DOE", "JANE", str(dicom_dir), dicom_dir.name):
+        assert secret not in written
+    assert all(row["saliency"] is None for row in json.loads(out.read_text())["series"])
+
+
+def test_csv_has_a_row_per_series_and_per_skipped_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    out = tmp_path / "results.csv"
+
+    code, _, stderr = _run(
+        capsys, "classify", dicom_dir, "--model", bundle_dir, "--out", out, "--passes", "0"
+    )
+
+    assert code == 0, stderr
+    with out.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    classified = [row for row in rows if row["status"] == "classified"]
+    assert len(classified) == len(SERIES)
+    for row in classified:
+        assert sum(float(row[f"p_{name}"]) for name in CLASSES) == pytest.approx(1.0, abs=1e-5)
+        assert row["predicted_class"] in CLASSES
+        assert row["uncertainty_passes"] == "0"
+        assert float(row[f"sd_{CLASSES[0]}"]) == 0.0
+    (skipped,) = [row for row in rows if row["status"] == "skipped"]
+    assert skipped["file"] == "notes.txt" and skipped["note"]
+
+
+def test_unusable_series_fails_alone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    """A scan the model cannot take (here a NIfTI with NaN voxels) gets its reason; the other
+    inputs of the run are still classified."""
+    from napari_scan_classifier.io.nifti import save_nifti
+
+    volume = make_ct_phantom(0, shape=(8, 16, 16)).volume
+    voxels = volume.voxels.astype(np.float32)
+    voxels[0, 0, 0] = np.nan
+    broken = save_nifti(volume.with_voxels(voxels), tmp_path / "broken.nii.gz")
+    out = tmp_path / "results.json"
+
+    code, _, stderr = _run(
+        capsys, "classify", broken, dicom_dir, "--model", bundle_dir, "--out", out
+    )
+
+    assert code == 0
+    rows = json.loads(out.read_text())["series"]
+    assert [row["status"] for row in rows] == ["failed", "classified", "classified"]
+    assert "NaN" in rows[0]["error"] and "NaN" in stderr
+
+
+def _assert_one_clean_line(code: int, stdout: str, stderr: str, *words: str) -> None:
+    assert code != 0
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_missing_path_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bundle_dir: Path
+) -> None:
+    out = tmp_path / "results.json"
+    code, stdout, stderr = _run(
+        capsys, "classify", tmp_path / "no_such_scan", "--model", bundle_dir, "--out", out
+    )
+    _assert_one_clean_line(code, stdout, stderr, "no_such_scan")
+    assert not out.exists()
+
+
+def test_invalid_bundle_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path
+) -> None:
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "bundle.json").write_text("{not json")
+    code, stdout, stderr = _run(
+        capsys, "classify", dicom_dir, "--model", broken, "--out", tmp_path / "r.json"
+    )
+    _assert_one_clean_line(code, stdout, stderr, "broken_model")
+
+
+def test_unknown_output_format_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    code, stdout, stderr = _run(
+        capsys, "classify", dicom_dir, "--model", bundle_dir, "--out", tmp_path / "r.xlsx"
+    )
+    _assert_one_clean_line(code, stdout, stderr, "r.xlsx", ".json or .csv")
+
+
+def test_headless_demo_prints_the_result(
+    capsys: pytest.CaptureFixture[str], bundle_dir: Path
+) -> None:
+    code, stdout, stderr = _run(capsys, "demo", "--headless", "--model", bundle_dir)
+
+    assert code == 0, stderr
+    assert "CT #1 Synthetic CT phantom: (72, 128, 128) voxels" in stdout
+    lines = [line.split() for line in stdout.splitlines()]
+    (predicted,) = [words[1] for words in lines if words[0] == "Predicted:"]
+    assert predicted in CLASSES
+    shown = {words[0]: words[1:] for words in lines if words[0] in CLASSES}  # p ± sd
+    assert list(shown) == CLASSES
+    assert all(rest[1] == "±" for rest in shown.values())
+    assert sum(float(rest[0]) for rest in shown.values()) == pytest.approx(1.0, abs=0.011)
+    assert "Model: sphere-test v1 on " in stdout
+    assert "Time: " in stdout and "Saliency check:" in stdout
+
+
+def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
+    if not bundled_model_path().is_dir():
+        pytest.skip("the bundled model has not been trained into the package yet")
+    code, stdout, stderr = _run(capsys, "demo", "--headless")
+
+    assert code == 0, stderr
+    assert "Predicted:" in stdout and "Model: " in stdout
