@@ -162,16 +162,25 @@ def check_model(metadata: BundleMetadata, model: keras.Model) -> None:
         ) from None
 
 
-def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
-    """Save as a folder (or a zip if ``path`` ends in .zip); refuses to replace anything."""
+def save_bundle(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Save as a folder (or a zip if ``path`` ends in .zip); refuses to replace anything.
+
+    ``extra_files`` (file name -> content, e.g. training plots as PNG) are staged and published
+    with the model, so they appear together with it or not at all.
+    """
     target = Path(path)
     if target.suffix.lower() == ".zip":
-        return save_bundle_zip(bundle, target)
+        return save_bundle_zip(bundle, target, extra_files)
     check_model(bundle.metadata, bundle.model)
+    _check_extra_names(extra_files or {})
     _refuse_existing(target)
     staging = _staging_beside(target)
     try:
-        _write_parts(bundle, staging)
+        _write_parts(bundle, staging, extra_files or {})
         os.rename(staging, target)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -181,18 +190,27 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def save_bundle_zip(bundle: Bundle, path: str | os.PathLike[str]) -> Path:
-    """Save as one .zip holding ``model.keras`` and ``bundle.json``; refuses to replace anything."""
+def save_bundle_zip(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Save as one .zip holding ``model.keras``, ``bundle.json`` and any ``extra_files``;
+    refuses to replace anything."""
     target = Path(path)
+    extras = dict(extra_files or {})
     check_model(bundle.metadata, bundle.model)
+    _check_extra_names(extras)
     _refuse_existing(target)
     staging = _staging_beside(target)
     try:
-        _write_parts(bundle, staging)
+        _write_parts(bundle, staging, extras)
         archive = staging / "bundle.zip"
         with zipfile.ZipFile(archive, "w") as zf:
             zf.write(staging / MODEL_FILE, MODEL_FILE, zipfile.ZIP_STORED)
             zf.write(staging / METADATA_FILE, METADATA_FILE, zipfile.ZIP_DEFLATED)
+            for name in extras:
+                zf.write(staging / name, name, zipfile.ZIP_STORED)
         _fsync(archive)
         _publish_file(archive, target)
     finally:
@@ -314,12 +332,26 @@ def _code_in(config: Any) -> str | None:
     return None
 
 
-def _write_parts(bundle: Bundle, folder: Path) -> None:
+def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes]) -> None:
     bundle.model.save(folder / MODEL_FILE)
     text = json.dumps(bundle.metadata.to_dict(), indent=2, ensure_ascii=False)
     (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
-    for name in (MODEL_FILE, METADATA_FILE):
+    for name, content in extra_files.items():
+        (folder / name).write_bytes(content)
+    for name in (MODEL_FILE, METADATA_FILE, *extra_files):
         _fsync(folder / name)
+
+
+def _check_extra_names(extra_files: Mapping[str, bytes]) -> None:
+    """Extra files are plain names beside the model; they may not replace its two parts."""
+    for name in extra_files:
+        if (
+            not isinstance(name, str)
+            or name in (MODEL_FILE, METADATA_FILE, "", ".", "..")
+            or name != posixpath.basename(name)
+            or "\\" in name
+        ):
+            raise ValueError(f"extra file name {name!r} must be a plain file name")
 
 
 def _publish_file(staged: Path, target: Path) -> None:

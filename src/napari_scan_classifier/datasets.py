@@ -1,0 +1,329 @@
+"""Training and evaluation data: a case library folder or a MedMNIST-style ``.npz``, as arrays on a
+model's grid with integer labels and class names.
+
+Both sources end up as :class:`LabelledData`: named splits of ``(N, D, H, W)`` float32 arrays
+already on the model grid and in the model's intensity range, so training and evaluation never
+touch files again.
+
+- A **case library** (see :mod:`napari_scan_classifier.cases`) is one split, ``"all"``; every
+  case goes through :func:`~napari_scan_classifier.preprocess.prepare` with the model's grid and
+  intensity recipe, exactly as a scan classified in the viewer does.
+- A **MedMNIST-style npz** holds ``train_images``/``train_labels``, ``val_*`` and optionally
+  ``test_*``: uint8 volumes ``N x D x H x W`` and labels ``N x 1``. They are already cropped and
+  normalised, so intensities are only scaled to [0, 1] (integers by their type's maximum) and the
+  model's intensity recipe is *not* applied; volumes are stretched onto the model grid when their
+  shape differs. Class names come from the MedMNIST catalogue when the file name tells the data
+  set (``adrenalmnist3d_64.npz``), else ``"0"``, ``"1"``, ...
+
+Each case also records which of its array axes runs superior-inferior and which left-right (from
+its affine; npz volumes are taken as axial stacks), so augmentation flips left-right only and
+rotates in the axial plane whatever the acquisition orientation.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_scan_classifier.errors import CancelledError, TrainingError
+from napari_scan_classifier.preprocess import model_grid, prepare, resample_to_grid
+from napari_scan_classifier.volume import Volume
+
+# Called with (done, total) as cases are read and resampled.
+LoadProgress = Callable[[int, int], None]
+
+AXIAL_AXES = (0, 2)  # (superior-inferior, left-right) index axes of an axial (z, y, x) stack
+ALL = "all"
+NPZ_SPLITS = ("train", "val", "test")
+# Label names of the MedMNIST 3D data sets (medmnist/info.py), by file-name prefix.
+MEDMNIST_CLASSES: dict[str, tuple[str, ...]] = {
+    "adrenalmnist3d": ("normal", "hyperplasia"),
+    "nodulemnist3d": ("benign", "malignant"),
+    "vesselmnist3d": ("vessel", "aneurysm"),
+    "synapsemnist3d": ("inhibitory synapse", "excitatory synapse"),
+    "fracturemnist3d": (
+        "buckle rib fracture",
+        "nondisplaced rib fracture",
+        "displaced rib fracture",
+    ),
+    "organmnist3d": (
+        "liver",
+        "kidney-right",
+        "kidney-left",
+        "femur-right",
+        "femur-left",
+        "bladder",
+        "heart",
+        "lung-right",
+        "lung-left",
+        "spleen",
+        "pancreas",
+    ),
+}
+# Labels that name the absence of a finding: they come first, so binary metrics call the other
+# class positive (evaluation takes the second class as positive).
+NEGATIVE_LABELS = ("normal", "negative", "healthy", "benign", "control", "no finding", "absent")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Cases on the model grid: ``x`` (N, D, H, W) float32, ``y`` (N,) indices into the class
+    names, ``axes`` (N, 2): each case's superior-inferior and left-right array axes."""
+
+    x: np.ndarray
+    y: np.ndarray
+    axes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not (len(self.x) == len(self.y) == len(self.axes)):
+            raise ValueError("x, y and axes must have one entry per case")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> Split:
+        return Split(self.x[indices], self.y[indices], self.axes[indices])
+
+    def counts(self, class_names: Sequence[str]) -> dict[str, int]:
+        """Cases per class name (zeros included)."""
+        numbers = np.bincount(self.y, minlength=len(class_names))
+        return {name: int(n) for name, n in zip(class_names, numbers, strict=True)}
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Named splits sharing one list of class names; ``description`` says where they came from
+    without naming paths; ``modalities`` lists the cases' modalities where known."""
+
+    class_names: tuple[str, ...]
+    splits: Mapping[str, Split]
+    description: str
+    modalities: tuple[str, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The grid (D, H, W) every split is on."""
+        return tuple(next(iter(self.splits.values())).x.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str | None = None) -> Split:
+        """A split by name; ``None``: test if present, else val, else everything."""
+        if name is None:
+            name = next((s for s in ("test", "val", ALL) if s in self.splits), None)
+        if name not in self.splits:
+            raise TrainingError(
+                f"The data ({self.description}) has no split {name!r}; "
+                f"it has {', '.join(sorted(self.splits))}"
+            )
+        return self.splits[name]
+
+
+def load_source(
+    source: str | Path,
+    shape: Sequence[int],
+    spacing_mm: Sequence[float] | None,
+    intensity: Mapping[str, Any],
+    *,
+    progress: LoadProgress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> LabelledData:
+    """Load a case library folder or an ``.npz`` onto the model grid ``shape`` (see module doc)."""
+    path = Path(source)
+    if not path.exists():
+        raise TrainingError(f"Training data '{path.name}': no such file or folder")
+    if path.is_dir():
+        return load_case_library(
+            path, shape, spacing_mm, intensity, progress=progress, cancel=cancel
+        )
+    return load_npz(path, shape)
+
+
+def load_npz(path: str | Path, shape: Sequence[int] | None = None) -> LabelledData:
+    """A MedMNIST-style npz as splits scaled to [0, 1], resized to ``shape`` if given."""
+    path = Path(path)
+    arrays = _read_npz(path)
+    splits: dict[str, Split] = {}
+    n_classes = 0
+    for name in NPZ_SPLITS:
+        if f"{name}_images" not in arrays:
+            continue
+        x = _npz_images(arrays, name, path, shape)
+        y = _npz_labels(arrays, name, path, len(x))
+        splits[name] = Split(x, y, np.tile(AXIAL_AXES, (len(y), 1)))
+        n_classes = max(n_classes, int(y.max()) + 1)
+    if "train" not in splits:
+        raise TrainingError(f"'{path.name}' has no train_images: not a MedMNIST-style npz")
+    return LabelledData(_npz_class_names(path, n_classes), splits, f"npz file '{path.name}'")
+
+
+def load_case_library(
+    root: str | Path,
+    shape: Sequence[int],
+    spacing_mm: Sequence[float] | None,
+    intensity: Mapping[str, Any],
+    *,
+    progress: LoadProgress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> LabelledData:
+    """Every readable case of the library at ``root``, prepared for the model, one split."""
+    from napari_scan_classifier.cases import CaseLibrary
+
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainingError(f"Training data '{root.name}' is not a case library folder")
+    library = CaseLibrary(root)
+    records = library.list()
+    if not records:
+        raise TrainingError(f"The case library '{root.name}' holds no readable cases")
+    volumes: list[np.ndarray] = []
+    axes: list[tuple[int, int]] = []
+    for done, record in enumerate(records, start=1):
+        if cancel is not None and cancel():
+            raise CancelledError("Loading the training cases was cancelled")
+        volume, _mask = library.load(record.case_id)
+        volumes.append(_prepare(volume, shape, spacing_mm, intensity))
+        axes.append(anatomical_axes(volume.affine))
+        if progress is not None:
+            progress(done, len(records))
+    labels = [record.label for record in records]
+    names = class_order(labels)
+    split = Split(_stack(volumes, shape), _indices(labels, names), np.array(axes, dtype=int))
+    modalities = tuple(sorted({record.modality for record in records}))
+    return LabelledData(names, {ALL: split}, f"case library ({len(records)} cases)", modalities)
+
+
+def from_volumes(
+    cases: Iterable[tuple[Volume, str]],
+    shape: Sequence[int],
+    spacing_mm: Sequence[float] | None,
+    intensity: Mapping[str, Any],
+    *,
+    class_names: Sequence[str] | None = None,
+    description: str = "volumes in memory",
+) -> LabelledData:
+    """(volume, label) pairs (e.g. phantoms, generated lazily) prepared like library cases, as
+    one split; only the prepared arrays are kept."""
+    prepared, axes, labels, modalities = [], [], [], set()
+    for volume, label in cases:
+        prepared.append(_prepare(volume, shape, spacing_mm, intensity))
+        axes.append(anatomical_axes(volume.affine))
+        labels.append(label)
+        modalities.add(volume.modality)
+    names = tuple(class_names) if class_names is not None else class_order(labels)
+    split = Split(_stack(prepared, shape), _indices(labels, names), np.array(axes, dtype=int))
+    return LabelledData(names, {ALL: split}, description, tuple(sorted(modalities)))
+
+
+def class_order(labels: Iterable[str]) -> tuple[str, ...]:
+    """Class names for a set of labels: normal-like names first, the rest alphabetically."""
+    unique = sorted(set(labels))
+    return tuple(sorted(unique, key=lambda name: name.lower() not in NEGATIVE_LABELS))
+
+
+def anatomical_axes(affine: np.ndarray) -> tuple[int, int]:
+    """The array axes closest to the world superior-inferior and left-right axes."""
+    nearest = np.argmax(np.abs(np.asarray(affine, dtype=float)[:3, :3]), axis=1)
+    si_axis, lr_axis = int(nearest[0]), int(nearest[2])
+    return (si_axis, lr_axis) if si_axis != lr_axis else AXIAL_AXES
+
+
+def _prepare(
+    volume: Volume,
+    shape: Sequence[int],
+    spacing_mm: Sequence[float] | None,
+    intensity: Mapping[str, Any],
+) -> np.ndarray:
+    array, _grid = prepare(volume, shape, spacing_mm, intensity)
+    return array
+
+
+def _stack(arrays: list[np.ndarray], shape: Sequence[int]) -> np.ndarray:
+    if not arrays:
+        return np.zeros((0, *shape), dtype=np.float32)
+    return np.stack(arrays).astype(np.float32, copy=False)
+
+
+def _indices(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    lookup = {name: index for index, name in enumerate(names)}
+    return np.array([lookup[label] for label in labels], dtype=int)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise TrainingError(
+            f"Training data '{path.name}' is neither a case library folder nor a readable "
+            f".npz file ({reason})"
+        ) from None
+
+
+def _npz_images(
+    arrays: Mapping[str, np.ndarray], split: str, path: Path, shape: Sequence[int] | None
+) -> np.ndarray:
+    images = arrays[f"{split}_images"]
+    if images.ndim == 5 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 4 or len(images) == 0:
+        raise TrainingError(
+            f"'{path.name}': {split}_images has shape {images.shape}; expected 3D volumes "
+            "N x D x H x W (a 2D MedMNIST set cannot train a 3D model)"
+        )
+    if np.issubdtype(images.dtype, np.integer):
+        scaled = images.astype(np.float32) / np.float32(np.iinfo(images.dtype).max)
+    elif np.issubdtype(images.dtype, np.floating):
+        scaled = images.astype(np.float32)
+    else:
+        raise TrainingError(f"'{path.name}': {split}_images of type {images.dtype} are not voxels")
+    if shape is None or tuple(shape) == scaled.shape[1:]:
+        return scaled
+    return np.stack([_resize(volume, shape) for volume in scaled])
+
+
+def _resize(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Stretch one volume onto ``shape`` with the same resampling a scan gets."""
+    grid = model_grid(Volume(volume, np.eye(4)), shape)
+    return resample_to_grid(volume, grid, cval=0.0)
+
+
+def _npz_labels(arrays: Mapping[str, np.ndarray], split: str, path: Path, n: int) -> np.ndarray:
+    key = f"{split}_labels"
+    if key not in arrays:
+        raise TrainingError(f"'{path.name}' has {split}_images but no {key}")
+    labels = np.asarray(arrays[key])
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise TrainingError(
+            f"'{path.name}': {key} must hold one class index (0, 1, ...) per volume, "
+            f"got shape {labels.shape} of type {labels.dtype}"
+        )
+    return labels.astype(int)
+
+
+def _npz_class_names(path: Path, n_classes: int) -> tuple[str, ...]:
+    match = re.match(r"[a-z0-9]+mnist3d", path.name.lower())
+    known = MEDMNIST_CLASSES.get(match.group(0)) if match else None
+    if known is not None and len(known) >= n_classes:
+        return known
+    return tuple(str(index) for index in range(max(n_classes, 2)))
+
+
+__all__ = [
+    "ALL",
+    "LabelledData",
+    "Split",
+    "anatomical_axes",
+    "class_order",
+    "from_volumes",
+    "load_case_library",
+    "load_npz",
+    "load_source",
+]

@@ -1,0 +1,142 @@
+"""The train and evaluate commands, end to end on a tiny MedMNIST-style npz."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_scan_classifier.cli import main
+
+
+def write_npz(path: Path) -> Path:
+    """16^3 uint8 volumes; class 1 has a bright cube somewhere."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 10)):
+        images = rng.integers(0, 60, (n, 16, 16, 16), dtype=np.uint8)
+        labels = np.arange(n) % 2
+        for i in np.flatnonzero(labels):
+            z, y, x = rng.integers(3, 11, 3)
+            images[i, z : z + 4, y : y + 4, x : x + 4] = 220
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)[:, None]
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    npz = write_npz(root / "tiny.npz")
+    argv = [
+        "train",
+        "--cases",
+        str(npz),
+        "--out",
+        str(root / "models"),
+        "--architecture",
+        "cnn3d",
+        "--input-shape",
+        "16",
+        "16",
+        "16",
+        "--width",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--seed",
+        "1",
+        "--name",
+        "tiny",
+    ]
+    return root, npz, argv
+
+
+@pytest.mark.slow
+def test_train_prints_progress_and_metrics_then_evaluate_prints_json(trained, capsys):
+    root, npz, argv = trained
+
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/2" in printed and "epoch 2/2" in printed
+    assert "validation: n 8" in printed
+    assert "cases per class: train: 0 12, 1 12; validation: 0 4, 1 4" in printed
+    bundle = root / "models" / "tiny-v1"
+    assert (bundle / "bundle.json").is_file() and (bundle / "roc.png").is_file()
+
+    assert main(["evaluate", "--model", str(bundle), "--cases", str(npz), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"auc", "accuracy", "sensitivity", "specificity", "ece", "n"} <= set(report)
+    assert report["n"] == 10  # the test split by default
+
+    assert main(["evaluate", "--model", str(bundle), "--cases", str(npz), "--split", "val"]) == 0
+    assert capsys.readouterr().out.startswith("n 8  auc")
+
+    assert (
+        main(
+            [
+                "train",
+                "--cases",
+                str(npz),
+                "--out",
+                str(root / "models"),
+                "--base",
+                str(bundle),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "saved tiny version 2" in printed and "base model (version 1)" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--cases", "missing.npz", "--out", "out"], "no such file"),
+        (
+            ["train", "--cases", "x.npz", "--out", "o", "--base", "b", "--width", "4"],
+            "--width only apply when training from scratch",
+        ),
+        (
+            ["train", "--cases", "x.npz", "--out", "o", "--imbalance", "none", "--epochs", "0"],
+            "epochs",
+        ),
+        (["evaluate", "--model", "no_model", "--cases", "x.npz"], "no_model"),
+    ],
+)
+def test_errors_are_one_line_without_a_traceback(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_evaluate_rejects_a_split_the_data_lack(tmp_path, capsys):
+    npz = write_npz(tmp_path / "tiny.npz")
+    from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
+
+    metadata = BundleMetadata(
+        name="tiny",
+        version=1,
+        classes=["0", "1"],
+        modality="CT",
+        task="volume",
+        input_shape=(16, 16, 16),
+        target_spacing_mm=None,
+        intensity={"kind": "ct_window", "center": 40.0, "width": 400.0},
+        architecture="cnn3d",
+    )
+    bundle = save_bundle(Bundle(metadata, build_cnn3d((16, 16, 16, 1), 2, width=4)), tmp_path / "m")
+
+    assert main(["evaluate", "--model", str(bundle), "--cases", str(npz), "--split", "all"]) == 2
+    assert "no split 'all'" in capsys.readouterr().err
