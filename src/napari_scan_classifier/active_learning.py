@@ -1,0 +1,210 @@
+"""Active learning: which scans should the expert label first?
+
+A scan the model is already sure about teaches it little when labelled; one it is unsure about
+teaches it most. :func:`rank_by_uncertainty` classifies scans (in memory or on disk) with Monte
+Carlo dropout and orders them by one of three measures, higher meaning "label this first":
+
+- ``"entropy"``: the predictive entropy ``H[mean p]`` (nats), all uncertainty together;
+- ``"mutual_information"``: ``H[mean p] - mean H[p]`` (BALD), the part due to the model's lack of
+  knowledge (its dropout samples disagree), not to a scan that is ambiguous in itself;
+- ``"margin"``: ``1 - (p1 - p2)`` with the two largest mean probabilities: closeness to the
+  decision boundary.
+
+Scans on disk are read one input at a time and classified in small batches, so a large folder is
+never held in memory at once; a ranked scan is read again with :func:`load_ranked`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from napari_scan_classifier.errors import InvalidInputError, UnreadableScanError
+from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter
+from napari_scan_classifier.io import is_nifti, load_scans
+from napari_scan_classifier.io.dicom import load_dicom
+from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.results import predict
+from napari_scan_classifier.volume import Volume
+
+MEASURES = ("entropy", "mutual_information", "margin")
+MEASURE_TITLES = {
+    "entropy": "Predictive entropy",
+    "mutual_information": "Mutual information (BALD)",
+    "margin": "Margin (1 - p1 + p2)",
+}
+DEFAULT_PASSES = 10
+BATCH_SIZE = 8  # scans per forward batch: bounded memory, shared model overhead
+
+ScanSource = Volume | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One scan's place in the ranking (``rank`` 1: label first) and the prediction behind it.
+
+    ``item`` is the position in the input of the volume or path the scan came from; ``path`` and
+    ``series_key`` say which file or DICOM series it is, for :func:`load_ranked` (both None for
+    a volume handed in). ``name`` is built from file names and safe header fields only.
+    """
+
+    rank: int
+    score: float
+    measure: str
+    item: int
+    name: str
+    predicted_class: str
+    probabilities: dict[str, float]
+    uncertainty: dict[str, Any]
+    path: Path | None = None
+    series_key: str | None = None
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """A scan waiting for its prediction, and where it came from."""
+
+    item: int
+    name: str
+    volume: Volume
+    path: Path | None = None
+    series_key: str | None = None
+
+
+def uncertainty_score(uncertainty: Mapping[str, Any], measure: str) -> float:
+    """The ``measure`` of a prediction's ``uncertainty`` dict (see :mod:`.inference`)."""
+    if measure == "entropy":
+        return float(uncertainty["predictive_entropy"])
+    if measure == "mutual_information":
+        return float(uncertainty["mutual_information"])
+    if measure == "margin":
+        top = sorted(uncertainty["mean"].values(), reverse=True)
+        return 1.0 - (top[0] - (top[1] if len(top) > 1 else 0.0))
+    raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+
+
+def rank_by_uncertainty(
+    scans: Sequence[ScanSource],
+    bundle: Bundle,
+    *,
+    measure: str = "entropy",
+    passes: int = DEFAULT_PASSES,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> list[Ranked]:
+    """Rank ``scans`` (Volumes, scan files, DICOM folders, folders of NIfTI files) most
+    informative first; ties keep the input order.
+
+    Inputs that cannot be read or classified are left out and reported to ``on_skip`` (one line
+    each, naming the file); ``progress`` gets (inputs done, inputs, message); CancelledError
+    when ``cancel`` fires.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    if passes < 1:
+        raise ValueError(f"passes must be at least 1, got {passes}")
+    skip = on_skip or (lambda message: None)
+    inputs = _expanded(scans)
+    report = Reporter(len(inputs), progress, cancel, job="ranking")
+    found: list[tuple[_Scan, Prediction]] = []
+    pending = _scans(inputs, report, skip)
+    while chunk := list(islice(pending, BATCH_SIZE)):
+        outcomes = _predict_each([scan.volume for scan in chunk], bundle, passes, cancel)
+        for scan, outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, str):
+                skip(f"{scan.name}: {outcome}")
+            else:
+                found.append((scan, outcome))
+    report.finish()
+    scored = [(uncertainty_score(p.uncertainty, measure), scan, p) for scan, p in found]
+    scored.sort(key=lambda entry: -entry[0])  # stable: ties keep the input order
+    return [
+        Ranked(
+            rank=rank,
+            score=score,
+            measure=measure,
+            item=scan.item,
+            name=scan.name,
+            predicted_class=prediction.predicted_class,
+            probabilities=dict(prediction.probabilities),
+            uncertainty=dict(prediction.uncertainty),
+            path=scan.path,
+            series_key=scan.series_key,
+        )
+        for rank, (score, scan, prediction) in enumerate(scored, start=1)
+    ]
+
+
+def load_ranked(ranked: Ranked) -> Volume:
+    """Read the scan a ranking entry names from disk again (only that DICOM series)."""
+    if ranked.path is None:
+        raise ValueError("this scan was ranked from memory; it has no file to read")
+    if ranked.series_key is None or is_nifti(ranked.path):
+        volumes = load_scans(ranked.path).volumes
+    else:
+        volumes = load_dicom(ranked.path, series=[ranked.series_key]).volumes
+    if not volumes:
+        raise UnreadableScanError(f"{ranked.path.name}: the ranked series is no longer there")
+    return volumes[0]
+
+
+def _expanded(scans: Sequence[ScanSource]) -> list[tuple[int, Volume | Path]]:
+    """(input position, volume or path); a folder is replaced by its NIfTI files, plus itself
+    when it holds other (DICOM) files, so one folder can mix both."""
+    inputs: list[tuple[int, Volume | Path]] = []
+    for item, scan in enumerate(scans):
+        if isinstance(scan, Volume):
+            inputs.append((item, scan))
+            continue
+        path = Path(scan)
+        if not path.is_dir():
+            inputs.append((item, path))
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        nifti = [p for p in files if is_nifti(p)]
+        inputs.extend((item, p) for p in nifti)
+        if len(nifti) < len(files):
+            inputs.append((item, path))
+    return inputs
+
+
+def _scans(
+    inputs: list[tuple[int, Volume | Path]], report: Reporter, skip: Callable[[str], None]
+) -> Iterator[_Scan]:
+    """Each input's scans, read only when needed; unreadable inputs go to ``skip``."""
+    for item, source in inputs:
+        if isinstance(source, Volume):
+            report(f"classifying {source.display_name()}")
+            yield _Scan(item, source.display_name(), source)
+            continue
+        report(f"reading {source.name}")
+        try:
+            loaded = load_scans(source)
+        except UnreadableScanError as error:
+            skip(str(error))
+            continue
+        for skipped in loaded.skipped:
+            if not is_nifti(skipped.path):  # a folder's NIfTI files are read on their own
+                skip(str(skipped))
+        for volume in loaded.volumes:
+            key = volume.metadata.get("series_key")
+            name = f"{source.name}: {volume.display_name()}"
+            yield _Scan(item, name, volume, source, None if key is None else str(key))
+
+
+def _predict_each(
+    volumes: list[Volume], bundle: Bundle, passes: int, cancel: Cancel | None
+) -> list[Prediction | str]:
+    """One batch; when a scan in it is unusable, each on its own, so the others still get a
+    prediction (and the unusable ones the reason)."""
+    try:
+        return list(predict(volumes, bundle, passes, cancel=cancel))
+    except InvalidInputError as error:
+        if len(volumes) == 1:
+            return [str(error)]
+    return [p for volume in volumes for p in _predict_each([volume], bundle, passes, cancel)]

@@ -1,0 +1,352 @@
+"""The "Train model" dock widget: fine-tune a model (or train one from scratch) on the case
+library, watch it learn, judge it on the validation cases, and hand it to the classifier.
+
+The job is the core's :func:`~napari_scan_classifier.training.train`, run in a napari
+``thread_worker``; its :class:`~napari_scan_classifier.training.TrainingEvent` reports reach the
+Qt thread through a :class:`~.plots.Relay` and drive a napari progress bar (per batch) and the
+loss/AUC curves (per epoch). Cancel sets the ``threading.Event`` the core checks after every
+batch. The core saves the new version (never overwriting one) with its ROC, confusion and
+reliability plots as PNG only once training has finished, so a cancelled or failed run leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import platformdirs
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+from napari.utils import progress
+from napari.utils.notifications import show_info
+from napari.utils.theme import get_theme
+from qtpy.QtWidgets import QTabWidget
+from superqt.utils import FunctionWorker
+
+from napari_scan_classifier.cases import default_root
+from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.evaluation import EvaluationReport
+from napari_scan_classifier.models import ARCHITECTURES, Bundle
+from napari_scan_classifier.plugin.widgets.classify import BUNDLE_FILTER, ClassifyWidget
+from napari_scan_classifier.plugin.widgets.plots import (
+    PLOT_HEIGHT,
+    Relay,
+    TrainingCurves,
+    figure_canvas,
+    notify_error,
+    run_in_thread,
+)
+from napari_scan_classifier.results import resolve_bundle
+from napari_scan_classifier.training import (
+    DEFAULT_INTENSITY,
+    IMBALANCE_METHODS,
+    TrainingConfig,
+    TrainingEvent,
+    TrainingResult,
+    train,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+PLUGIN = "napari-scan-classifier"
+CLASSIFY_WIDGET = "Classify scan"  # the classify widget's display name in napari.yaml
+BUNDLED = "bundled"
+DISK = "disk"
+SCRATCH = "scratch"
+IMBALANCE_TITLES = {
+    "class_weight": "weight the loss by class",
+    "balanced_sampling": "draw classes equally often",
+    "none": "none",
+}
+RESULT_FIGURES = (("roc", "ROC"), ("confusion", "Confusion"), ("reliability", "Reliability"))
+
+
+def default_models_dir() -> Path:
+    """Where new model versions go unless the user chooses another folder."""
+    return Path(platformdirs.user_data_dir("napari-scan-classifier")) / "models"
+
+
+class TrainWidget(Container):
+    """Base model, case library, training options, Train/Cancel, live curves and results."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._cancel = threading.Event()
+        self._progress: progress | None = None
+        self.relay = Relay()  # TrainingEvents from the worker, in the Qt thread
+        self.relay.received.connect(self._on_event)
+        self.history: dict[str, list[float]] = {}
+        self.result: TrainingResult | None = None
+        self.worker: FunctionWorker | None = None
+        self.extend(self._model_widgets() + self._option_widgets())
+        self.curves = TrainingCurves(get_theme(viewer.theme).text.as_hex())
+        self.plots = QTabWidget()  # the curves, then the validation figures
+        self.plots.addTab(self.curves.canvas, "Training")
+        # Fixed: a tab page's figure would otherwise ask for its full size in inches.
+        self.plots.setFixedHeight(PLOT_HEIGHT + self.plots.tabBar().sizeHint().height() + 6)
+        self.plots.setVisible(False)
+        self.summary = Label(value="")
+        self.summary.native.setWordWrap(True)
+        self.use_button = PushButton(text="Use this model in the classifier", enabled=False)
+        for widget in (self.plots, self.summary.native, self.use_button.native):
+            self.native.layout().addWidget(widget)
+        self.native.layout().addStretch(1)  # keep the rows together at the top
+        self._connect()
+        self._on_base_changed(self.base.value)
+
+    def _model_widgets(self) -> list[Any]:
+        self.base = ComboBox(
+            label="Start from",
+            choices=[
+                ("the bundled demo model", BUNDLED),
+                ("a model on disk", DISK),
+                ("scratch", SCRATCH),
+            ],
+        )
+        self.base_path = FileEdit(label="Model", mode="r", filter=BUNDLE_FILTER)
+        self.architecture = ComboBox(label="Architecture", choices=sorted(ARCHITECTURES))
+        self.modality = ComboBox(label="Modality", choices=sorted(DEFAULT_INTENSITY))
+        self.grid = SpinBox(label="Grid (voxels)", min=8, max=256, value=64)
+        self.grid.tooltip = "Scans are resampled to a cube of this many voxels a side"
+        self.net_width = SpinBox(label="Width", min=1, max=128, value=16)
+        self.net_width.tooltip = "Filters of the first layer; the network doubles them per block"
+        return [
+            self.base,
+            self.base_path,
+            self.architecture,
+            self.modality,
+            self.grid,
+            self.net_width,
+        ]
+
+    def _option_widgets(self) -> list[Any]:
+        self.library = FileEdit(label="Case library", mode="d", value=default_root())
+        self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=30)
+        self.batch_size = SpinBox(label="Batch size", min=1, max=256, value=8)
+        self.learning_rate = FloatSpinBox(
+            label="Learning rate", min=1e-5, max=1.0, step=1e-5, value=1e-3
+        )
+        self.validation = FloatSpinBox(
+            label="Validation share", min=0.05, max=0.5, step=0.05, value=0.2
+        )
+        self.validation.tooltip = "Cases kept aside (stratified) to judge the model"
+        self.imbalance = ComboBox(
+            label="Class imbalance",
+            choices=[(IMBALANCE_TITLES[m], m) for m in IMBALANCE_METHODS],
+        )
+        self.augment = CheckBox(text="Augment (left-right flips, small rotations, noise)")
+        self.augment.value = True
+        self.out = FileEdit(label="Models folder", mode="d", value=default_models_dir())
+        self.out.tooltip = "New model versions are saved here (never overwriting one)"
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(
+            widgets=[self.train_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        return [
+            self.library,
+            self.epochs,
+            self.batch_size,
+            self.learning_rate,
+            self.validation,
+            self.imbalance,
+            self.augment,
+            self.out,
+            buttons,
+        ]
+
+    def _connect(self) -> None:
+        self.base.changed.connect(self._on_base_changed)
+        self.train_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.use_button.changed.connect(self.use_in_classifier)
+
+    def _on_base_changed(self, base: str) -> None:
+        """Show only the settings that apply: a base model fixes grid, modality and network."""
+        self.base_path.visible = base == DISK
+        for widget in (self.architecture, self.modality, self.grid, self.net_width):
+            widget.visible = base == SCRATCH
+
+    # ------------------------------------------------------------------------------ running
+
+    def config(self) -> TrainingConfig:
+        """The settings as a TrainingConfig (TrainingError for settings it refuses)."""
+        return TrainingConfig(
+            architecture=self.architecture.value,
+            input_shape=(self.grid.value,) * 3,
+            modality=self.modality.value,
+            width=self.net_width.value,
+            epochs=self.epochs.value,
+            batch_size=self.batch_size.value,
+            learning_rate=self.learning_rate.value,
+            validation_fraction=self.validation.value,
+            imbalance=self.imbalance.value,
+            augment=self.augment.value,
+        )
+
+    def start(self) -> FunctionWorker | None:
+        """Train in a worker thread; returns the started worker, or None (after telling the
+        user why) when training cannot start."""
+        if self.worker is not None:
+            return None
+        library = Path(self.library.value)
+        if not library.is_dir():
+            show_info("Choose a case library folder: annotate and save cases to train on.")
+            return None
+        if self.base.value == DISK and not self.base_path.line_edit.value.strip():
+            show_info("Choose the model to fine-tune (its folder's bundle.json, or a .zip).")
+            return None
+        try:
+            config = self.config()
+        except ScanClassifierError as error:
+            notify_error(error, "Training")
+            return None
+        self._cancel = threading.Event()
+        base = {BUNDLED: "", DISK: self.base_path.line_edit.value.strip(), SCRATCH: None}
+        job = partial(
+            _train,
+            library,
+            config,
+            base[self.base.value],
+            Path(self.out.value),
+            self.relay.report,
+            self._cancel,
+        )
+        worker = run_in_thread(job)
+        worker.returned.connect(self._show_results)
+        worker.errored.connect(lambda error: notify_error(error, "Training"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.history = {"loss": [], "val_loss": [], "val_auc": []}
+        self.curves.show(self.history, config.epochs)
+        self._show_results(None)
+        self.plots.setVisible(True)
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop training at the end of the current batch; nothing is saved."""
+        self._cancel.set()
+        self.cancel_button.enabled = False
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.enabled = not running
+        self.cancel_button.enabled = running
+        if running:
+            self._progress = progress(total=0, desc="Training: loading cases")
+        elif self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _on_event(self, event: TrainingEvent) -> None:
+        """Per batch: the progress bar; per epoch: the curves."""
+        if event.kind == "epoch":
+            for key, value in (
+                ("loss", event.loss),
+                ("val_loss", event.val_loss),
+                ("val_auc", event.val_auc),
+            ):
+                self.history[key].append(value)
+            self.curves.show(self.history, event.epochs)
+        bar = self._progress  # updating the bar may let the worker's end run (and close it)
+        if bar is None:
+            return
+        done, total = event.batch, event.total
+        if event.kind != "load":
+            done, total = (event.epoch - 1) * event.total + event.batch, event.epochs * event.total
+        bar.total = total
+        bar.set_description(f"Training: {event.message}")
+        bar.update(done - bar.n)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    # ------------------------------------------------------------------------------ results
+
+    def _show_results(self, result: TrainingResult | None) -> None:
+        """The validation figures, notes and the new model's place; nothing when None."""
+        self.result = result
+        while self.plots.count() > 1:  # the curves stay
+            self.plots.removeTab(1)
+        self.use_button.enabled = result is not None
+        self.summary.value = "" if result is None else "\n".join(result_lines(result))
+        if result is None:
+            return
+        figures = result.figures()
+        for key, title in RESULT_FIGURES:
+            self.plots.addTab(figure_canvas(figures[key], PLOT_HEIGHT), title)
+        self.plots.setCurrentIndex(1)
+
+    def use_in_classifier(self) -> ClassifyWidget | None:
+        """Make the classify widget (opened if needed) use the newly trained model."""
+        if self.result is None:
+            return None
+        widget = self._classify_widget()
+        widget.set_bundle(self.result.bundle)
+        show_info(f"The classifier now uses {_model_name(self.result.bundle)}.")
+        return widget
+
+    def _classify_widget(self) -> ClassifyWidget:
+        for widget in self._viewer.window.dock_widgets.values():
+            if isinstance(widget, ClassifyWidget):
+                return widget
+        _, widget = self._viewer.window.add_plugin_dock_widget(PLUGIN, CLASSIFY_WIDGET)
+        return widget
+
+
+def _train(
+    library: Path,
+    config: TrainingConfig,
+    base: str | None,
+    out: Path,
+    report: Any,
+    cancel: threading.Event,
+) -> TrainingResult:
+    """In the worker: load the base model (``""``: the bundled one; None: from scratch), train
+    and save the new version under ``out``."""
+    bundle = None if base is None else resolve_bundle(base or None)
+    return train(library, config, base=bundle, out=out, progress=report, cancel=cancel)
+
+
+def result_lines(result: TrainingResult) -> list[str]:
+    """What the user should read after training: where the model is, how it did, the notes."""
+    lines = [f"Saved {_model_name(result.bundle)} in {result.bundle.path}."]
+    lines.append(f"Validation: {_metrics(result.report)}")
+    if result.base_report is not None:
+        lines.append(f"Base model on the same cases: {_metrics(result.base_report)}")
+    for split, counts in result.class_counts.items():
+        listing = ", ".join(f"{name} {n}" for name, n in counts.items())
+        lines.append(f"{split.capitalize()} cases: {listing}")
+    lines += [f"Note: {note}" for note in result.notes]
+    return lines
+
+
+def _model_name(bundle: Bundle) -> str:
+    return f"'{bundle.metadata.name}' version {bundle.metadata.version}"
+
+
+def _metrics(report: EvaluationReport) -> str:
+    values = report.to_dict()
+    shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+    parts = [
+        f"{key.upper() if key in ('auc', 'ece') else key} "
+        + ("n/a" if values[key] is None else f"{values[key]:.2f}")
+        for key in shown
+    ]
+    return f"{', '.join(parts)} (n = {values['n']})"

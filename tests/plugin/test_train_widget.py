@@ -1,0 +1,174 @@
+"""The Train widget: a tiny fine-tuning run reports progress, draws its curves, saves a new
+version with its plots and hands it to the classifier; cancelling and bad data save nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import pytest
+from napari.components import ViewerModel
+
+from napari_scan_classifier.cases import CaseLibrary
+from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
+from napari_scan_classifier.phantoms import make_case
+from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
+from napari_scan_classifier.plugin.widgets.train import DISK, SCRATCH, TrainWidget
+from napari_scan_classifier.training import TrainingEvent
+
+GRID = (16, 16, 16)
+CLASSES = ["normal", "lesion"]
+TRAIN_TIMEOUT_MS = 120_000
+
+
+def make_library(root: Path, labels: list[int]) -> Path:
+    library = CaseLibrary(root)
+    for seed, label in enumerate(labels):
+        library.add(make_case(seed, label, shape=GRID).volume, CLASSES[label])
+    return root
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """Six normal and six lesion cases on a 16^3 grid."""
+    return make_library(tmp_path_factory.mktemp("cases"), [0, 1] * 6)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    keras.utils.set_random_seed(0)
+    metadata = BundleMetadata(
+        name="tiny",
+        version=1,
+        classes=CLASSES,
+        modality="CT",
+        task="volume",
+        input_shape=GRID,
+        target_spacing_mm=None,
+        intensity={"kind": "ct_window", "center": 40.0, "width": 400.0},
+        architecture="cnn3d",
+    )
+    bundle = Bundle(metadata, build_cnn3d((*GRID, 1), 2, width=4))
+    return save_bundle(bundle, tmp_path_factory.mktemp("base") / "tiny-v1")
+
+
+@pytest.fixture
+def widget(viewer: ViewerModel, tmp_path: Path, library: Path) -> TrainWidget:
+    widget = TrainWidget(viewer)
+    widget.library.value = library
+    widget.out.value = tmp_path / "models"
+    widget.epochs.value = 1
+    widget.batch_size.value = 4
+    widget.validation.value = 0.35  # 12 cases: two or three of each class to validate on
+    return widget
+
+
+def from_scratch(widget: TrainWidget) -> None:
+    widget.base.value = SCRATCH
+    widget.grid.value = GRID[0]
+    widget.net_width.value = 4
+
+
+def run(qtbot, widget: TrainWidget) -> list[TrainingEvent]:
+    """Train to the end (or the error); the progress events the widget received."""
+    events: list[TrainingEvent] = []
+    widget.relay.received.connect(events.append)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TRAIN_TIMEOUT_MS)
+    return events
+
+
+def saved(widget: TrainWidget) -> list[Path]:
+    out = Path(widget.out.value)
+    return sorted(out.iterdir()) if out.exists() else []
+
+
+@pytest.mark.slow
+def test_fine_tuning_reports_progress_saves_a_version_and_feeds_the_classifier(
+    qtbot, viewer, widget, base_model
+):
+    widget.base.value = DISK
+    widget.base_path.value = base_model / "bundle.json"
+
+    events = run(qtbot, widget)
+
+    kinds = [event.kind for event in events]
+    assert kinds.count("load") == 12
+    assert kinds.count("epoch") == 1
+    assert kinds.count("batch") == events[-1].total  # every batch of the one epoch
+    assert events[-1].kind == "epoch" and widget.history["loss"] == [events[-1].loss]
+    for axes in (widget.curves.loss_axes, widget.curves.auc_axes):
+        assert any(len(line.get_xdata()) == 1 for line in axes.lines)
+
+    (folder,) = saved(widget)
+    assert folder.name == "tiny-v2"
+    metadata = json.loads((folder / "bundle.json").read_text())
+    assert metadata["parent_version"] == 1 and metadata["version"] == 2
+    assert {"roc.png", "confusion.png", "reliability.png"} <= {p.name for p in folder.iterdir()}
+    assert widget.result.bundle.path == folder
+    tabs = [widget.plots.tabText(i) for i in range(widget.plots.count())]
+    assert tabs == ["Training", "ROC", "Confusion", "Reliability"]
+    assert "Saved 'tiny' version 2" in widget.summary.value
+    assert "Base model on the same cases" in widget.summary.value
+    assert widget.train_button.enabled and not widget.cancel_button.enabled
+
+    if not hasattr(viewer, "window"):
+        pytest.skip("the classifier dock needs napari's window (OpenGL)")
+    widget.use_button.changed.emit(True)
+    classify = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, ClassifyWidget))
+    assert Path(classify.model.value) == folder
+    assert classify._bundles[classify.model.line_edit.value] is widget.result.bundle
+
+
+@pytest.mark.slow
+def test_cancel_stops_training_and_saves_nothing(qtbot, widget, notifications):
+    from_scratch(widget)
+    widget.epochs.value = 50
+
+    def cancel_at_first_batch(event: TrainingEvent) -> None:
+        if event.kind == "batch":
+            widget.cancel_button.changed.emit(True)
+
+    widget.relay.received.connect(cancel_at_first_batch)
+    events = run(qtbot, widget)
+
+    assert [event.kind for event in events].count("epoch") < 5  # not 50: stopped at the click
+    assert "cancelled" in notifications[-1].message
+    assert saved(widget) == []
+    assert widget.result is None and not widget.use_button.enabled
+    assert widget.train_button.enabled and not widget.cancel_button.enabled
+
+
+def test_one_class_only_is_explained(qtbot, widget, tmp_path, notifications):
+    widget.library.value = make_library(tmp_path / "normals", [0] * 6)
+    from_scratch(widget)
+
+    run(qtbot, widget)
+
+    assert "one class only" in notifications[-1].message
+    assert notifications[-1].severity == "error"
+    assert saved(widget) == []
+    assert widget.train_button.enabled
+
+
+def test_too_few_cases_is_explained(qtbot, widget, tmp_path, notifications):
+    widget.library.value = make_library(tmp_path / "few", [0, 1, 0, 1])
+    from_scratch(widget)
+
+    run(qtbot, widget)
+
+    assert "Too few cases" in notifications[-1].message
+    assert saved(widget) == []
+
+
+def test_a_missing_library_or_model_is_asked_for(widget, tmp_path, notifications):
+    widget.library.value = tmp_path / "nowhere"
+    assert widget.start() is None
+    assert "case library" in notifications[-1].message
+
+    widget.library.value = tmp_path
+    widget.base.value = DISK
+    assert widget.start() is None
+    assert "model to fine-tune" in notifications[-1].message
+    assert widget.worker is None

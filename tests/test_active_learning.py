@@ -1,0 +1,149 @@
+"""rank_by_uncertainty: most informative first, on volumes and on files, by each measure."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from model_fixtures import CLASSES, GRID, metadata, sphere_case, tiny_bundle
+from scipy.special import entr
+
+from napari_scan_classifier.active_learning import (
+    MEASURES,
+    load_ranked,
+    rank_by_uncertainty,
+    uncertainty_score,
+)
+from napari_scan_classifier.errors import CancelledError
+from napari_scan_classifier.inference import classify
+from napari_scan_classifier.io.nifti import save_nifti
+from napari_scan_classifier.models import Bundle, build_cnn3d
+from napari_scan_classifier.volume import Volume
+
+SHAPES = [(20, 40, 36), (40, 30, 30), (32, 32, 32), (24, 28, 28), (30, 36, 30)]
+
+
+def _spread(bundle: Bundle) -> Bundle:
+    """Logits of an untrained net are near 0; spread them so the scans' uncertainties differ."""
+    dense = bundle.model.get_layer("volume_logits")
+    dense.kernel.assign(dense.kernel * 40.0)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def mc_bundle() -> Bundle:
+    return _spread(tiny_bundle())
+
+
+@pytest.fixture(scope="module")
+def fixed_bundle() -> Bundle:
+    """Dropout rate 0: every pass is the same, so two rankings can be compared exactly."""
+    keras.utils.set_random_seed(0)
+    model = build_cnn3d((*GRID, 1), len(CLASSES), width=4, dropout=0.0)
+    return _spread(Bundle(metadata(), model))
+
+
+def scans(n: int = 5) -> list[Volume]:
+    return [sphere_case(20 + i, i % 2, SHAPES[i % len(SHAPES)])[0] for i in range(n)]
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_ranking_is_ordered_by_the_measure(mc_bundle, measure):
+    volumes = scans()
+
+    ranking = rank_by_uncertainty(volumes, mc_bundle, measure=measure, passes=8)
+
+    assert [r.rank for r in ranking] == [1, 2, 3, 4, 5]
+    assert sorted(r.item for r in ranking) == [0, 1, 2, 3, 4]
+    scores = [r.score for r in ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert len(set(scores)) == len(scores)  # the spread model tells the scans apart
+    for r in ranking:
+        assert r.measure == measure
+        assert r.score == pytest.approx(uncertainty_score(r.uncertainty, measure))
+        assert r.uncertainty["passes"] == 8
+        assert r.path is None and r.name == volumes[r.item].display_name()
+
+
+def test_scores_are_the_uncertainties_inference_reports(fixed_bundle):
+    volumes = scans()
+    predictions = classify(volumes, fixed_bundle, uncertainty_passes=3)
+    entropies = [p.uncertainty["predictive_entropy"] for p in predictions]
+
+    ranking = rank_by_uncertainty(volumes, fixed_bundle, passes=3)
+
+    assert [r.item for r in ranking] == list(np.argsort(entropies)[::-1])
+    for r in ranking:
+        mean = np.array(list(predictions[r.item].uncertainty["mean"].values()))
+        assert r.score == pytest.approx(float(entr(mean).sum()), rel=1e-5)
+        assert r.probabilities == pytest.approx(predictions[r.item].probabilities, rel=1e-5)
+
+
+def test_measures_of_one_prediction():
+    uncertainty = {
+        "mean": {"a": 0.7, "b": 0.2, "c": 0.1},
+        "predictive_entropy": 0.8,
+        "mutual_information": 0.05,
+    }
+    assert uncertainty_score(uncertainty, "margin") == pytest.approx(0.5)
+    assert uncertainty_score(uncertainty, "entropy") == 0.8
+    assert uncertainty_score(uncertainty, "mutual_information") == 0.05
+    with pytest.raises(ValueError, match="measure"):
+        uncertainty_score(uncertainty, "variance")
+
+
+def test_files_in_a_folder_rank_like_the_same_volumes(fixed_bundle, tmp_path: Path):
+    volumes = scans(4)
+    folder = tmp_path / "to-label"
+    folder.mkdir()
+    for i, volume in enumerate(volumes):
+        save_nifti(volume, folder / f"scan{i}.nii.gz")
+    (folder / "notes.txt").write_text("not a scan")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    skipped: list[str] = []
+
+    from_files = rank_by_uncertainty([folder], fixed_bundle, passes=2, on_skip=skipped.append)
+    from_memory = rank_by_uncertainty(volumes, fixed_bundle, passes=2)
+
+    assert [r.name.split(":")[0] for r in from_files] == [
+        f"scan{r.item}.nii.gz" for r in from_memory
+    ]
+    assert [r.score for r in from_files] == pytest.approx([r.score for r in from_memory], rel=1e-4)
+    assert {r.item for r in from_files} == {0}  # all came from the one folder given
+    assert len(skipped) == 1 and "no DICOM" in skipped[0]  # notes.txt: said once, for the folder
+    first = load_ranked(from_files[0])
+    np.testing.assert_array_equal(first.voxels, volumes[from_memory[0].item].voxels)
+
+
+def test_unusable_scans_are_skipped_with_the_reason(fixed_bundle, tmp_path: Path):
+    labels = Volume(np.random.default_rng(0).integers(0, 3, (16, 16, 16)), np.eye(4))
+    skipped: list[str] = []
+
+    ranking = rank_by_uncertainty(
+        [scans(1)[0], labels, tmp_path / "missing.nii.gz"],
+        fixed_bundle,
+        passes=1,
+        on_skip=skipped.append,
+    )
+
+    assert [r.item for r in ranking] == [0]
+    assert len(skipped) == 2
+    assert sum("label image" in s for s in skipped) == 1
+    assert sum("missing.nii.gz: no such file" in s for s in skipped) == 1
+
+
+def test_cancel_stops_the_ranking(fixed_bundle):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(CancelledError):
+        rank_by_uncertainty(scans(2), fixed_bundle, cancel=cancel)
+
+
+def test_bad_settings_are_refused(fixed_bundle):
+    with pytest.raises(ValueError, match="measure"):
+        rank_by_uncertainty(scans(1), fixed_bundle, measure="variance")
+    with pytest.raises(ValueError, match="passes"):
+        rank_by_uncertainty(scans(1), fixed_bundle, passes=0)
