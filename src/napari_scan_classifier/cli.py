@@ -95,10 +95,12 @@ def _print_demo_result(model: str | None) -> int:
     from napari_scan_classifier.results import classify_scan, resolve_bundle, summary_lines
     from napari_scan_classifier.samples import sample_ct_path
 
-    bundle = resolve_bundle(model)
-    for volume in load_scans(sample_ct_path()).volumes:
+    volumes = load_scans(sample_ct_path()).volumes
+    for volume in volumes:
         spacing = " x ".join(f"{mm:g}" for mm in volume.spacing)
-        print(f"{volume.display_name()}: {volume.shape} voxels, {spacing} mm")
+        print(f"{volume.display_name()}: {volume.shape} voxels, {spacing} mm", flush=True)
+    bundle = resolve_bundle(model)
+    for volume in volumes:
         result = classify_scan(volume, bundle, faithfulness=True).to_dict()
         print("\n".join(f"  {line}" for line in summary_lines(result)), flush=True)
     return 0
