@@ -19,11 +19,13 @@ import pytest
 
 from napari_scan_classifier import cases
 from napari_scan_classifier.cases import (
+    DRAFTS,
     INCOMING,
     TRASH,
     CaseLibrary,
     CaseRecord,
     content_hash,
+    scan_key,
 )
 from napari_scan_classifier.errors import CaseLibraryError
 from napari_scan_classifier.io.nifti import save_nifti
@@ -549,3 +551,119 @@ def test_record_json_round_trip() -> None:
         content_hash="f" * 64,
     )
     assert CaseRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+def _draft_files(root: Path) -> list[str]:
+    folder = root / DRAFTS
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_draft_round_trip_is_keyed_by_the_scans_content(tmp_path: Path) -> None:
+    library = CaseLibrary(tmp_path)
+    volume = _volume(seed=1)
+    key = scan_key(volume)
+
+    assert library.save_draft(key, _mask(volume))
+
+    same_scan = Volume(volume.voxels.copy(), volume.affine.copy(), modality="CT")
+    draft = CaseLibrary(tmp_path).load_draft(scan_key(same_scan), same_scan.shape)
+    np.testing.assert_array_equal(draft, _mask(volume))
+    assert draft.dtype == np.uint8  # napari's int64 labels, stored small
+    moved = Volume(volume.voxels, _oblique_affine(shift=1.0), modality="CT")
+    assert library.load_draft(scan_key(moved), moved.shape) is None
+    other = _volume(seed=2)
+    assert library.load_draft(scan_key(other), other.shape) is None
+    assert _draft_files(tmp_path) == [f"{key}.npz"]
+    with np.load(tmp_path / DRAFTS / f"{key}.npz", allow_pickle=False) as stored:
+        assert sorted(stored.files) == ["mask", "scan"]  # no geometry, metadata or source
+        assert str(stored["scan"]) == key
+    assert library.list() == [] and library.corrupt_cases() == []  # a draft is not a case
+
+
+def test_scan_key_is_the_hash_the_case_gets(tmp_path: Path) -> None:
+    volume = _volume()
+    wide = Volume(volume.voxels.astype(np.int64), volume.affine, modality="CT")
+
+    record = CaseLibrary(tmp_path).add(wide, "lesion")
+
+    assert scan_key(wide) == record.content_hash
+    assert scan_key(wide) != scan_key(_volume(seed=5))
+
+
+def test_a_new_draft_replaces_the_old_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = CaseLibrary(tmp_path)
+    volume = _volume()
+    key = scan_key(volume)
+    first = _mask(volume)
+    library.save_draft(key, first)
+    second = np.ones(volume.shape, dtype=np.uint8)
+    real_replace = os.replace
+
+    def interrupted(source: str | Path, target: str | Path) -> None:
+        if str(target).endswith(".npz"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        library.save_draft(key, second)
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(CaseLibraryError, match="disk is full"):
+        library.save_draft(key, second)
+    monkeypatch.undo()
+
+    np.testing.assert_array_equal(library.load_draft(key, volume.shape), first)
+    assert list((tmp_path / INCOMING).iterdir()) == []
+    assert library.save_draft(key, second)
+    np.testing.assert_array_equal(library.load_draft(key, volume.shape), second)
+    assert _draft_files(tmp_path) == [f"{key}.npz"]
+
+
+def test_saving_the_case_removes_its_draft(tmp_path: Path) -> None:
+    library = CaseLibrary(tmp_path)
+    volume, other = _volume(seed=1), _volume(seed=2)
+    key = scan_key(volume)
+    library.save_draft(key, _mask(volume))
+    library.save_draft(scan_key(other), _mask(other))
+    leftover = (tmp_path / DRAFTS / f"{key}.npz").read_bytes()
+
+    record = library.add(volume, "lesion", mask=library.load_draft(key, volume.shape))
+
+    assert _draft_files(tmp_path) == [f"{scan_key(other)}.npz"]  # only the saved scan's
+    _, mask = library.load(record.case_id)
+    np.testing.assert_array_equal(mask, _mask(volume))
+    assert not library.save_draft(key, _mask(volume))  # painting a saved case keeps no draft
+    (tmp_path / DRAFTS / f"{key}.npz").write_bytes(leftover)  # e.g. a write racing the save
+    assert library.load_draft(key, volume.shape) is None
+    assert _draft_files(tmp_path) == [f"{scan_key(other)}.npz"]
+
+
+def test_an_erased_mask_keeps_no_draft_and_damage_is_reported(tmp_path: Path) -> None:
+    library = CaseLibrary(tmp_path)
+    volume = _volume()
+    key = scan_key(volume)
+    library.save_draft(key, _mask(volume))
+
+    assert not library.save_draft(key, np.zeros(volume.shape, dtype=np.int64))
+    assert _draft_files(tmp_path) == []
+    assert not library.discard_draft(key)
+
+    (tmp_path / DRAFTS / f"{key}.npz").write_bytes(b"half a file")
+    with pytest.raises(CaseLibraryError, match=r"draft .* is damaged"):
+        library.load_draft(key, volume.shape)
+    library.save_draft(key, _mask(volume))
+    with pytest.raises(CaseLibraryError, match="damaged"):
+        library.load_draft(key, (5, 7, 8))  # not this scan's grid
+    with pytest.raises(CaseLibraryError, match="whole label numbers"):
+        library.save_draft(key, -_mask(volume))
+    for bad in ("../" + "a" * 61, "F" * 64):
+        with pytest.raises(CaseLibraryError, match="not a scan key"):
+            library.save_draft(bad, _mask(volume))
+    assert library.discard_draft(key) and _draft_files(tmp_path) == []

@@ -7,10 +7,16 @@ Layout of a library folder::
     <root>/<case_id>/mask.nii.gz     optional lesion mask on the same grid
     <root>/.incoming/                cases and files being written (ignored; stale ones cleaned)
     <root>/.trash/<case_id>/         deleted cases, recoverable with ``restore``
+    <root>/.drafts/<hash>.npz        autosaved mask of a scan not yet saved as a case
 
 There is no index: the case folders *are* the library, so nothing can disagree with them. A case is
 written whole into ``.incoming/<id>``, fsynced, and renamed into place as the last step, so a crash
 leaves either the complete case or nothing visible. The same rename makes ``relabel`` atomic.
+
+Drafts keep a lesion mask while it is being painted, so a crash of the viewer before the case is
+saved loses at most the last moments of painting. A draft is keyed by the scan's content hash (the
+hash its case will get), holds nothing but the mask and that hash, and is removed when the case
+is saved.
 
 De-identification: a case keeps voxels, geometry, the label, the model's prediction and a few
 numeric acquisition values. It never holds a DICOM header, a source path, patient fields or free
@@ -34,7 +40,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +61,8 @@ VOLUME_FILE = "volume.nii.gz"
 MASK_FILE = "mask.nii.gz"
 INCOMING = ".incoming"
 TRASH = ".trash"
+DRAFTS = ".drafts"
+DRAFT_SUFFIX = ".npz"
 
 _CASE_ID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -202,8 +210,14 @@ def content_hash(voxels: np.ndarray, affine: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def scan_key(volume: Volume) -> str:
+    """The content hash the scan's case will get: keys its draft mask before the case exists."""
+    return content_hash(_storable(volume.voxels), volume.affine)
+
+
 class CaseLibrary:
-    """Annotated cases in a folder: add, list, load, relabel, delete/restore, zip export/import.
+    """Annotated cases in a folder: add, list, load, relabel, delete/restore, zip export/import,
+    and drafts of masks being painted.
 
     Safe to use from several threads of one viewer; two processes may share a folder (writes
     never collide) but could both add the same scan if they do so at the same instant.
@@ -299,7 +313,10 @@ class CaseLibrary:
         with self._lock:
             folder = self._folder(case_id)
             record = replace(_read_record(folder), label=label, modified=_now())
-            self._replace_json(folder / CASE_FILE, record.to_json())
+            data = record.to_json()
+            self._replace_file(
+                folder / CASE_FILE, lambda path: _write_json(path, data), "update the case"
+            )
         return record
 
     def delete(self, case_id: str) -> Path:
@@ -344,6 +361,58 @@ class CaseLibrary:
         except OSError as error:
             raise self._write_error(error, "empty the trash") from error
         return len(folders)
+
+    # -- drafts ----------------------------------------------------------------------------
+
+    def save_draft(self, key: str, mask: np.ndarray) -> bool:
+        """Keep the mask being painted on the scan ``key`` (see ``scan_key``), replacing its last
+        draft atomically. An empty mask, or a scan already saved as a case, keeps no draft.
+
+        Returns whether a draft is kept.
+        """
+        target = self._draft_path(key)
+        voxels = _label_voxels(mask) if np.any(mask) else None
+        with self._lock:
+            if voxels is None or self._case_of(key) is not None:
+                self.discard_draft(key)
+                return False
+            try:
+                target.parent.mkdir(exist_ok=True)
+            except OSError as error:
+                raise self._write_error(error, "keep a draft of the mask") from error
+            self._replace_file(
+                target, lambda path: _write_draft(path, key, voxels), "keep a draft of the mask"
+            )
+        return True
+
+    def load_draft(self, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The draft mask of the scan ``key`` (on its grid of ``shape``), or None when there is
+        none; a leftover draft of a scan saved as a case since is removed."""
+        path = self._draft_path(key)
+        if not path.is_file():
+            return None
+        if self._case_of(key) is not None:
+            self.discard_draft(key)
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                scan, mask = str(data["scan"]), data["mask"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise _damaged_draft() from error
+        if scan != key or mask.shape != tuple(shape) or mask.dtype.kind != "u":
+            raise _damaged_draft()
+        return mask
+
+    def discard_draft(self, key: str) -> bool:
+        """Remove the draft of the scan ``key``; returns whether there was one."""
+        path = self._draft_path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise self._write_error(error, "remove the draft of the mask") from error
+        return True
 
     # -- exchange --------------------------------------------------------------------------
 
@@ -422,6 +491,8 @@ class CaseLibrary:
         with self._lock:
             self._refuse_duplicate(record.content_hash)
             self._write_case(record, Volume(voxels, volume.affine, modality=modality), mask_voxels)
+        with contextlib.suppress(CaseLibraryError):  # saved; load_draft ignores a leftover anyway
+            self.discard_draft(record.content_hash)
         return record
 
     def _write_case(self, record: CaseRecord, volume: Volume, mask: np.ndarray | None) -> None:
@@ -446,16 +517,17 @@ class CaseLibrary:
             raise
         _fsync_dir(self.root)
 
-    def _replace_json(self, target: Path, data: Mapping[str, Any]) -> None:
-        temporary = self.root / INCOMING / f"{uuid.uuid4().hex}.json"
+    def _replace_file(self, target: Path, write: Callable[[Path], None], action: str) -> None:
+        """Write ``target`` in .incoming, then rename it over the old one: old or new, not torn."""
+        temporary = self.root / INCOMING / f"{uuid.uuid4().hex}{target.suffix}"
         try:
             temporary.parent.mkdir(exist_ok=True)
-            _write_json(temporary, data)
+            write(temporary)
             os.replace(temporary, target)
         except BaseException as error:
             temporary.unlink(missing_ok=True)
             if isinstance(error, OSError):
-                raise self._write_error(error, "update the case") from error
+                raise self._write_error(error, action) from error
             raise
         _fsync_dir(target.parent)
 
@@ -500,12 +572,21 @@ class CaseLibrary:
         )
 
     def _refuse_duplicate(self, digest: str) -> None:
-        for record in _scan(self.root)[0]:
-            if record.content_hash == digest:
-                raise CaseLibraryError(
-                    f"This scan is already in the library as case {record.case_id} "
-                    f"(label '{record.label}')."
-                )
+        record = self._case_of(digest)
+        if record is not None:
+            raise CaseLibraryError(
+                f"This scan is already in the library as case {record.case_id} "
+                f"(label '{record.label}')."
+            )
+
+    def _case_of(self, digest: str) -> CaseRecord | None:
+        """The case of the scan with this content hash, if it is in the library."""
+        return next((r for r in _scan(self.root)[0] if r.content_hash == digest), None)
+
+    def _draft_path(self, key: str) -> Path:
+        if not isinstance(key, str) or not _SHA256.fullmatch(key):
+            raise CaseLibraryError(f"'{key}' is not a scan key (64 hexadecimal characters).")
+        return self.root / DRAFTS / f"{key}{DRAFT_SUFFIX}"
 
     def _folder(self, case_id: str) -> Path:
         folder = self.root / _checked_id(case_id)
@@ -644,6 +725,12 @@ def _checked_mask(mask: np.ndarray | Volume | None, volume: Volume) -> np.ndarra
             f"The mask is on another grid than the scan: its shape is {mask.shape}, the scan's "
             f"is {volume.shape}. Resample the mask onto the scan before saving the case."
         )
+    return _label_voxels(mask)
+
+
+def _label_voxels(mask: np.ndarray) -> np.ndarray:
+    """A mask as the smallest unsigned integers that hold its labels (0 = background)."""
+    mask = np.asarray(mask)
     kind = mask.dtype.kind
     whole = kind in "biu" or (kind == "f" and np.array_equal(mask, np.round(mask)))
     if not whole or mask.min() < 0:
@@ -710,6 +797,21 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
         json.dump(data, handle, indent=2, sort_keys=True, allow_nan=False)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_draft(path: Path, key: str, mask: np.ndarray) -> None:
+    """The mask and the scan's key, compressed; nothing else about the scan or the patient."""
+    with open(path, "xb") as handle:
+        np.savez_compressed(handle, mask=mask, scan=np.array(key))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _damaged_draft() -> CaseLibraryError:
+    return CaseLibraryError(
+        "The autosaved draft of this scan's lesion mask is damaged and cannot be restored; "
+        "painting the mask again replaces it."
+    )
 
 
 def _fsync_file(path: Path) -> None:

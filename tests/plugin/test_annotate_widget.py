@@ -1,5 +1,6 @@
 """The Annotate widget: cases saved with the right label and mask, refusals that write nothing,
-cases opened where they belong, and the uncertainty ranking the core computes."""
+cases opened where they belong, relabelled, deleted and restored, exchanged as zips, painted
+masks kept as drafts, and the uncertainty ranking the core computes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from napari.layers import Image, Labels
 
 from napari_scan_classifier import cases
 from napari_scan_classifier.active_learning import rank_by_uncertainty
-from napari_scan_classifier.cases import CaseLibrary
+from napari_scan_classifier.cases import DRAFTS, CaseLibrary
 from napari_scan_classifier.io.nifti import save_nifti
 from napari_scan_classifier.models import (
     Bundle,
@@ -25,9 +26,11 @@ from napari_scan_classifier.models import (
 )
 from napari_scan_classifier.phantoms import make_case
 from napari_scan_classifier.plugin.layers import scan_volume, volume_to_layer_data
+from napari_scan_classifier.plugin.widgets import annotate
 from napari_scan_classifier.plugin.widgets.annotate import (
     CASE_KEY,
     DATA_ROLE,
+    DRAFT_DELAY_MS,
     AnnotateWidget,
 )
 from napari_scan_classifier.plugin.widgets.classify import CLASSIFICATION_KEY
@@ -60,8 +63,10 @@ def add_scan(viewer: ViewerModel, seed: int, label: int, *, turn: bool = False) 
 
 
 def finish(qtbot, widget: AnnotateWidget) -> None:
-    """Wait for the widget's job (save, open, rank) to end."""
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=JOB_TIMEOUT_MS)
+    """Wait for the widget's job (save, open, rank, library actions) and its drafts to end."""
+    qtbot.waitUntil(
+        lambda: widget.worker is None and not widget.drafts.busy, timeout=JOB_TIMEOUT_MS
+    )
 
 
 def save(qtbot, widget: AnnotateWidget, layer: Image, label: str) -> None:
@@ -292,3 +297,184 @@ def test_a_cancelled_ranking_shows_nothing(qtbot, viewer, widget, model_path, no
     assert notifications[-1].message == "Ranking was cancelled."
     assert widget.ranking.count() == 0
     assert widget.rank_button.enabled and not widget.cancel_button.enabled
+
+
+def select_case(widget: AnnotateWidget, case_id: str) -> int:
+    """Select a case in the list, as a click does; returns its row."""
+    row = [widget.cases.item(i).data(DATA_ROLE) for i in range(widget.cases.count())].index(case_id)
+    widget.cases.setCurrentRow(row)
+    return row
+
+
+def library_summary(library: CaseLibrary) -> list[tuple[str, str, str, int]]:
+    """Each case by content: hash, label, modality and painted voxels."""
+    summary = []
+    for record in library.list():
+        _, mask = library.load(record.case_id)
+        painted = 0 if mask is None else int(np.count_nonzero(mask))
+        summary.append((record.content_hash, record.label, record.modality, painted))
+    return sorted(summary)
+
+
+def test_relabel_changes_the_stored_label_and_the_counts(qtbot, viewer, widget, notifications):
+    layers = [add_scan(viewer, seed, seed % 2) for seed in range(3)]
+    for layer, label in zip(layers, ["normal", "lesion", "normal"], strict=True):
+        save(qtbot, widget, layer, label)
+    library = CaseLibrary(widget.library.value)
+    first = library.list()[0]
+    assert widget.counts.value == "3 cases: lesion 1, normal 2"
+
+    widget.relabel_button.changed.emit(True)  # nothing selected yet
+    assert "Click a case" in notifications[-1].message
+    row = select_case(widget, first.case_id)
+    widget.class_label.value = "lesion"
+    widget.relabel_button.changed.emit(True)
+    finish(qtbot, widget)
+
+    assert library.get(first.case_id).label == "lesion"
+    assert library.counts() == {"lesion": 2, "normal": 1}
+    assert widget.counts.value == "3 cases: lesion 2, normal 1"
+    assert widget.selected_case() == first.case_id
+    assert widget.cases.item(row).text().startswith("lesion · CT ")
+    assert notifications[-1].message == f"Case {first.case_id[:8]} is now labelled 'lesion'."
+
+    widget.new_label.value = "   "
+    widget.class_label.value = None
+    assert widget.relabel_case() is None  # no label: refused, nothing changed
+    assert "needs a class label" in notifications[-1].message
+    assert library.get(first.case_id).label == "lesion"
+
+
+def test_a_deleted_case_goes_to_the_trash_and_comes_back(qtbot, viewer, widget, notifications):
+    lesion_scan = add_scan(viewer, 0, 1)
+    widget.scan.value = lesion_scan
+    widget.add_mask().data[5:9, 10:12, 3:7] = 1
+    save(qtbot, widget, lesion_scan, "lesion")
+    save(qtbot, widget, add_scan(viewer, 1, 0), "normal")
+    library = CaseLibrary(widget.library.value)
+    (lesion,) = [record for record in library.list() if record.label == "lesion"]
+
+    select_case(widget, lesion.case_id)
+    widget.delete_button.changed.emit(True)
+    finish(qtbot, widget)
+
+    assert library.counts() == {"normal": 1}
+    assert library.list_trash() == [lesion]
+    assert widget.counts.value == "1 cases: normal 1"
+    assert widget.cases.count() == 1
+    assert widget.trash.value == lesion.case_id
+    assert "moved to the trash" in notifications[-1].message
+    assert "Restore brings it back" in notifications[-1].message
+
+    widget.restore_button.changed.emit(True)
+    finish(qtbot, widget)
+
+    assert library.get(lesion.case_id) == lesion
+    assert library.counts() == {"lesion": 1, "normal": 1}
+    assert int(np.count_nonzero(library.load(lesion.case_id)[1])) == 4 * 2 * 4
+    assert widget.counts.value == "2 cases: lesion 1, normal 1"
+    assert widget.selected_case() == lesion.case_id
+    assert widget.trash.choices == (None,)  # the trash is empty
+    assert (
+        notifications[-1].message == f"Case {lesion.case_id[:8]} 'lesion' is back in the library."
+    )
+
+    assert widget.restore_case() is None
+    assert "trash is empty" in notifications[-1].message
+
+
+def test_export_then_import_into_a_fresh_library_gives_the_same_cases(
+    qtbot, viewer, widget, tmp_path, monkeypatch, notifications
+):
+    first = add_scan(viewer, 0, 1, turn=True)
+    widget.scan.value = first
+    widget.add_mask().data[3:6, 4:9, 10:12] = 1
+    for layer, label in [(first, "lesion"), (add_scan(viewer, 1, 0), "normal")]:
+        save(qtbot, widget, layer, label)
+    original = CaseLibrary(widget.library.value)
+    archive = tmp_path / "shared.zip"
+    monkeypatch.setattr(annotate, "_ask_zip", lambda parent, save: archive)
+
+    widget.export_button.changed.emit(True)
+    finish(qtbot, widget)
+
+    assert archive.is_file()
+    assert notifications[-1].message == "Exported 2 cases to shared.zip."
+    widget.library.value = tmp_path / "fresh"
+    assert widget.cases.count() == 0
+    widget.import_button.changed.emit(True)
+    finish(qtbot, widget)
+
+    fresh = CaseLibrary(tmp_path / "fresh")
+    assert library_summary(fresh) == library_summary(original)
+    assert [s[3] for s in library_summary(fresh)].count(3 * 5 * 2) == 1  # the painted mask
+    for record in fresh.list():
+        (twin,) = [r for r in original.list() if r.content_hash == record.content_hash]
+        np.testing.assert_array_equal(
+            fresh.load(record.case_id)[0].voxels, original.load(twin.case_id)[0].voxels
+        )
+    assert widget.counts.value == "2 cases: lesion 1, normal 1"
+    assert notifications[-1].message == "Imported 2 cases."
+
+    assert widget.import_library(archive) is not None  # again: duplicates are left out
+    finish(qtbot, widget)
+    assert "Imported 0 cases. Left out:" in notifications[-1].message
+    assert "already in the library" in notifications[-1].message
+    assert len(fresh.list()) == 2
+
+
+def test_library_exchange_errors_are_one_line(qtbot, viewer, widget, tmp_path, notifications):
+    not_a_zip = tmp_path / "notes.zip"
+    not_a_zip.write_text("not a zip")
+
+    widget.export_library(tmp_path / "empty.zip")
+    finish(qtbot, widget)
+    assert notifications[-1].message == "The library has no cases to export yet."
+    assert notifications[-1].severity == "error"
+    assert not (tmp_path / "empty.zip").exists()
+
+    widget.import_library(not_a_zip)
+    finish(qtbot, widget)
+    assert notifications[-1].message == "notes.zip is not a readable zip file."
+    assert widget.import_button.enabled and widget.export_button.enabled
+
+
+def draft_files(widget: AnnotateWidget) -> list[Path]:
+    folder = Path(widget.library.value) / DRAFTS
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_painted_mask_survives_a_crash_as_a_draft(qtbot, viewer, widget, notifications):
+    widget.scan.value = add_scan(viewer, 1, 1, turn=True)
+    mask = widget.add_mask()
+    finish(qtbot, widget)  # no draft for this scan yet: the mask stays empty
+    assert not mask.data.any()
+    mask.brush_size = 4
+    mask.paint((12, 10, 10), 1)
+    mask.paint((12, 11, 12), 1)
+    painted = mask.data.copy()
+    assert painted.any()
+    assert widget.drafts.timer.isActive()  # written a moment after the last stroke, not now
+    assert widget.drafts.timer.interval() == DRAFT_DELAY_MS
+    assert draft_files(widget) == []
+
+    widget.drafts.timer.stop()
+    widget.drafts.flush()
+    finish(qtbot, widget)
+    assert len(draft_files(widget)) == 1
+
+    viewer.layers.clear()  # the viewer is gone; the same scan is opened again in a new one
+    scan = add_scan(viewer, 1, 1, turn=True)
+    reopened = AnnotateWidget(viewer)
+    reopened.library.value = widget.library.value
+    reopened.scan.value = scan
+    restored = reopened.add_mask()
+    finish(qtbot, reopened)
+
+    np.testing.assert_array_equal(restored.data, painted)
+    assert "Restored the lesion mask" in notifications[-1].message
+    save(qtbot, reopened, scan, "lesion")
+    assert draft_files(widget) == []  # saving the case removes its draft
+    (record,) = CaseLibrary(widget.library.value).list()
+    _, saved = CaseLibrary(widget.library.value).load(record.case_id)
+    assert np.count_nonzero(saved) == np.count_nonzero(painted)

@@ -8,12 +8,18 @@ Three parts, each thin over the core:
   acquired by plugin/layers.py), and *Save case*, which adds the scan with the last
   classification stored on its layer to :class:`~napari_scan_classifier.cases.CaseLibrary`.
 - **Case library**: cases per class and a list of cases; clicking one opens it (scan and mask).
+  The selected case can be relabelled or deleted to the library's trash, from where it can be
+  restored; the library can be exported to a zip and cases imported from one.
 - **Most informative first**: :func:`~napari_scan_classifier.active_learning.rank_by_uncertainty`
   on the open scans or a folder; clicking an entry selects or opens that scan.
 
 Disk and model work runs in worker threads; what the user can fix (no label, a mask on another
 grid, a read-only or full library, a duplicate) is checked before anything is written and shown
 as one line in napari's notifications. The library itself writes atomically.
+
+A painted lesion mask is autosaved as a draft in the library a moment after the last stroke, so a
+crash of the viewer before *Save case* loses little; adding a mask to the same scan later brings
+the draft back, and saving the case removes it.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets.bases import Widget
 from napari.layers import Image, Labels, Layer
 from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QListWidget, QListWidgetItem, QSizePolicy
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QListWidget, QListWidgetItem, QSizePolicy, QWidget
 from superqt.utils import FunctionWorker
 
 from napari_scan_classifier.active_learning import (
@@ -42,8 +49,15 @@ from napari_scan_classifier.active_learning import (
     load_ranked,
     rank_by_uncertainty,
 )
-from napari_scan_classifier.cases import CaseLibrary, CaseRecord, clean_label, default_root
-from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.cases import (
+    CaseLibrary,
+    CaseRecord,
+    ImportResult,
+    clean_label,
+    default_root,
+    scan_key,
+)
+from napari_scan_classifier.errors import CaseLibraryError, ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
     empty_mask_layer_data,
@@ -72,6 +86,8 @@ DATA_ROLE = Qt.ItemDataRole.UserRole  # where a list item keeps its case id or r
 # What a case keeps of a classification: enough to compare label and model later, compact.
 PREDICTION_KEYS = ("model", "predicted_class", "probabilities")
 UNCERTAINTY_KEYS = ("std", "predictive_entropy", "mutual_information", "method", "passes")
+DRAFT_DELAY_MS = 2000  # autosave a mask this long after the last stroke, so painting stays fluent
+ZIP_FILTER = "Zip archives (*.zip)"
 
 
 class AnnotateWidget(Container):
@@ -87,6 +103,7 @@ class AnnotateWidget(Container):
         self._relay = Relay()
         self._relay.received.connect(self._on_progress)
         self.worker: FunctionWorker | None = None
+        self.drafts = MaskDrafts(viewer, lambda: Path(self.library.value))
         library = self._library_section()  # first: the label choices read the library
         self.extend([self._annotate_section(), library, self._ranking_section()])
         self.native.layout().addStretch(1)  # keep the rows together at the top
@@ -113,10 +130,37 @@ class AnnotateWidget(Container):
         self.counts = Label(value="")
         self.counts.native.setWordWrap(True)
         self.counts.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.cases = _list_widget("Click a case to open its scan and mask")
+        self.cases = _list_widget(
+            "Click a case to open its scan and mask, or to relabel or delete it"
+        )
         section = _section("Case library", [self.library, self.counts])
         section.native.layout().addWidget(self.cases)
+        section.native.layout().addWidget(self._library_actions().native)
         return section
+
+    def _library_actions(self) -> Container:
+        """Buttons under the case list: relabel, delete, restore from trash, export, import."""
+        self.relabel_button = PushButton(text="Relabel selected")
+        self.relabel_button.tooltip = "Give the case selected in the list the label chosen above"
+        self.delete_button = PushButton(text="Delete selected")
+        self.delete_button.tooltip = (
+            "Move the selected case to the trash, from where it can be restored"
+        )
+        self.trash = ComboBox(choices=self._trash_choices, nullable=True)
+        self.trash.tooltip = "Deleted cases (the trash): choose one to restore"
+        self.restore_button = PushButton(text="Restore")
+        self.export_button = PushButton(text="Export zip…")
+        self.export_button.tooltip = "Write every case of the library to a zip file to share"
+        self.import_button = PushButton(text="Import zip…")
+        self.import_button.tooltip = "Add the cases of an exported zip (duplicates are skipped)"
+        rows = [
+            _row(self.relabel_button, self.delete_button),
+            _row(Label(value="Trash"), self.trash, self.restore_button),
+            _row(self.export_button, self.import_button),
+        ]
+        actions = Container(widgets=rows, labels=False)
+        actions.margins = (0, 0, 0, 0)
+        return actions
 
     def _ranking_section(self) -> Container:
         self.source = ComboBox(
@@ -152,6 +196,11 @@ class AnnotateWidget(Container):
         self.add_mask_button.changed.connect(self.add_mask)
         self.save_button.changed.connect(self.save_case)
         self.library.changed.connect(self.show_library)
+        self.relabel_button.changed.connect(self.relabel_case)
+        self.delete_button.changed.connect(self.delete_case)
+        self.restore_button.changed.connect(self.restore_case)
+        self.export_button.changed.connect(self._ask_export)
+        self.import_button.changed.connect(self._ask_import)
         self.cases.itemClicked.connect(lambda item: self.open_case(item.data(DATA_ROLE)))
         self.source.changed.connect(self._on_source_changed)
         self.rank_button.changed.connect(self.rank)
@@ -179,6 +228,17 @@ class AnnotateWidget(Container):
         for bundle in self._bundles.values():
             names += bundle.metadata.classes
         return list(dict.fromkeys(names))
+
+    def _trash_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        """The deleted cases of the chosen library, most recently made first."""
+        root = Path(self.library.value)
+        if not root.is_dir():
+            return []
+        try:
+            trash = CaseLibrary(root).list_trash()
+        except ScanClassifierError:
+            return []
+        return [(_case_text(record), record.case_id) for record in reversed(trash)]
 
     def _reset_layer_choices(self) -> None:
         self.scan.reset_choices()
@@ -221,13 +281,15 @@ class AnnotateWidget(Container):
             show_info("Open a scan (an image layer) to paint its lesion.")
             return None
         mask = self._linked_mask()
-        if mask is None:
+        created = mask is None
+        if created:
             try:
                 data = empty_mask_layer_data(layer, f"{layer.name} · lesion mask")
             except ScanClassifierError as error:
                 notify_error(error, "Adding a mask")
                 return None
             mask = put_result_layer(self._viewer.layers, layer, MASK_KIND, data)
+        self.drafts.watch(layer, mask, restore=created)
         self._viewer.layers.selection.active = mask
         mask.mode = "paint"
         self.mask.value = mask
@@ -273,8 +335,9 @@ class AnnotateWidget(Container):
     # ------------------------------------------------------------------------------ library
 
     def show_library(self) -> None:
-        """Cases per class and the list of cases of the chosen library folder."""
+        """Cases per class, the list of cases and the trash of the chosen library folder."""
         self.cases.clear()
+        self.trash.reset_choices()
         root = Path(self.library.value)
         if not root.is_dir():
             self.counts.value = "No cases yet: the folder is made when the first case is saved."
@@ -319,9 +382,124 @@ class AnnotateWidget(Container):
             job, self._on_case_loaded, "Opening the case", f"Opening case {case_id[:8]}"
         )
 
+    def selected_case(self) -> str | None:
+        """The id of the case selected in the list, if any."""
+        item = self.cases.currentItem()
+        return None if item is None else item.data(DATA_ROLE)
+
+    def relabel_case(self) -> FunctionWorker | None:
+        """Give the case selected in the list the label chosen above (or the new class typed)."""
+        case_id = self.selected_case()
+        if case_id is None:
+            show_info("Click a case in the library list to relabel it.")
+            return None
+        try:
+            label = clean_label(self.chosen_label())
+        except ScanClassifierError as error:
+            notify_error(error, "Relabelling the case")
+            return None
+        job = partial(CaseLibrary.relabel, case_id=case_id, label=label)
+        return self._on_library(job, self._on_relabelled, "Relabelling the case", "Relabelling")
+
+    def _on_relabelled(self, record: CaseRecord) -> None:
+        self.new_label.value = ""
+        self.show_library()
+        self._select_case(record.case_id)
+        self._rename_open_case(record)
+        show_info(f"Case {record.case_id[:8]} is now labelled '{record.label}'.")
+
+    def delete_case(self) -> FunctionWorker | None:
+        """Move the case selected in the list to the library's trash (Restore brings it back)."""
+        case_id = self.selected_case()
+        if case_id is None:
+            show_info("Click a case in the library list to delete it.")
+            return None
+        job = partial(_delete, case_id=case_id)
+        return self._on_library(job, self._on_deleted, "Deleting the case", "Deleting")
+
+    def _on_deleted(self, record: CaseRecord) -> None:
+        self.show_library()
+        self.trash.value = record.case_id
+        show_info(
+            f"Case {record.case_id[:8]} '{record.label}' was moved to the trash; "
+            "Restore brings it back."
+        )
+
+    def restore_case(self) -> FunctionWorker | None:
+        """Bring the case chosen in the trash back into the library."""
+        case_id = self.trash.value
+        if case_id is None:
+            show_info("The trash is empty: there is no deleted case to restore.")
+            return None
+        job = partial(CaseLibrary.restore, case_id=case_id)
+        return self._on_library(job, self._on_restored, "Restoring the case", "Restoring")
+
+    def _on_restored(self, record: CaseRecord) -> None:
+        self.show_library()
+        self._select_case(record.case_id)
+        show_info(f"Case {record.case_id[:8]} '{record.label}' is back in the library.")
+
+    def export_library(self, path: Path | str) -> FunctionWorker | None:
+        """Write every case of the library to the zip file ``path`` (Import reads it back)."""
+        job = partial(_export, path=Path(path))
+        return self._on_library(job, self._on_exported, "Exporting the library", "Exporting")
+
+    def _on_exported(self, exported: tuple[Path, int]) -> None:
+        path, count = exported
+        show_info(f"Exported {count} cases to {path.name}.")
+
+    def import_library(self, path: Path | str) -> FunctionWorker | None:
+        """Add the cases of an exported zip file to the library (duplicates are skipped)."""
+        job = partial(CaseLibrary.import_zip, path=Path(path))
+        return self._on_library(job, self._on_imported, "Importing cases", "Importing cases")
+
+    def _on_imported(self, result: ImportResult) -> None:
+        self.show_library()
+        message = f"Imported {len(result.imported)} cases."
+        if result.skipped:
+            show_warning(f"{message} Left out: {'; '.join(result.skipped)}")
+        else:
+            show_info(message)
+
+    def _ask_export(self) -> None:
+        path = _ask_zip(self.native, save=True)
+        if path is not None:
+            self.export_library(path)
+
+    def _ask_import(self) -> None:
+        path = _ask_zip(self.native, save=False)
+        if path is not None:
+            self.import_library(path)
+
+    def _on_library(
+        self,
+        call: Callable[[CaseLibrary], Any],
+        on_result: Callable[[Any], None],
+        name: str,
+        status: str,
+    ) -> FunctionWorker | None:
+        """Open the chosen library and run ``call`` on it, both in a worker thread."""
+        return self._start(
+            partial(_with_library, Path(self.library.value), call), on_result, name, status
+        )
+
+    def _select_case(self, case_id: str) -> None:
+        for row in range(self.cases.count()):
+            if self.cases.item(row).data(DATA_ROLE) == case_id:
+                self.cases.setCurrentRow(row)
+
+    def _rename_open_case(self, record: CaseRecord) -> None:
+        """Open layers of a relabelled case take its new label."""
+        for layer in list(self._viewer.layers):
+            if layer.metadata.get(CASE_KEY) == record.case_id:
+                layer.name = _case_layer_name(record)
+                mask = find_result_layer(self._viewer.layers, layer, MASK_KIND)
+                if mask is not None:
+                    mask.name = f"{layer.name} · lesion mask"
+
     def _on_case_loaded(self, loaded: tuple[CaseRecord, Volume, np.ndarray | None]) -> None:
         record, volume, mask = loaded
-        scan = self._add_scan(volume, f"case {record.case_id[:8]} · {record.label}")
+        scan = self._add_scan(volume, _case_layer_name(record))
         scan.metadata[CASE_KEY] = record.case_id
         if mask is not None:
             data = mask_to_layer_data(volume, mask, f"{scan.name} · lesion mask")
@@ -435,7 +613,16 @@ class AnnotateWidget(Container):
         return worker
 
     def _set_running(self, running: bool, status: str = "") -> None:
-        for button in (self.save_button, self.rank_button):
+        buttons = (
+            self.save_button,
+            self.rank_button,
+            self.relabel_button,
+            self.delete_button,
+            self.restore_button,
+            self.export_button,
+            self.import_button,
+        )
+        for button in buttons:
             button.enabled = not running
         self.cancel_button.enabled = False
         if running:
@@ -457,7 +644,179 @@ class AnnotateWidget(Container):
         self._set_running(False)
 
 
+class MaskDrafts:
+    """Autosaves painted lesion masks as drafts in the case library, and restores them.
+
+    A stroke (re)starts a timer; when it fires, the masks painted since their last draft are
+    copied and written in a worker, one write at a time, so painting stays fluent and a crash
+    loses at most the last moments. Drafts are keyed by the scan's content: the same scan
+    reopened later finds its draft, whatever its layer is called or where it came from.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        library: Callable[[], Path],
+        delay_ms: int = DRAFT_DELAY_MS,
+    ) -> None:
+        self._viewer = viewer
+        self._library = library
+        self._scans: dict[str, Layer] = {}  # by watched mask's unique_id: the scan it is for
+        self._keys: dict[str, str] = {}  # by scan's unique_id: its scan key, hashed once
+        self._pending: dict[str, Labels] = {}  # masks painted since their last draft
+        self._writer: FunctionWorker | None = None
+        self._workers: set[FunctionWorker] = set()
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(delay_ms)
+        self.timer.timeout.connect(self.flush)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a draft is being looked up or written."""
+        return bool(self._workers)
+
+    def watch(self, scan: Layer, mask: Labels, *, restore: bool) -> None:
+        """Autosave what is painted in ``mask``; with ``restore``, first bring back its draft."""
+        if mask.unique_id not in self._scans:
+            mask.events.paint.connect(self._painted)
+        self._scans[mask.unique_id] = scan
+        if restore:
+            self._restore(scan, mask)
+
+    def flush(self) -> None:
+        """Write drafts of the masks painted since their last one (the timer calls this)."""
+        if self._writer is not None:
+            return  # one write at a time: the pending masks follow when it ends
+        masks = [mask for mask in self._pending.values() if mask in self._viewer.layers]
+        self._pending.clear()
+        jobs = [job for job in map(self._draft_job, masks) if job is not None]
+        if jobs:
+            job = partial(_keep_drafts, self._library(), jobs)
+            self._writer = self._run(job, self._keys.update, "Autosaving the lesion mask")
+
+    def _painted(self, event: Any) -> None:
+        mask = event.source
+        self._pending[mask.unique_id] = mask
+        self.timer.start()  # restarts: the draft follows the last stroke
+
+    def _draft_job(self, mask: Labels) -> _DraftJob | None:
+        """What the worker needs to write ``mask``'s draft, with the mask copied (painting goes
+        on while it writes)."""
+        scan = self._scans[mask.unique_id]
+        try:
+            volume = scan_volume(scan)
+            painted = np.array(mask_on_acquired_grid(mask, volume))
+        except ScanClassifierError as error:
+            notify_error(error, "Autosaving the lesion mask")
+            return None
+        return scan.unique_id, self._keys.get(scan.unique_id), volume, painted
+
+    def _restore(self, scan: Layer, mask: Labels) -> None:
+        try:
+            volume = scan_volume(scan)
+        except ScanClassifierError as error:
+            notify_error(error, "Looking for a draft of the mask")
+            return
+        job = partial(_find_draft, self._library(), volume)
+        on_found = partial(self._found, scan, mask, volume)
+        self._run(job, on_found, "Restoring the draft of the lesion mask")
+
+    def _found(
+        self, scan: Layer, mask: Labels, volume: Volume, found: tuple[str, np.ndarray | None]
+    ) -> None:
+        """Paint the draft into the new mask, unless the user has begun painting it."""
+        key, draft = found
+        self._keys[scan.unique_id] = key
+        if draft is None or mask not in self._viewer.layers:
+            return
+        if np.any(mask.data):
+            show_warning(
+                "This scan has an autosaved draft of its lesion mask, but painting has begun: "
+                "the new painting is kept and replaces the draft."
+            )
+            return
+        put_result_layer(
+            self._viewer.layers, scan, MASK_KIND, mask_to_layer_data(volume, draft, mask.name)
+        )
+        show_info(
+            "Restored the lesion mask painted on this scan before (an autosaved draft); "
+            "Save case keeps it."
+        )
+
+    def _run(
+        self, job: Callable[[], Any], on_result: Callable[[Any], None], name: str
+    ) -> FunctionWorker:
+        worker = run_in_thread(job)
+        worker.returned.connect(on_result)
+        worker.errored.connect(lambda error: notify_error(error, name))
+        worker.finished.connect(partial(self._finished, worker))
+        self._workers.add(worker)
+        worker.start()
+        return worker
+
+    def _finished(self, worker: FunctionWorker) -> None:
+        self._workers.discard(worker)
+        if worker is self._writer:
+            self._writer = None
+            if self._pending:
+                self.timer.start()
+
+
+# (scan layer id, its scan key if known, the scan, the mask on the scan's acquired grid)
+_DraftJob = tuple[str, str | None, Volume, np.ndarray]
 _RankOutcome = tuple[Bundle, list[Ranked], list[str]]
+
+
+def _keep_drafts(root: Path, jobs: list[_DraftJob]) -> dict[str, str]:
+    """In the worker: write each mask's draft; returns the scan keys, hashed once per scan."""
+    library = CaseLibrary(root)
+    keys: dict[str, str] = {}
+    for scan_id, key, volume, mask in jobs:
+        keys[scan_id] = key or scan_key(volume)
+        library.save_draft(keys[scan_id], mask)
+    return keys
+
+
+def _find_draft(root: Path, volume: Volume) -> tuple[str, np.ndarray | None]:
+    """In the worker: the scan's key and its draft mask, if the library keeps one."""
+    key = scan_key(volume)
+    if not root.is_dir():  # no library yet, so no draft either
+        return key, None
+    return key, CaseLibrary(root).load_draft(key, volume.shape)
+
+
+def _with_library(root: Path, call: Callable[[CaseLibrary], Any]) -> Any:
+    return call(CaseLibrary(root))
+
+
+def _delete(library: CaseLibrary, case_id: str) -> CaseRecord:
+    """Move the case to the trash; returns its record, to name it in the message."""
+    record = library.get(case_id)
+    library.delete(case_id)
+    return record
+
+
+def _export(library: CaseLibrary, path: Path) -> tuple[Path, int]:
+    """Write every case to ``path``; returns the path and how many cases it holds."""
+    records = library.list()
+    if not records:
+        raise CaseLibraryError("The library has no cases to export yet.")
+    return library.export_zip(path, [record.case_id for record in records]), len(records)
+
+
+def _ask_zip(parent: QWidget, *, save: bool) -> Path | None:
+    """Ask for a zip file to write (``save``) or to read; None when the user cancels."""
+    if save:
+        name, _ = QFileDialog.getSaveFileName(
+            parent, "Export the case library", "cases.zip", ZIP_FILTER
+        )
+    else:
+        name, _ = QFileDialog.getOpenFileName(parent, "Import cases", "", ZIP_FILTER)
+    if not name:
+        return None
+    path = Path(name)
+    return path if not save or path.suffix.lower() == ".zip" else path.with_name(f"{path.name}.zip")
 
 
 def _rank(sources: list[Any], model: Bundle | str, **options: Any) -> _RankOutcome:
@@ -480,6 +839,10 @@ def case_prediction(result: dict[str, Any] | None) -> dict[str, Any] | None:
     uncertainty = result.get("uncertainty") or {}
     kept["uncertainty"] = {key: uncertainty[key] for key in UNCERTAINTY_KEYS if key in uncertainty}
     return kept
+
+
+def _case_layer_name(record: CaseRecord) -> str:
+    return f"case {record.case_id[:8]} · {record.label}"
 
 
 def _is_scan(layer: Layer | None) -> bool:
@@ -506,8 +869,8 @@ def _section(title: str, widgets: list[Any]) -> Container:
     return section
 
 
-def _row(*buttons: PushButton) -> Container:
-    row = Container(widgets=list(buttons), layout="horizontal", labels=False)
+def _row(*widgets: Widget) -> Container:
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False)
     row.margins = (0, 0, 0, 0)
     return row
 
