@@ -20,8 +20,8 @@ from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import load_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
-from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.phantoms import make_ct_phantom
+from napari_scan_classifier.samples import sample_ct_path
 
 PATIENT = "DOE^JANE"
 SERIES = {"Abdomen 5mm": 3, "Abdomen soft": 4}  # description -> series number
@@ -216,9 +216,20 @@ def test_headless_demo_prints_the_result(
 
 
 def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
-    if not bundled_model_path().is_dir():
-        pytest.skip("the bundled model has not been trained into the package yet")
     code, stdout, stderr = _run(capsys, "demo", "--headless")
 
     assert code == 0, stderr
-    assert "Predicted:" in stdout and "Model: " in stdout
+    assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
+    assert "Model: demo_ct_lesion v3 on " in stdout
+
+
+def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results.json"
+    code, _, stderr = _run(capsys, "classify", str(sample_ct_path()), "--out", str(out))
+
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["model"]["name"] == "demo_ct_lesion"
+    (row,) = report["series"]
+    assert row["predicted_class"] == "lesion"
+    assert row["probabilities"]["lesion"] > 0.5

@@ -178,6 +178,22 @@ def test_cancel_accepts_a_function_and_stops_before_loading_ends(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_batchnorm_statistics_are_those_of_the_training_cases():
+    keras.utils.set_random_seed(3)
+    model = build_cnn3d((*GRID, 1), 2, width=4)
+    x = np.random.default_rng(3).normal(5.0, 2.0, (12, *GRID)).astype(np.float32)
+    norm = model.get_layer("stem_bn")
+    norm.momentum = 0.9
+
+    training.refresh_batchnorm(model, x, batch_size=4)
+
+    stem = keras.Model(model.input, model.get_layer("stem_conv").output)
+    activations = keras.ops.convert_to_numpy(stem(x[..., None]))
+    expected = activations.mean(axis=(0, 1, 2, 3))  # equal batches: the mean of batch means
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.moving_mean), expected, rtol=1e-4)
+    assert norm.momentum == 0.9  # restored for later training
+
+
 def test_class_weights_balance_an_imbalanced_set():
     y = np.array([0] * 30 + [1] * 10)
     weights = training._class_weights(y, "class_weight")
@@ -259,6 +275,7 @@ def test_fine_tuning_with_a_new_class_extends_the_classes():
     check_model(result.bundle.metadata, result.bundle.model)
 
 
+@pytest.mark.slow
 def test_slice_gru_trains_from_scratch(tmp_path):
     config = TrainingConfig(**{**FAST, "architecture": "slice_gru"}, epochs=1, name="gru demo")
     result = train(phantom_cases(["normal", "lesion"] * 8), config, out=tmp_path)

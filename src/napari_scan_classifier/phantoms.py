@@ -768,8 +768,8 @@ def sample_ct_phantom() -> Phantom:
         SAMPLE_CT_SEED,
         shape=(72, 128, 128),
         lesions=2,
-        lesion_radius_mm=(9.0, 16.0),
-        lesion_contrast_hu=(35.0, 60.0),
+        lesion_radius_mm=(12.0, 18.0),
+        lesion_contrast_hu=(60.0, 90.0),
     )
 
 
