@@ -277,14 +277,18 @@ def _npz_images(
             "N x D x H x W (a 2D MedMNIST set cannot train a 3D model)"
         )
     if np.issubdtype(images.dtype, np.integer):
-        scaled = images.astype(np.float32) / np.float32(np.iinfo(images.dtype).max)
+        gain = np.float32(1.0 / np.iinfo(images.dtype).max)
     elif np.issubdtype(images.dtype, np.floating):
-        scaled = images.astype(np.float32)
+        gain = np.float32(1.0)
     else:
         raise TrainingError(f"'{path.name}': {split}_images of type {images.dtype} are not voxels")
-    if shape is None or tuple(shape) == scaled.shape[1:]:
-        return scaled
-    return np.stack([_resize(volume, shape) for volume in scaled])
+    if shape is None or tuple(shape) == images.shape[1:]:
+        return images.astype(np.float32) * gain
+    # One volume at a time: a whole 64^3 split in float32 would cost several times the result.
+    out = np.empty((len(images), *shape), dtype=np.float32)
+    for index, volume in enumerate(images):
+        out[index] = _resize(volume.astype(np.float32) * gain, shape)
+    return out
 
 
 def _resize(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
