@@ -212,6 +212,10 @@ def test_figures_render_headless_and_save_as_png(tmp_path: Path) -> None:
     panels = plot_history(history).axes
     assert [ax.get_title() for ax in panels] == ["loss", "auc"]
     assert len(panels[0].lines) == 2
+    validation_only = plot_history(
+        {"loss": [0.9, 0.6], "val_loss": [1.0, 0.7], "val_auc": [0.6, 0.7]}
+    )
+    assert [line.get_label() for line in validation_only.axes[1].lines] == ["validation"]
 
     paths = save_figures(report, history, tmp_path / "figures")
 

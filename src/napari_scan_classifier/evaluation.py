@@ -308,7 +308,8 @@ def plot_history(history: Mapping[str, Sequence[float]]) -> Figure:
     for ax, metric in zip(np.atleast_1d(figure.subplots(1, len(metrics))), metrics, strict=True):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             values = list(history.get(key, []))
-            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+            if values:  # no empty "train" entry for a metric measured on validation only
+                ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
