@@ -110,6 +110,7 @@ MIN_VALIDATION_PER_CLASS = 2
 # validation logits stay squashed towards zero meanwhile. 0.9 settles within an epoch or two.
 BATCHNORM_MOMENTUM = 0.9
 _AUC_MIN_DELTA = 1e-4
+REFRESH_AUC_TOLERANCE = 0.01  # validation AUC a BatchNorm refresh may cost
 
 CancelFlag = Callable[[], bool] | threading.Event
 
@@ -812,7 +813,7 @@ def _fit(
             break
     if not monitor.fitted.cancelled:
         monitor.restore_best()
-        refresh_batchnorm(model, train_cases.x, epochs.batch_size)
+        _refresh_unless_worse(model, train_cases.x, val_cases, epochs.batch_size)
     monitor.fitted.class_weights = epochs.class_weights
     return monitor.fitted
 
@@ -836,6 +837,25 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int) -> Non
     finally:
         for layer, momentum in zip(norms, momenta, strict=True):
             layer.momentum = momentum
+
+
+def _refresh_unless_worse(
+    model: keras.Model, x: np.ndarray, val_cases: Split, batch_size: int
+) -> None:
+    """:func:`refresh_batchnorm`, undone when it ranks the validation cases worse (AUC lower by
+    more than :data:`REFRESH_AUC_TOLERANCE`): the epoch was chosen with the old statistics, and
+    a tiny network on a few cases can depend on them."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.get_weights() for layer in norms]
+    before = _val_auc(model, val_cases, batch_size)
+    refresh_batchnorm(model, x, batch_size)
+    if _val_auc(model, val_cases, batch_size) < before - REFRESH_AUC_TOLERANCE:
+        for layer, weights in zip(norms, saved, strict=True):
+            layer.set_weights(weights)
+
+
+def _val_auc(model: keras.Model, val_cases: Split, batch_size: int) -> float:
+    return _present_class_auc(val_cases.y, softmax(_logits(model, val_cases.x, batch_size)))
 
 
 def _use_xla() -> bool | str:
