@@ -337,18 +337,24 @@ def to_json(report: BatchReport) -> str:
     return json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
+# CSV columns copied as they are from each series row.
+_SERIES_COLUMNS = (
+    "index",
+    "input",
+    "series",
+    "series_key",
+    "modality",
+    "series_number",
+    "description",
+    "status",
+)
+
+
 def to_csv(report: BatchReport) -> str:
     """One row per series (probability and SD columns per class), then one per skipped file."""
     classes = report.model["classes"]
     columns = [
-        "index",
-        "input",
-        "series",
-        "series_key",
-        "modality",
-        "series_number",
-        "description",
-        "status",
+        *_SERIES_COLUMNS,
         "predicted_class",
         *(f"p_{name}" for name in classes),
         *(f"sd_{name}" for name in classes),
@@ -384,19 +390,7 @@ def to_csv(report: BatchReport) -> str:
 
 
 def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    flat = {
-        key: row[key]
-        for key in (
-            "index",
-            "input",
-            "series",
-            "series_key",
-            "modality",
-            "series_number",
-            "description",
-            "status",
-        )
-    }
+    flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
     if row["status"] != "classified":
