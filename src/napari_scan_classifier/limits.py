@@ -102,7 +102,7 @@ def parse_json(
 ) -> Any:
     """Parse untrusted JSON; damage, deep nesting or excess size is ``error`` naming ``what``."""
     if max_bytes is not None and len(raw) > max_bytes:
-        raise error(f"{what} is implausibly large ({format_bytes(len(raw))})")
+        raise error(f"{what} is implausibly large (more than {format_bytes(max_bytes)})")
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError:
