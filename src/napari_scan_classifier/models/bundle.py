@@ -42,9 +42,11 @@ from typing import Any
 
 import keras
 
-from napari_scan_classifier.errors import InvalidBundleError
+from napari_scan_classifier import limits, outputs
+from napari_scan_classifier.errors import InvalidBundleError, ResourceLimitError
 from napari_scan_classifier.models.architectures import GRADCAM_LAYER
 from napari_scan_classifier.preprocess import validate_intensity
+from napari_scan_classifier.privacy import strip_paths
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -53,6 +55,10 @@ MODALITIES = ("CT", "MR")
 TASKS = ("volume", "region")
 TRUSTED_MODULES = ("keras", "napari_scan_classifier")
 MAX_METADATA_BYTES = 1_000_000
+MAX_KERAS_CONFIG_BYTES = 50_000_000
+# Memory one voxel of the model grid costs at inference: float32 input plus the full-resolution
+# feature maps of a first convolution of 16 filters (an estimate, checked before loading).
+BYTES_PER_GRID_VOXEL = 4 * (1 + 16)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -121,7 +127,15 @@ class BundleMetadata:
         missing = sorted(required - set(data))
         if missing:
             raise InvalidBundleError(f"{METADATA_FILE} lacks the field(s): {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as error:
+            reason = strip_paths(str(error).splitlines()[0][:200] if str(error) else "")
+            raise InvalidBundleError(
+                f"{METADATA_FILE} has a field of the wrong type ({reason or type(error).__name__})"
+            ) from None
+        except RecursionError:
+            raise InvalidBundleError(f"{METADATA_FILE} is nested too deeply") from None
 
 
 @dataclass
@@ -239,64 +253,91 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         if source.is_dir():
             metadata = _read_metadata(_read_member(source, METADATA_FILE))
-            verify_files(metadata, lambda name: _read_part(source / name))
+            verify_files(metadata, lambda name: _file_digest(source / name))
             model = _load_model(source / MODEL_FILE)
         elif source.is_file() and zipfile.is_zipfile(source):
             metadata, model = _load_zip(source)
+        elif source.is_file() and source.suffix.lower() == ".zip":
+            raise InvalidBundleError("it is not a readable zip file")
         elif source.exists():
             raise InvalidBundleError("it is neither a bundle folder nor a .zip file")
         else:
             raise InvalidBundleError("it does not exist")
         check_model(metadata, model)
-    except InvalidBundleError as error:
+    except (InvalidBundleError, ResourceLimitError) as error:
         raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
     return Bundle(metadata, model, source)
 
 
 def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
-    with zipfile.ZipFile(source) as zf:
+    """Read bundle.json, then stream model.keras to a temporary file with a running total (a
+    small zip may declare gigabytes; see limits.py)."""
+    with limits.open_zip(source, "the zip", InvalidBundleError) as zf:
         folder = _bundle_folder_in(zf)
         info = zf.getinfo(posixpath.join(folder, METADATA_FILE))
         if info.file_size > MAX_METADATA_BYTES:
             raise InvalidBundleError(f"{METADATA_FILE} is implausibly large")
-        metadata = _read_metadata(zf.read(info))
-        verify_files(metadata, lambda name: _read_zip_part(zf, posixpath.join(folder, name)))
+        metadata = _read_metadata(limits.read_member(zf, info, METADATA_FILE, InvalidBundleError))
         try:
-            data = zf.read(posixpath.join(folder, MODEL_FILE))
+            model_info = zf.getinfo(posixpath.join(folder, MODEL_FILE))
         except KeyError:
             raise InvalidBundleError(f"the zip has no {MODEL_FILE}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(tmp) / MODEL_FILE
-        model_path.write_bytes(data)
-        return metadata, _load_model(model_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_FILE
+            limits.extract_member(
+                zf, model_info, model_path, MODEL_FILE, InvalidBundleError, _model_limit()
+            )
+            verify_files(
+                metadata,
+                lambda name: (
+                    _file_digest(model_path)
+                    if name == MODEL_FILE
+                    else _zip_digest(zf, posixpath.join(folder, name), name)
+                ),
+            )
+            return metadata, _load_model(model_path)
 
 
-def verify_files(metadata: BundleMetadata, read: Callable[[str], bytes | None]) -> None:
+def _model_limit() -> int:
+    """Bytes a model file may hold: Keras reads its weights into memory."""
+    return limits.memory_budget()
+
+
+def verify_files(metadata: BundleMetadata, digest: Callable[[str], str | None]) -> None:
     """Raise InvalidBundleError unless every file ``metadata.files`` lists has its recorded
-    SHA-256; ``read(name)`` gives a file's bytes, None when the bundle lacks it."""
+    SHA-256; ``digest(name)`` gives a file's SHA-256 (hex), None when the bundle lacks it."""
     for name, expected in metadata.files.items():
-        content = read(name)
-        if content is None:
+        actual = digest(name)
+        if actual is None:
             raise InvalidBundleError(
                 f"{name} is missing: the model file was modified or damaged after it was saved "
                 f"({METADATA_FILE} lists it); get a fresh copy of the model"
             )
-        if hashlib.sha256(content).hexdigest() != expected:
+        if actual != expected:
             raise InvalidBundleError(
                 f"{name} was modified or damaged after the model was saved: its SHA-256 does not "
                 f"match the one in {METADATA_FILE}; get a fresh copy of the model"
             )
 
 
-def _read_part(file: Path) -> bytes | None:
-    return file.read_bytes() if file.is_file() else None
+def _file_digest(file: Path) -> str | None:
+    """SHA-256 (hex) of a file, read in chunks; None when it is not a file."""
+    if not file.is_file():
+        return None
+    sha = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while chunk := handle.read(limits.CHUNK_BYTES):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
-def _read_zip_part(zf: zipfile.ZipFile, name: str) -> bytes | None:
+def _zip_digest(zf: zipfile.ZipFile, member: str, name: str) -> str | None:
+    """SHA-256 (hex) of a zip member, read with the usual limits; None when there is none."""
     try:
-        return zf.read(name)
+        info = zf.getinfo(member)
     except KeyError:
         return None
+    return hashlib.sha256(limits.read_member(zf, info, name, InvalidBundleError)).hexdigest()
 
 
 def _bundle_folder_in(zf: zipfile.ZipFile) -> str:
@@ -321,10 +362,7 @@ def _read_member(folder: Path, name: str) -> bytes:
 
 
 def _read_metadata(raw: bytes) -> BundleMetadata:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidBundleError(f"{METADATA_FILE} is not valid JSON ({error})") from None
+    data = limits.parse_json(raw, METADATA_FILE, InvalidBundleError, MAX_METADATA_BYTES)
     return BundleMetadata.from_dict(data)
 
 
@@ -344,7 +382,8 @@ def _load_model(file: Path) -> keras.Model:
         text = str(error)
         if "safe_mode" in text or "lambda" in text.lower():
             raise InvalidBundleError(f"{MODEL_FILE} contains code and was refused") from None
-        reason = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+        reason = strip_paths(text.strip().splitlines()[0][:300]) if text.strip() else ""
+        reason = reason or type(error).__name__
         raise InvalidBundleError(f"{MODEL_FILE} could not be loaded ({reason})") from None
     if not isinstance(model, keras.Model):
         raise InvalidBundleError(f"{MODEL_FILE} does not hold a Keras model")
@@ -352,12 +391,26 @@ def _load_model(file: Path) -> keras.Model:
 
 
 def _keras_config(file: Path) -> Any:
-    """The architecture config inside a ``.keras`` file (itself a zip)."""
+    """The architecture config inside a ``.keras`` file (itself a zip), after checking that no
+    member of it is encrypted, damaged or expands beyond the budget."""
     try:
-        with zipfile.ZipFile(file) as zf:
-            return json.loads(zf.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        zf = limits.open_zip(file, MODEL_FILE, InvalidBundleError)
+    except InvalidBundleError:
         raise InvalidBundleError(f"{MODEL_FILE} is not a Keras 3 model file") from None
+    with zf:
+        budget = limits.memory_budget()
+        declared = 0
+        for info in zf.infolist():
+            limits.check_member(info, f"{MODEL_FILE}/{info.filename}", InvalidBundleError, budget)
+            declared += info.file_size
+        limits.check_memory(declared, f"{MODEL_FILE} (unpacked)", InvalidBundleError)
+        try:
+            info = zf.getinfo("config.json")
+        except KeyError:
+            raise InvalidBundleError(f"{MODEL_FILE} is not a Keras 3 model file") from None
+        what = f"{MODEL_FILE}/config.json"
+        raw = limits.read_member(zf, info, what, InvalidBundleError, MAX_KERAS_CONFIG_BYTES)
+        return limits.parse_json(raw, what, InvalidBundleError)
 
 
 def _code_in(config: Any) -> str | None:
@@ -382,10 +435,7 @@ def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes])
     bundle.model.save(folder / MODEL_FILE)
     for name, content in extra_files.items():
         (folder / name).write_bytes(content)
-    files = {
-        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        for name in (MODEL_FILE, *extra_files)
-    }
+    files = {name: _file_digest(folder / name) for name in (MODEL_FILE, *extra_files)}
     write_metadata(replace(bundle.metadata, files=files), folder / METADATA_FILE)
     for name in (MODEL_FILE, METADATA_FILE, *extra_files):
         _fsync(folder / name)
@@ -422,9 +472,8 @@ def _publish_file(staged: Path, target: Path) -> None:
 
 
 def _staging_beside(target: Path) -> Path:
-    """A fresh hidden folder next to ``target`` (same file system, so renames are atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    """A fresh hidden folder next to ``target``; stale ones of killed saves are removed."""
+    return outputs.staging_folder(target)
 
 
 def _refuse_existing(target: Path) -> None:
@@ -462,6 +511,12 @@ def _check_metadata(m: BundleMetadata) -> None:
     _expect(m.modality in MODALITIES, f"modality must be one of {MODALITIES}")
     _expect(m.task in TASKS, f"task must be one of {TASKS}")
     _expect(_is_triple(m.input_shape, _is_int), "input_shape must be three whole numbers (D, H, W)")
+    voxels = math.prod(m.input_shape)
+    limits.check_memory(
+        voxels * BYTES_PER_GRID_VOXEL,
+        f"{METADATA_FILE}: the input grid {' x '.join(map(str, m.input_shape))}",
+        InvalidBundleError,
+    )
     _expect(
         m.target_spacing_mm is None or _is_triple(m.target_spacing_mm, _is_number),
         "target_spacing_mm must be three positive numbers (z, y, x) in mm, or null",
