@@ -4,7 +4,8 @@ A bundle is a folder (or the same two files in one ``.zip``)::
 
     model.keras   the network (Keras 3 format), outputs a dict of logits, see architectures.py
     bundle.json   BundleMetadata: classes, modality, input grid, intensity recipe, calibration,
-                  metrics, lineage
+                  metrics, lineage, and the SHA-256 of every other file of the bundle
+    *.png, ...    optional extra files (training plots), published with the model
 
 Bundles are immutable: saving never overwrites (a new model is a new version, made with
 :func:`derive`), and a save writes into a temporary sibling and renames it into place, so a crash
@@ -13,19 +14,27 @@ leaves either the whole bundle or none of it.
 Loading never runs code from the file: ``model.keras``'s config is checked first for Lambda layers
 and for references to Python modules outside Keras and this package, then Keras loads it in
 safe mode.
+
+Integrity: saving records the SHA-256 of every file of the bundle but ``bundle.json`` itself in
+its ``files`` field, and loading refuses a bundle whose files do not match (flipped bytes in the
+weights change every answer and would otherwise load without complaint). This catches damage and
+edits after saving, not a forger who rewrites ``bundle.json`` too. Bundles saved before hashes
+were recorded (no ``files``) load unchecked.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +59,7 @@ MAX_KERAS_CONFIG_BYTES = 50_000_000
 # Memory one voxel of the model grid costs at inference: float32 input plus the full-resolution
 # feature maps of a first convolution of 16 filters (an estimate, checked before loading).
 BYTES_PER_GRID_VOXEL = 4 * (1 + 16)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleExistsError(InvalidBundleError, FileExistsError):
@@ -80,6 +90,9 @@ class BundleMetadata:
     created: str = field(default_factory=_now)  # ISO 8601
     description: str = ""  # one line, shown in the model picker
     model_card: str = ""  # intended use, data, limits (Markdown)
+    # file name -> SHA-256 (hex) of every other file of the bundle, written by save_bundle; not
+    # part of the model's identity (a saved copy equals the metadata it was saved from)
+    files: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         _check_metadata(self)
@@ -91,6 +104,7 @@ class BundleMetadata:
         if self.target_spacing_mm is not None:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
         self.temperature = float(self.temperature)
+        self.files = dict(self.files)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format version."""
@@ -144,6 +158,7 @@ def derive(metadata: BundleMetadata, **changes: Any) -> BundleMetadata:
         "version": next_version(metadata),
         "parent_version": metadata.version,
         "created": _now(),
+        "files": {},  # the new version's files get their own hashes when saved
     }
     return replace(metadata, **{**lineage, **changes})
 
@@ -238,6 +253,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         if source.is_dir():
             metadata = _read_metadata(_read_member(source, METADATA_FILE))
+            verify_files(metadata, lambda name: _file_digest(source / name))
             model = _load_model(source / MODEL_FILE)
         elif source.is_file() and zipfile.is_zipfile(source):
             metadata, model = _load_zip(source)
@@ -271,12 +287,57 @@ def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
             limits.extract_member(
                 zf, model_info, model_path, MODEL_FILE, InvalidBundleError, _model_limit()
             )
+            verify_files(
+                metadata,
+                lambda name: (
+                    _file_digest(model_path)
+                    if name == MODEL_FILE
+                    else _zip_digest(zf, posixpath.join(folder, name), name)
+                ),
+            )
             return metadata, _load_model(model_path)
 
 
 def _model_limit() -> int:
     """Bytes a model file may hold: Keras reads its weights into memory."""
     return limits.memory_budget()
+
+
+def verify_files(metadata: BundleMetadata, digest: Callable[[str], str | None]) -> None:
+    """Raise InvalidBundleError unless every file ``metadata.files`` lists has its recorded
+    SHA-256; ``digest(name)`` gives a file's SHA-256 (hex), None when the bundle lacks it."""
+    for name, expected in metadata.files.items():
+        actual = digest(name)
+        if actual is None:
+            raise InvalidBundleError(
+                f"{name} is missing: the model file was modified or damaged after it was saved "
+                f"({METADATA_FILE} lists it); get a fresh copy of the model"
+            )
+        if actual != expected:
+            raise InvalidBundleError(
+                f"{name} was modified or damaged after the model was saved: its SHA-256 does not "
+                f"match the one in {METADATA_FILE}; get a fresh copy of the model"
+            )
+
+
+def _file_digest(file: Path) -> str | None:
+    """SHA-256 (hex) of a file, read in chunks; None when it is not a file."""
+    if not file.is_file():
+        return None
+    sha = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while chunk := handle.read(limits.CHUNK_BYTES):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _zip_digest(zf: zipfile.ZipFile, member: str, name: str) -> str | None:
+    """SHA-256 (hex) of a zip member, read with the usual limits; None when there is none."""
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        return None
+    return hashlib.sha256(limits.read_member(zf, info, name, InvalidBundleError)).hexdigest()
 
 
 def _bundle_folder_in(zf: zipfile.ZipFile) -> str:
@@ -370,13 +431,20 @@ def _code_in(config: Any) -> str | None:
 
 
 def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes]) -> None:
+    """The model, the extra files, then bundle.json with their SHA-256."""
     bundle.model.save(folder / MODEL_FILE)
-    text = json.dumps(bundle.metadata.to_dict(), indent=2, ensure_ascii=False)
-    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
     for name, content in extra_files.items():
         (folder / name).write_bytes(content)
+    files = {name: _file_digest(folder / name) for name in (MODEL_FILE, *extra_files)}
+    write_metadata(replace(bundle.metadata, files=files), folder / METADATA_FILE)
     for name in (MODEL_FILE, METADATA_FILE, *extra_files):
         _fsync(folder / name)
+
+
+def write_metadata(metadata: BundleMetadata, file: Path) -> None:
+    """``bundle.json`` as every bundle has it (two-space indent, UTF-8, final newline)."""
+    text = json.dumps(metadata.to_dict(), indent=2, ensure_ascii=False)
+    file.write_text(text + "\n", encoding="utf-8")
 
 
 def _check_extra_names(extra_files: Mapping[str, bytes]) -> None:
@@ -463,6 +531,24 @@ def _check_metadata(m: BundleMetadata) -> None:
     _expect(_is_iso_time(m.created), "created must be an ISO 8601 date and time")
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")
+    _check_files(m.files)
+
+
+def _check_files(files: Any) -> None:
+    _expect(
+        isinstance(files, dict)
+        and all(
+            isinstance(name, str)
+            and name not in ("", ".", "..", METADATA_FILE)
+            and name == posixpath.basename(name)
+            and "\\" not in name
+            and isinstance(digest, str)
+            and _SHA256.fullmatch(digest)
+            for name, digest in files.items()
+        ),
+        "files must map plain file names to SHA-256 digests (64 lowercase hex digits)",
+    )
+    _expect(not files or MODEL_FILE in files, f"files must list {MODEL_FILE}")
 
 
 def _check_intensity(intensity: Any, modality: str) -> None:
