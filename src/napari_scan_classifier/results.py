@@ -510,12 +510,6 @@ def _method_key(method: str) -> str:
     return method.replace("_", "")
 
 
-def saliency_title(saliency: Mapping[str, Any]) -> str:
-    """``"Grad-CAM (lesion)"``: for layer names."""
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
-    return f"{title} ({saliency['target_class']})"
-
-
 def slice_text(result: Mapping[str, Any], k: int) -> str | None:
     """``"slice 12/72: p(normal)=0.17 p(lesion)=0.83"`` for slice ``k`` (0-based, as acquired),
     or None where the model scores no slices or did not reach this one."""

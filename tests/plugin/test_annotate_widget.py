@@ -277,6 +277,7 @@ def test_scans_in_a_folder_are_ranked_and_opened_on_click(
     (opened,) = viewer.layers
     (seed,) = [i for i, v in enumerate(volumes) if np.array_equal(opened.data, v.voxels)]
     assert first.startswith(f"1. scan{seed}.nii.gz: CT · ")
+    assert " · entropy 0." in first and " · predicted " in first and "(p = 0." in first
     assert opened.name == "#1 CT"  # layer names never carry file names
     np.testing.assert_allclose(opened.affine.affine_matrix, volumes[seed].affine, atol=1e-4)
     assert viewer.layers.selection.active is opened
