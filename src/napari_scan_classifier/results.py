@@ -203,16 +203,18 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, Volume, ScanResult], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress).
+    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    classified scan with its input's position (to send results on, e.g. to a PACS).
 
     A path that does not exist stops everything at once, before the model loads (a typo should
     not give a partial result); files or series that cannot be used are recorded and the rest go
     on. Raises UnreadableScanError when nothing at all could be classified.
     """
-    missing = [Path(p).name or str(p) for p in paths if not Path(p).exists()]
+    missing = [Path(p).name or str(p) for p in paths if not _is_url(p) and not Path(p).exists()]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
@@ -229,6 +231,8 @@ def classify_paths(
                     result = _explained(volume, bundle, outcome, saliency, faithfulness)
                     row.update(status="classified", **result.to_dict())
                     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+                    if on_result is not None:
+                        on_result(number, volume, result)
                 else:
                     row.update(status="failed", error=outcome)
                 report.series.append(row)
@@ -248,12 +252,17 @@ def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> lis
     try:
         loaded = load_scans(path)
     except UnreadableScanError as error:
-        report.skipped.append({"input": number, "file": Path(path).name, "reason": str(error)})
+        name = "DICOMweb address" if _is_url(path) else Path(path).name
+        report.skipped.append({"input": number, "file": name, "reason": str(error)})
         return []
     report.skipped.extend(
         {"input": number, "file": s.path.name, "reason": s.reason} for s in loaded.skipped
     )
     return loaded.volumes
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
