@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
 
 def _series_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io.dicom import list_series
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url, list_series_url
 
-    series = list_series(args.path)
+    series = list_series_url(args.path) if is_dicomweb_url(args.path) else list_series(args.path)
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in series], indent=2))
         return 0
@@ -65,15 +66,21 @@ def _classify_command(args: argparse.Namespace) -> int:
         outputs.check_folder(
             args.saliency_dir, len("000_XX_grad_cam_.nii.gz") + 64, "--saliency-dir"
         )
-    explain = bool(args.saliency_dir or args.faithfulness)
+    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    paths, model, on_result = args.paths, args.model, None
+    if args.store_results:
+        from napari_scan_classifier.dicom_results import store_results_hook
+
+        paths, model, on_result = store_results_hook(args.paths, args.model)
     report = classify_paths(
-        args.paths,
-        args.model,
+        paths,
+        model,
         saliency=(args.method or "gradcam") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
         on_row=_print_row,
+        on_result=on_result,
         checkpoint=lambda partial: write_report(partial, out),
     )
     for skipped in report.skipped:
@@ -261,7 +268,9 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
         "classify", help="classify every series under the paths into a JSON or CSV file"
     )
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file or NIfTI")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI or DICOMweb address"
+    )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
@@ -273,6 +282,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
+    )
+    classify.add_argument(
+        "--store-results",
+        action="store_true",
+        help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
     )
     classify.set_defaults(run=_classify_command)
 

@@ -212,18 +212,25 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, Volume, ScanResult], None] | None = None,
     checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress), ``checkpoint`` the report so
-    far after each input and series (to write it, so a late failure keeps what was done).
+    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    classified scan with its input's position (to send results on, e.g. to a PACS);
+    ``checkpoint`` the report so far after each input and series (to write it, so a late
+    failure keeps what was done).
 
     A path that does not exist stops everything at once, before the model loads (a typo should
     not give a partial result); files or series that cannot be used are recorded and the rest go
     on. Raises UnreadableScanError when nothing at all could be classified.
     """
-    missing = [f"input {n}" for n, p in enumerate(paths, start=1) if not Path(p).exists()]
+    missing = [
+        f"input {n}"
+        for n, p in enumerate(paths, start=1)
+        if not _is_url(p) and not Path(p).exists()
+    ]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
@@ -244,6 +251,8 @@ def classify_paths(
                     result = _explained(volume, bundle, outcome, saliency, faithfulness)
                     row.update(status="classified", **result.to_dict())
                     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+                    if on_result is not None:
+                        on_result(number, volume, result)
                 else:
                     row.update(status="failed", error=outcome)
                 report.series.append(row)
@@ -277,6 +286,10 @@ def _load(
         redact.found(skipped.path, path)
     report.skipped.extend({"input": number, "reason": redact(s.reason)} for s in loaded.skipped)
     return loaded.volumes
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
