@@ -12,9 +12,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from napari_scan_classifier.evaluation import EvaluationReport
@@ -52,33 +52,29 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _classify_command(args: argparse.Namespace) -> int:
-    from napari_scan_classifier.results import check_output, classify_paths, write_report
+    from napari_scan_classifier.cohort import Options, classify_cohort
 
-    out = check_output(args.out)
     explain = bool(args.saliency_dir or args.faithfulness)
-    report = classify_paths(
-        args.paths,
-        args.model,
+    options = Options(
         saliency=(args.method or "gradcam") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
-        on_row=_print_row,
     )
-    for skipped in report.skipped:
-        print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
-    write_report(report, out)
-    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    result = classify_cohort(
+        args.paths,
+        args.model,
+        args.out,
+        options=options,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    classified = result.total - result.failed
+    resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
+    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    if not classified:
+        raise UnreadableScanError("no scan could be classified (the reasons are in the results)")
     return 0
-
-
-def _print_row(row: dict[str, Any]) -> None:
-    """One line per series on stdout as it is done; its problems on stderr."""
-    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
-    print(f"{row['series']}: {outcome}", flush=True)
-    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
-    for note in filter(None, notes):
-        print(f"warning: {row['series']}: {note}", file=sys.stderr)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -240,11 +236,29 @@ def _passes(text: str) -> int:
     return int(text)
 
 
+CLASSIFY_HELP = """\
+Classify every series under the paths; write one row per series.
+
+Each row is appended to a journal beside --out (results.jsonl for results.json or .csv) as soon as
+its series is done, and --out is written from it at the end. Running the same command again
+resumes: series already in the journal (by series key) are skipped, so an interrupted cohort
+finishes without duplicates. Delete the journal to start over.
+
+@list.txt stands for the paths listed in that file, one per line. --workers N classifies on a
+local Dask cluster of N processes, --scheduler ADDRESS on an existing one; the default is this
+process."""
+
+
 def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
-        "classify", help="classify every series under the paths into a JSON or CSV file"
+        "classify",
+        help="classify every series under the paths into a JSON or CSV file",
+        description=CLASSIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file or NIfTI")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI, or @list.txt"
+    )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
@@ -257,6 +271,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
     )
+    where = classify.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=_passes, default=0, help="start a local Dask cluster of N processes"
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask cluster")
     classify.set_defaults(run=_classify_command)
 
 

@@ -224,13 +224,9 @@ def classify_paths(
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row = series_row(index, number, volume)
-                if isinstance(outcome, Prediction):
-                    result = _explained(volume, bundle, outcome, saliency, faithfulness)
-                    row.update(status="classified", **result.to_dict())
-                    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
-                else:
-                    row.update(status="failed", error=outcome)
+                row = result_row(
+                    index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+                )
                 report.series.append(row)
                 if on_row is not None:
                     on_row(row)
@@ -240,6 +236,45 @@ def classify_paths(
         )
         raise UnreadableScanError(f"no scan could be classified ({reasons or 'nothing found'})")
     return report
+
+
+def classify_series(
+    index: int,
+    number: int,
+    volume: Volume,
+    bundle: Bundle,
+    *,
+    saliency: str = "none",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    saliency_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
+    (a cohort): ``index`` and ``number`` as in :func:`series_row`."""
+    (outcome,) = _predict_each([volume], bundle, passes)
+    return result_row(index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir)
+
+
+def result_row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str,
+    bundle: Bundle,
+    saliency: str,
+    faithfulness: bool,
+    saliency_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """The series' label, then its prediction and saliency summary (the map saved into
+    ``saliency_dir``), or the reason it could not be classified."""
+    row = series_row(index, number, volume)
+    if isinstance(outcome, Prediction):
+        result = _explained(volume, bundle, outcome, saliency, faithfulness)
+        row.update(status="classified", **result.to_dict())
+        row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+    else:
+        row.update(status="failed", error=outcome)
+    return row
 
 
 def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
