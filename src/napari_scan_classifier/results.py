@@ -399,6 +399,8 @@ def to_csv(report: BatchReport) -> str:
         "device",
         "model",
         "model_version",
+        "model_sha256",
+        "worker",
         "seconds",
         "saliency_file",
         "saliency_vs_random_auc",
@@ -428,6 +430,8 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
+    flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
+    flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
     if row["status"] != "classified":
         return flat
     uncertainty = row["uncertainty"]
