@@ -12,9 +12,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
+from napari_scan_classifier.errors import ScanClassifierError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from napari_scan_classifier.evaluation import EvaluationReport
@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
 
 def _series_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io.dicom import list_series
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url, list_series_url
 
-    series = list_series(args.path)
+    series = list_series_url(args.path) if is_dicomweb_url(args.path) else list_series(args.path)
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in series], indent=2))
         return 0
@@ -52,6 +53,20 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _classify_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url
+
+    if args.store_results or any(is_dicomweb_url(p) for p in args.paths):
+        if args.workers or args.scheduler:
+            raise ScanClassifierError(
+                "DICOMweb addresses are classified in this process: leave out --workers and "
+                "--scheduler"
+            )
+        return _classify_here(args)
+    return _classify_cohort(args)
+
+
+def _classify_cohort(args: argparse.Namespace) -> int:
+    """Local files and folders: series by series, resumable, here or on a Dask cluster."""
     from napari_scan_classifier.cohort import Options, classify_cohort
 
     explain = bool(args.saliency_dir or args.faithfulness)
@@ -73,8 +88,44 @@ def _classify_command(args: argparse.Namespace) -> int:
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
     print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
     if not classified:
-        raise UnreadableScanError("no scan could be classified (the reasons are in the results)")
+        raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
     return 0
+
+
+def _classify_here(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.results import check_output, classify_paths, write_report
+
+    out = check_output(args.out)
+    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    paths, model, on_result = args.paths, args.model, None
+    if args.store_results:
+        from napari_scan_classifier.dicom_results import store_results_hook
+
+        paths, model, on_result = store_results_hook(args.paths, args.model)
+    report = classify_paths(
+        paths,
+        model,
+        saliency=(args.method or "gradcam") if explain else "none",
+        passes=args.passes,
+        faithfulness=args.faithfulness,
+        saliency_dir=args.saliency_dir,
+        on_row=_print_row,
+        on_result=on_result,
+    )
+    for skipped in report.skipped:
+        print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
+    write_report(report, out)
+    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    return 0
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    """One line per series on stdout as it is done; its problems on stderr."""
+    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
+    print(f"{row['series']}: {outcome}", flush=True)
+    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
+    for note in filter(None, notes):
+        print(f"warning: {row['series']}: {note}", file=sys.stderr)
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -239,14 +290,13 @@ def _passes(text: str) -> int:
 CLASSIFY_HELP = """\
 Classify every series under the paths; write one row per series.
 
-Each row is appended to a journal beside --out (results.jsonl for results.json or .csv) as soon as
-its series is done, and --out is written from it at the end. Running the same command again
-resumes: series already in the journal (by series key) are skipped, so an interrupted cohort
-finishes without duplicates. Delete the journal to start over.
-
+Local files and folders: each row is appended to a journal beside --out (results.jsonl for
+results.json or .csv) as soon as its series is done, and --out is written from it at the end.
+Running the same command again resumes: series already in the journal (by series key) are
+skipped, so an interrupted cohort finishes without duplicates. Delete the journal to start over.
 @list.txt stands for the paths listed in that file, one per line. --workers N classifies on a
 local Dask cluster of N processes, --scheduler ADDRESS on an existing one; the default is this
-process."""
+process. DICOMweb addresses are classified in this process, without a journal."""
 
 
 def _add_classify_command(commands: argparse._SubParsersAction) -> None:
@@ -257,7 +307,10 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     classify.add_argument(
-        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI, or @list.txt"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
     )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
@@ -270,6 +323,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
+    )
+    classify.add_argument(
+        "--store-results",
+        action="store_true",
+        help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
     )
     where = classify.add_mutually_exclusive_group()
     where.add_argument(

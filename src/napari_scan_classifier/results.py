@@ -203,16 +203,18 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, Volume, ScanResult], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress).
+    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    classified scan with its input's position (to send results on, e.g. to a PACS).
 
     A path that does not exist stops everything at once, before the model loads (a typo should
     not give a partial result); files or series that cannot be used are recorded and the rest go
     on. Raises UnreadableScanError when nothing at all could be classified.
     """
-    missing = [Path(p).name or str(p) for p in paths if not Path(p).exists()]
+    missing = [Path(p).name or str(p) for p in paths if not _is_url(p) and not Path(p).exists()]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
@@ -224,9 +226,11 @@ def classify_paths(
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row = result_row(
+                row, result = result_row(
                     index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
                 )
+                if result is not None and on_result is not None:
+                    on_result(number, volume, result)
                 report.series.append(row)
                 if on_row is not None:
                     on_row(row)
@@ -252,7 +256,10 @@ def classify_series(
     """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
     (a cohort): ``index`` and ``number`` as in :func:`series_row`."""
     (outcome,) = _predict_each([volume], bundle, passes)
-    return result_row(index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir)
+    row, _ = result_row(
+        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+    )
+    return row
 
 
 def result_row(
@@ -264,17 +271,17 @@ def result_row(
     saliency: str,
     faithfulness: bool,
     saliency_dir: str | os.PathLike[str] | None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], ScanResult | None]:
     """The series' label, then its prediction and saliency summary (the map saved into
-    ``saliency_dir``), or the reason it could not be classified."""
+    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
     row = series_row(index, number, volume)
-    if isinstance(outcome, Prediction):
-        result = _explained(volume, bundle, outcome, saliency, faithfulness)
-        row.update(status="classified", **result.to_dict())
-        row["saliency"] = _saved_map(volume, result, index, saliency_dir)
-    else:
+    if not isinstance(outcome, Prediction):
         row.update(status="failed", error=outcome)
-    return row
+        return row, None
+    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    row.update(status="classified", **result.to_dict())
+    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+    return row, result
 
 
 def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
@@ -283,12 +290,17 @@ def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> lis
     try:
         loaded = load_scans(path)
     except UnreadableScanError as error:
-        report.skipped.append({"input": number, "file": Path(path).name, "reason": str(error)})
+        name = "DICOMweb address" if _is_url(path) else Path(path).name
+        report.skipped.append({"input": number, "file": name, "reason": str(error)})
         return []
     report.skipped.extend(
         {"input": number, "file": s.path.name, "reason": s.reason} for s in loaded.skipped
     )
     return loaded.volumes
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
