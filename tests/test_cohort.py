@@ -118,7 +118,7 @@ def test_list_file_paths_are_relative_to_it_and_missing_ones_named(tmp_path: Pat
         tmp_path / "a",
     ]
     listing.write_text("a\nno_such_study\n")
-    with pytest.raises(UnreadableScanError, match=r"^no_such_study: no such file or folder$"):
+    with pytest.raises(UnreadableScanError, match=r"^input 2: no such file or folder$"):
         expand_inputs([f"@{listing}"])
 
 

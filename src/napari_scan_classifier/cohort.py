@@ -28,8 +28,10 @@ from napari_scan_classifier.errors import (
     ScanClassifierError,
     UnreadableScanError,
 )
+from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.models.bundled import bundled_model_path
+from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.results import (
     BatchReport,
     check_output,
@@ -108,11 +110,11 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         try:
             lines = listing.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
-            raise UnreadableScanError(f"{listing.name}: cannot read the list of inputs") from error
+            raise UnreadableScanError(f"{given}: cannot read the list of inputs") from error
         for line in (line.strip() for line in lines):
             if line and not line.startswith("#"):
                 inputs.append(listing.parent / Path(line).expanduser())
-    missing = [p.name or str(p) for p in inputs if not p.exists()]
+    missing = [f"input {n}" for n, p in enumerate(inputs, start=1) if not p.exists()]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not inputs:
@@ -120,9 +122,11 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return inputs
 
 
-def discover(inputs: Sequence[Path]) -> tuple[list[SeriesTask], list[dict[str, Any]]]:
+def discover(
+    inputs: Sequence[Path], redact: Redactor
+) -> tuple[list[SeriesTask], list[dict[str, Any]]]:
     """The series under every input, from headers only (NIfTI: its file hash is its key), and
-    the files left out. A series given twice is kept once."""
+    the files left out (by input number, reasons redacted). A series given twice is kept once."""
     from napari_scan_classifier.io import is_nifti
     from napari_scan_classifier.io.dicom import series_files
 
@@ -130,17 +134,21 @@ def discover(inputs: Sequence[Path]) -> tuple[list[SeriesTask], list[dict[str, A
     skipped: list[dict[str, Any]] = []
     seen: set[str] = set()
     for number, path in enumerate(inputs, start=1):
+        special = special_file_reason(path)
+        if special is not None:
+            skipped.append({"input": number, "reason": special})
+            continue
         if path.is_file() and is_nifti(path):
             found = {file_key(path): None}
         else:
             try:
                 stacks, left_out = series_files(path)
-            except UnreadableScanError as error:
-                skipped.append({"input": number, "file": path.name, "reason": str(error)})
+            except ScanClassifierError as error:
+                skipped.append({"input": number, "reason": redact(str(error))})
                 continue
-            skipped += [
-                {"input": number, "file": s.path.name, "reason": s.reason} for s in left_out
-            ]
+            for file in left_out:
+                redact.found(file.path, path)
+            skipped += [{"input": number, "reason": redact(s.reason)} for s in left_out]
             found = {key: tuple(map(str, files)) for key, files in stacks.items()}
         for key, files in found.items():
             if key not in seen:
@@ -467,7 +475,7 @@ def _run_on_dask(
                 row = failed_row(task, "the worker running it died twice (out of memory?)")
                 row.update(worker=None, bundle=ref.summary())
             except Exception as error:  # a bug or a resource limit: recorded, cohort goes on
-                row = failed_row(task, _reason(error, task))
+                row = failed_row(task, f"{type(error).__name__}: {error}")
                 row.update(worker=None, bundle=ref.summary())
             future.release()
             yield row
@@ -475,12 +483,6 @@ def _run_on_dask(
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _reason(error: BaseException, task: SeriesTask) -> str:
-    """An unexpected error's type and text, without the input's path (it may name a patient)."""
-    text = str(error).replace(task.path, f"input {task.number}")
-    return f"{type(error).__name__}: {text}"
 
 
 # ------------------------------------------------------------------------------------- a run
@@ -505,7 +507,8 @@ def classify_cohort(
     options = options or Options()
     target = check_output(out)
     inputs = expand_inputs(paths)
-    tasks, skipped = discover(inputs)
+    redact = Redactor(inputs)
+    tasks, skipped = discover(inputs, redact)
     if not tasks:
         reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
         raise UnreadableScanError(f"no scan found to classify ({reasons})")
@@ -518,7 +521,7 @@ def classify_cohort(
     pending = [task for task in tasks if task.key not in done]
     progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)
     for left_out in skipped:
-        progress.note(f"skipped {left_out['file']}: {left_out['reason']}")
+        progress.note(f"skipped a file of input {left_out['input']}: {left_out['reason']}")
     rows = (
         _run_on_dask(pending, ref, options, workers, scheduler, progress.note)
         if pending and (workers or scheduler)
@@ -526,6 +529,7 @@ def classify_cohort(
     )
     try:
         for row in rows:
+            _redact_row(row, redact)
             journal.append(row)
             progress.update(row)
             for note in filter(None, [row["error"], row.get("modality_warning")]):
@@ -533,6 +537,14 @@ def classify_cohort(
     finally:
         progress.close()
     return _summarise(target, journal, ref, bundle, len(earlier), skipped)
+
+
+def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
+    """No input's path or name in what a worker wrote (third-party errors quote paths)."""
+    row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
+    for key in ("error", "modality_warning"):
+        if row.get(key):
+            row[key] = redact(row[key])
 
 
 def _summarise(
