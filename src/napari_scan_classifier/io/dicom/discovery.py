@@ -147,12 +147,17 @@ def _without_copies(read: list[list[_Frame]], skipped: list[SkippedFile]) -> lis
 
 
 def _scan(
-    path: Path, pool: Executor, progress: Progress | None, cancel: Cancel | None
+    path: Path,
+    pool: Executor,
+    progress: Progress | None,
+    cancel: Cancel | None,
+    files: Iterable[str | Path] | None = None,
 ) -> tuple[list[_Stack], list[SkippedFile]]:
-    """Read every header under ``path``; the stacks found and the files left out."""
+    """Read every header under ``path`` (only ``files`` where given); the stacks found and the
+    files left out."""
     if not path.exists():
         raise UnreadableScanError(f"{path.name}: no such file or folder")
-    candidates = _candidate_files(path)
+    candidates = _candidate_files(path) if files is None else [Path(f) for f in files]
     skipped: list[SkippedFile] = []
     known: dict[tuple, dict] = {}
     read: list[list[_Frame]] = []
