@@ -59,7 +59,7 @@ def _classify_command(args: argparse.Namespace) -> int:
     report = classify_paths(
         args.paths,
         args.model,
-        saliency=(args.method or "gradcam") if explain else "none",
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
@@ -249,10 +249,14 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
-        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+        "--method",
+        choices=("gradcam", "integrated_gradients", "occlusion"),
+        help="saliency method (default: the model's own, else integrated_gradients)",
     )
     classify.add_argument(
-        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+        "--faithfulness",
+        action="store_true",
+        help="check each saliency map (region deletion and insertion; adds a pass/fail)",
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
