@@ -245,16 +245,12 @@ def classify_paths(
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row = series_row(index, number, volume)
+                row, result = result_row(
+                    index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+                )
                 row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
-                if isinstance(outcome, Prediction):
-                    result = _explained(volume, bundle, outcome, saliency, faithfulness)
-                    row.update(status="classified", **result.to_dict())
-                    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
-                    if on_result is not None:
-                        on_result(number, volume, result)
-                else:
-                    row.update(status="failed", error=outcome)
+                if result is not None and on_result is not None:
+                    on_result(number, volume, result)
                 report.series.append(row)
                 save(report)
                 if on_row is not None:
@@ -265,6 +261,49 @@ def classify_paths(
         )
         raise UnreadableScanError(f"no scan could be classified ({reasons or 'nothing found'})")
     return report
+
+
+def classify_series(
+    index: int,
+    number: int,
+    volume: Volume,
+    bundle: Bundle,
+    *,
+    saliency: str = "none",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    saliency_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
+    (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
+    (the caller knows the inputs)."""
+    (outcome,) = _predict_each([volume], bundle, passes)
+    row, _ = result_row(
+        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+    )
+    return row
+
+
+def result_row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str,
+    bundle: Bundle,
+    saliency: str,
+    faithfulness: bool,
+    saliency_dir: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Any], ScanResult | None]:
+    """The series' label, then its prediction and saliency summary (the map saved into
+    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    row = series_row(index, number, volume)
+    if not isinstance(outcome, Prediction):
+        row.update(status="failed", error=outcome)
+        return row, None
+    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    row.update(status="classified", **result.to_dict())
+    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+    return row, result
 
 
 def _load(
@@ -400,6 +439,8 @@ def to_csv(report: BatchReport) -> str:
         "device",
         "model",
         "model_version",
+        "model_sha256",
+        "worker",
         "seconds",
         "saliency_file",
         "saliency_vs_random_auc",
@@ -427,6 +468,8 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
+    flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
+    flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
     if row["status"] != "classified":
         return flat
     uncertainty = row["uncertainty"]

@@ -169,9 +169,10 @@ class DicomWebServer:
             raise DicomWebError("the DICOMweb server address must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.credentials = credentials or Credentials.from_env()
         self._host = urlsplit(self.base_url).netloc.rsplit("@", 1)[-1]
         session = requests.Session()
-        (credentials or Credentials.from_env()).apply(session)
+        self.credentials.apply(session)
         self._client = DICOMwebClient(self.base_url, session=session, timeout=timeout)
         self._client.set_http_retry_params(retry=False)
 

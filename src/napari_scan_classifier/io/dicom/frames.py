@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from napari_scan_classifier.io.dicom.headers import (
     _NOT_IMAGES,
+    _acquisition_time,
     _float,
     _floats,
     _frame_group,
@@ -26,8 +29,22 @@ from napari_scan_classifier.io.dicom.headers import (
     _tag,
     _text,
 )
-from napari_scan_classifier.io.dicom.mosaic import _mosaic_frames
+from napari_scan_classifier.io.dicom.luts import value_table
+from napari_scan_classifier.io.dicom.mosaic import _mosaic_frames, _uih_grid_frames, _uih_tiles
 from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _File, _Frame, _SkipFileError
+from napari_scan_classifier.io.dicom.vendors import ge_reverse_phase
+
+
+def _gzipped(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        return fp.read(2) == b"\x1f\x8b"
+
+
+def _unpacked_size(path: Path) -> int:
+    """A gzip file's uncompressed size, from its trailer (modulo 4 GiB, as gzip records it)."""
+    with open(path, "rb") as fp:
+        fp.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", fp.read(4))[0]
 
 
 def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
@@ -36,7 +53,8 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
     ``known`` caches series-level fields by series UID and number: read once per series.
     """
     try:
-        with open(path, "rb") as fp:
+        gzipped = _gzipped(path)
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as fp:
             ds = _read_dataset(fp)
             if _tag("Rows") not in ds or _tag("Columns") not in ds:
                 raise _SkipFileError(_no_pixels_reason(ds))
@@ -44,12 +62,15 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
             if modality in _NOT_IMAGES:
                 raise _SkipFileError(f"a {modality} object, not an image")
             syntax = _syntax_of(ds)
-            file = _new_file(path, ds, syntax, known)
+            reverse, split = ge_reverse_phase(ds)
+            file = _new_file(path, ds, syntax, known, split=split)
+            file.flip_rows, file.gzipped = reverse, gzipped
             if file.samples != 1:
                 raise _SkipFileError("colour (RGB) images are not supported as scans")
-            size = os.fstat(fp.fileno()).st_size
-            offset = _locate_pixels(fp, ds, size, file.frame_bytes * file.n_frames)
+            size = _unpacked_size(path) if gzipped else os.fstat(fp.fileno()).st_size
+            offset = _locate_pixels(fp, ds, size, file)
             file.pixel_offset = offset if file.bits_allocated in (8, 16, 32) else None
+            file.table = value_table(ds, file)
             return _frames_of(ds, file)
     except _SkipFileError:
         raise
@@ -65,6 +86,9 @@ def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
         return _enhanced_frames(ds, file)
     if "MOSAIC" in file.image_type and file.n_frames == 1:
         return _mosaic_frames(ds, file)
+    tiles = _uih_tiles(ds) if file.n_frames == 1 else None
+    if tiles:
+        return _uih_grid_frames(ds, file, tiles)
     if file.n_frames > 1:
         return _legacy_frames(ds, file)
     slope, intercept = _rescale(ds, ds)
@@ -80,7 +104,7 @@ def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=_float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness"),
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file.path),
+            order=_order(ds, file),
         )
     ]
 
@@ -126,7 +150,13 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
                 slope=slope,
                 intercept=intercept,
                 kind=tuple(kind),
-                order=(_int(content, "TemporalPositionIndex"), 0, 0, 0, "", index),
+                order=_order(
+                    ds,
+                    file,
+                    index,
+                    temporal=_int(content, "TemporalPositionIndex"),
+                    when=_acquisition_time(content),
+                ),
             )
         )
     return frames
@@ -159,7 +189,7 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=spacing,
             slope=slope,
             intercept=intercept,
-            order=(0, 0, 0, 0, "", k),
+            order=_order(ds, file, k),
         )
         for k in range(file.n_frames)
     ]

@@ -65,6 +65,10 @@ def _output_dtype(frames: list[_Frame], widen: bool) -> tuple[np.dtype, bool]:
     give int16 (checked per slice when the header allows larger values, int32 after an
     overflow); anything else is float32.
     """
+    tables = [f.file.table for f in frames if f.file.table is not None]
+    if tables:
+        same = len(tables) == len(frames)
+        return (np.result_type(*{t[1].dtype for t in tables}) if same else np.float32), False
     if all(f.slope == 1 and f.intercept == 0 for f in frames):
         return np.result_type(*{f.file.stored_dtype.newbyteorder("=") for f in frames}), False
     integral = all(float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames)
@@ -105,6 +109,8 @@ def _rescale_into(
 
 def _fix_stored(raw: np.ndarray, file: _File) -> np.ndarray:
     """Native-endian values with unused high bits cleared (or sign-extended), as pydicom does."""
+    if file.swap_pairs:  # 8-bit values in big-endian words: each pair of bytes is reversed
+        raw.reshape(-1).view(np.uint16).byteswap(inplace=True)
     if raw.dtype.byteorder == ">":
         raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder("="))
     shift = file.bits_allocated - file.bits_stored
@@ -120,7 +126,7 @@ _Item = tuple[int, np.ndarray, float, float]  # frame/tile index, destination, s
 def _read_native(file: _File, items: list[_Item], checked: bool) -> None:
     """Read uncompressed frames from the file straight into their destination slices."""
     stored = file.stored_dtype
-    with open(file.path, "rb") as fp:
+    with file.open() as fp:
         for index, dest, slope, intercept in items:
             direct = dest.dtype.itemsize == stored.itemsize and dest.flags.c_contiguous
             raw = dest.view(stored) if direct else np.empty(dest.shape, stored)
@@ -138,12 +144,26 @@ def _read_images(file: _File, indices: list[int]) -> Iterator[np.ndarray]:
             _read_native(file, [(index, image, 1.0, 0.0)], False)
             yield image
         return
-    # pydicom reads deflated files only through a full dcmread, not from the raw file
-    source = dcmread(file.path) if file.syntax == DeflatedExplicitVRLittleEndian else file.path
+    source: Any = file.path
+    if file.gzipped or file.syntax == DeflatedExplicitVRLittleEndian:
+        with file.open() as fp:  # pydicom reads these only through a full dcmread
+            source = dcmread(fp)
     yield from iter_pixels(source, indices=indices if file.n_frames > 1 else None)
 
 
 def _decode_file(file: _File, items: list[_Item], checked: bool) -> None:
+    if file.table is None:
+        _decode_values(file, items, checked)
+        return
+    low, table = file.table  # the table replaces the rescale
+    stored = file.stored_dtype.newbyteorder("=")
+    temps = [(index, np.empty(dest.shape, stored), 1.0, 0.0) for index, dest, _, _ in items]
+    _decode_values(file, temps, False)
+    for (_, temp, _, _), (_, dest, _, _) in zip(temps, items, strict=True):
+        dest[...] = table[np.clip(temp.astype(np.int64) - low, 0, len(table) - 1)]
+
+
+def _decode_values(file: _File, items: list[_Item], checked: bool) -> None:
     if file.pixel_offset is not None and file.mosaic is None:
         _read_native(file, items, checked)
         return
@@ -164,6 +184,9 @@ def _decode_job(
         raise CancelledError("loading was cancelled")
     try:
         _decode_file(file, items, checked)
+        if file.flip_rows:  # a reverse phase-encoding volume, turned the right way up
+            for _, dest, _, _ in items:
+                dest[...] = dest[::-1].copy()
     except (_OverflowError, CancelledError):
         raise
     except OSError as exc:
