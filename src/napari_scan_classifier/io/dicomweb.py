@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -328,8 +329,11 @@ def _http_message(where: str, status: int, what: str) -> str:
 
 
 def _save(dataset: Dataset, path: Path) -> None:
+    """Encode in memory, then one write (pydicom writes element by element)."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
     partial = path.with_name(f".{path.name}.partial")
-    dcmwrite(partial, dataset, enforce_file_format=True)
+    partial.write_bytes(buffer.getbuffer())
     os.replace(partial, path)
 
 
