@@ -59,13 +59,55 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _classify_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url
+    from napari_scan_classifier.results import check_output
+
+    check_output(args.out)
+    if args.saliency_dir:
+        outputs.check_folder(
+            args.saliency_dir, len("000_XX_integrated_gradients_.nii.gz") + 64, "--saliency-dir"
+        )
+    if args.store_results or any(is_dicomweb_url(p) for p in args.paths):
+        if args.workers or args.scheduler:
+            raise ScanClassifierError(
+                "DICOMweb addresses are classified in this process: leave out --workers and "
+                "--scheduler"
+            )
+        return _classify_here(args)
+    return _classify_cohort(args)
+
+
+def _classify_cohort(args: argparse.Namespace) -> int:
+    """Local files and folders: series by series, resumable, here or on a Dask cluster."""
+    from napari_scan_classifier.cohort import Options, classify_cohort
+
+    explain = bool(args.saliency_dir or args.faithfulness)
+    options = Options(
+        saliency=(args.method or "default") if explain else "none",
+        passes=args.passes,
+        faithfulness=args.faithfulness,
+        saliency_dir=args.saliency_dir,
+    )
+    result = classify_cohort(
+        args.paths,
+        args.model,
+        args.out,
+        options=options,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    classified = result.total - result.failed
+    resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
+    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    if not classified:
+        raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
+    return 0
+
+
+def _classify_here(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    if args.saliency_dir:
-        outputs.check_folder(
-            args.saliency_dir, len("000_XX_grad_cam_.nii.gz") + 64, "--saliency-dir"
-        )
     explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
     paths, model, on_result = args.paths, args.model, None
     if args.store_results:
@@ -75,7 +117,7 @@ def _classify_command(args: argparse.Namespace) -> int:
     report = classify_paths(
         paths,
         model,
-        saliency=(args.method or "gradcam") if explain else "none",
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
@@ -264,21 +306,43 @@ def _passes(text: str) -> int:
     return int(text)
 
 
+CLASSIFY_HELP = """\
+Classify every series under the paths; write one row per series.
+
+Local files and folders: each row is appended to a journal beside --out (results.jsonl for
+results.json or .csv) as soon as its series is done, and --out is written from it at the end.
+Running the same command again resumes: series already in the journal (by series key) are
+skipped, so an interrupted cohort finishes without duplicates. Delete the journal to start over.
+@list.txt stands for the paths listed in that file, one per line. --workers N classifies on a
+local Dask cluster of N processes, --scheduler ADDRESS on an existing one; the default is this
+process. DICOMweb addresses are classified in this process, without a journal."""
+
+
 def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
-        "classify", help="classify every series under the paths into a JSON or CSV file"
+        "classify",
+        help="classify every series under the paths into a JSON or CSV file",
+        description=CLASSIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     classify.add_argument(
-        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI or DICOMweb address"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
     )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
-        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+        "--method",
+        choices=("gradcam", "integrated_gradients", "occlusion"),
+        help="saliency method (default: the model's own, else integrated_gradients)",
     )
     classify.add_argument(
-        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+        "--faithfulness",
+        action="store_true",
+        help="check each saliency map (region deletion and insertion; adds a pass/fail)",
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
@@ -288,6 +352,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
     )
+    where = classify.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=_passes, default=0, help="start a local Dask cluster of N processes"
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask cluster")
     classify.set_defaults(run=_classify_command)
 
 

@@ -86,10 +86,26 @@ def list_series(
     return [_info(stack) for stack in stacks]
 
 
+def series_files(
+    path: str | Path,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    max_workers: int | None = None,
+) -> tuple[dict[str, list[Path]], list[SkippedFile]]:
+    """Each series key under ``path`` with the files that hold it, and the files left out, from
+    the headers only: so one series can be loaded on its own elsewhere (another process or
+    machine) with ``load_dicom(path, series=[key], files=...)`` without searching ``path``."""
+    with ThreadPoolExecutor(_workers(max_workers)) as pool:
+        stacks, skipped = _scan(Path(path), pool, progress, cancel)
+    return {stack.key: [file.path for file in stack.files] for stack in stacks}, skipped
+
+
 def load_dicom(
     path: str | Path,
     *,
     series: Iterable[str] | None = None,
+    files: Iterable[str | Path] | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     max_workers: int | None = None,
@@ -97,7 +113,8 @@ def load_dicom(
     """Load every DICOM series under ``path`` (a file or a folder, searched recursively).
 
     One Volume per series, split where orientation, pixel grid or image type changes.
-    ``series`` restricts loading to keys from :func:`list_series`. Files that cannot be used
+    ``series`` restricts loading to keys from :func:`list_series`, ``files`` reads only these
+    files instead of searching ``path`` (see :func:`series_files`). Files that cannot be used
     are reported in ``LoadResult.skipped``; if nothing loads, the first problem is raised.
     """
     path = Path(path)
@@ -106,7 +123,7 @@ def load_dicom(
     errors: list[ScanClassifierError] = []
     workers = _workers(max_workers)
     with ThreadPoolExecutor(workers) as pool:
-        stacks, skipped = _scan(path, pool, progress, cancel)
+        stacks, skipped = _scan(path, pool, progress, cancel, files)
         decoder = _Decoder(pool, chunk=2 * workers, cancel=cancel, progress=progress)
         for stack in stacks:
             if wanted is not None and stack.key not in wanted:
@@ -126,4 +143,4 @@ def load_dicom(
     return LoadResult(volumes, skipped)
 
 
-__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom"]
+__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom", "series_files"]

@@ -18,6 +18,7 @@ from napari_scan_classifier.errors import (
 from napari_scan_classifier.io import SkippedFile
 from napari_scan_classifier.io.dicom.frames import _read_file
 from napari_scan_classifier.io.dicom.records import Cancel, Progress, _Frame, _SkipFileError, _Stack
+from napari_scan_classifier.limits import special_file_reason
 
 
 def _candidate_files(path: Path) -> list[Path]:
@@ -41,6 +42,9 @@ def _try_file(
 ) -> list[_Frame] | SkippedFile:
     if cancel is not None and cancel():
         raise CancelledError("loading was cancelled")
+    special = special_file_reason(path)  # opening a named pipe would block forever
+    if special is not None:
+        return SkippedFile(path, special)
     try:
         return _read_file(path, known)
     except _SkipFileError as skip:
@@ -147,12 +151,17 @@ def _without_copies(read: list[list[_Frame]], skipped: list[SkippedFile]) -> lis
 
 
 def _scan(
-    path: Path, pool: Executor, progress: Progress | None, cancel: Cancel | None
+    path: Path,
+    pool: Executor,
+    progress: Progress | None,
+    cancel: Cancel | None,
+    files: Iterable[str | Path] | None = None,
 ) -> tuple[list[_Stack], list[SkippedFile]]:
-    """Read every header under ``path``; the stacks found and the files left out."""
+    """Read every header under ``path`` (only ``files`` where given); the stacks found and the
+    files left out."""
     if not path.exists():
         raise UnreadableScanError(f"{path.name}: no such file or folder")
-    candidates = _candidate_files(path)
+    candidates = _candidate_files(path) if files is None else [Path(f) for f in files]
     skipped: list[SkippedFile] = []
     known: dict[tuple, dict] = {}
     read: list[list[_Frame]] = []
