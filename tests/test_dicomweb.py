@@ -396,3 +396,9 @@ def test_instances_the_loader_refuses_are_named_by_place_not_uid(
     assert re.fullmatch(r"series_001/instance_0000[1-5]", skipped.path.as_posix())
     assert skipped.reason == "DICOM file without image data"
     assert odd.SOPInstanceUID not in str(skipped)
+
+
+def test_search_dates_must_be_yyyymmdd() -> None:
+    with pytest.raises(DicomWebError) as bad:
+        DicomWebServer("http://127.0.0.1:9/dicom-web").search_studies(date_from="2024-01-31")
+    assert str(bad.value) == "dates are written YYYYMMDD (e.g. 20240131), not '2024-01-31'"

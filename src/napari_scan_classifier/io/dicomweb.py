@@ -42,6 +42,7 @@ ENV_TOKEN = "NSC_DICOMWEB_TOKEN"
 ENV_CACHE = "NSC_DICOMWEB_CACHE"
 DEFAULT_TIMEOUT = 30.0  # seconds without an answer before a request gives up
 _COMPLETE = ".complete"  # marks a cached series whose every instance arrived
+_DATE = re.compile(r"\d{8}")
 _URL = re.compile(
     r"^(?P<base>https?://[^?#]+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$"
 )
@@ -211,6 +212,9 @@ class DicomWebServer:
         limit: int = 100,
     ) -> list[StudyMatch]:
         """Studies matching every given field (dates as YYYYMMDD; empty fields match all)."""
+        for date in (date_from, date_to):
+            if date and not _DATE.fullmatch(date):
+                raise DicomWebError(f"dates are written YYYYMMDD (e.g. 20240131), not {date!r}")
         filters = {
             "PatientID": patient_id,
             "ModalitiesInStudy": modality,
