@@ -123,6 +123,7 @@ def _atomic_save(image: nib.Nifti1Image, path: Path) -> Path:
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.fchmod(handle, 0o644)  # mkstemp makes it private; outputs get the usual mode
     os.close(handle)
     try:
         nib.save(image, temporary)
