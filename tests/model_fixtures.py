@@ -102,7 +102,7 @@ def trained_sphere_bundle(cases: int = 160, epochs: int = 3) -> Bundle:
 
 
 @functools.cache
-def trained_brightness_bundle(cases: int = 96, epochs: int = 3) -> Bundle:
+def trained_brightness_bundle(cases: int = 48, epochs: int = 3) -> Bundle:
     """A cnn3d that tells scans brightened by ``BRIGHT_HU`` from plain ones; every other scan of
     both classes has a sphere, so spheres tell it nothing and it learns to ignore them."""
     labels = np.arange(cases) % 2
