@@ -243,7 +243,7 @@ def test_the_ranking_is_the_cores_and_a_click_selects_the_scan(qtbot, viewer, wi
     assert [text.split(" · ")[0] for text in shown] == [
         f"{r.rank}. {layers[r.item].name}" for r in expected
     ]
-    assert [float(text.split(" · ")[1]) for text in shown] == pytest.approx(
+    assert [float(text.split(" · ")[1].split()[-1]) for text in shown] == pytest.approx(
         [r.score for r in expected], abs=1e-3
     )
     assert "lesion" in widget.class_label.choices  # the ranking model's classes are offered
