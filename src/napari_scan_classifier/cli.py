@@ -1,7 +1,9 @@
 """Command line: the same core as the napari plugin, for batch work on a headless machine.
 
 Errors the user can act on are printed to stderr as one line each, with a non-zero exit and no
-traceback; messages name files, never patients.
+traceback. Outputs are checked before the work starts. Nothing printed names an input file or
+folder (folders are often named after patients): inputs are ``<input N>``, by their position on the
+command line, and everything printed passes through :class:`~.privacy.Redactor`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_scan_classifier import outputs
 from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.privacy import RedactingStream, Redactor
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from napari_scan_classifier.evaluation import EvaluationReport
@@ -23,8 +26,9 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
 
 def _series_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io.dicom import list_series
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url, list_series_url
 
-    series = list_series(args.path)
+    series = list_series_url(args.path) if is_dicomweb_url(args.path) else list_series(args.path)
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in series], indent=2))
         return 0
@@ -39,34 +43,90 @@ def _convert_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io import load_scans
     from napari_scan_classifier.io.nifti import save_nifti
 
+    out = outputs.check_folder(args.out, len("series_000_XXXXXXXX.nii.gz"), "--out")
+    outputs.clean_stale(out)
+    redact = Redactor([args.path])
     result = load_scans(args.path)
     for skipped in result.skipped:
-        print(f"skipped {skipped}", file=sys.stderr)
-    out = Path(args.out)
+        redact.found(skipped.path, args.path)
+        print(f"skipped a file of input 1: {redact(skipped.reason)}", file=sys.stderr)
     for number, volume in enumerate(result.volumes, start=1):
         path = save_nifti(volume, out / f"series_{number:03d}_{volume.modality}.nii.gz")
         for note in volume.metadata.get("geometry_warnings", []):
-            print(f"{path.name}: {note}", file=sys.stderr)
+            print(f"{path.name}: {redact(str(note))}", file=sys.stderr)
         print(path)
     return 0
 
 
 def _classify_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url
+    from napari_scan_classifier.results import check_output
+
+    check_output(args.out)
+    if args.saliency_dir:
+        outputs.check_folder(
+            args.saliency_dir, len("000_XX_integrated_gradients_.nii.gz") + 64, "--saliency-dir"
+        )
+    if args.store_results or any(is_dicomweb_url(p) for p in args.paths):
+        if args.workers or args.scheduler:
+            raise ScanClassifierError(
+                "DICOMweb addresses are classified in this process: leave out --workers and "
+                "--scheduler"
+            )
+        return _classify_here(args)
+    return _classify_cohort(args)
+
+
+def _classify_cohort(args: argparse.Namespace) -> int:
+    """Local files and folders: series by series, resumable, here or on a Dask cluster."""
+    from napari_scan_classifier.cohort import Options, classify_cohort
+
+    explain = bool(args.saliency_dir or args.faithfulness)
+    options = Options(
+        saliency=(args.method or "default") if explain else "none",
+        passes=args.passes,
+        faithfulness=args.faithfulness,
+        saliency_dir=args.saliency_dir,
+    )
+    result = classify_cohort(
+        args.paths,
+        args.model,
+        args.out,
+        options=options,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    classified = result.total - result.failed
+    resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
+    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    if not classified:
+        raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
+    return 0
+
+
+def _classify_here(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    explain = bool(args.saliency_dir or args.faithfulness)
+    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    paths, model, on_result = args.paths, args.model, None
+    if args.store_results:
+        from napari_scan_classifier.dicom_results import store_results_hook
+
+        paths, model, on_result = store_results_hook(args.paths, args.model)
     report = classify_paths(
-        args.paths,
-        args.model,
-        saliency=(args.method or "gradcam") if explain else "none",
+        paths,
+        model,
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
         on_row=_print_row,
+        on_result=on_result,
+        checkpoint=lambda partial: write_report(partial, out),
     )
     for skipped in report.skipped:
-        print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
+        print(f"skipped a file of input {skipped['input']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
     print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
     return 0
@@ -144,17 +204,23 @@ def _train_command(args: argparse.Namespace) -> int:
         "allow_new_classes": args.new_classes,
     }
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
+    if args.name is not None:
+        outputs.check_name(args.name, "--name", MAX_MODEL_NAME_CHARS)
     base = load_bundle(args.base) if args.base else None
+    name = args.name or (base.metadata.name if base else "scan-classifier")
+    out = outputs.check_folder(args.out, len(f"{name}-v999999"), "--out")
+    outputs.clean_stale(out)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
-        result = train(
-            args.cases, config, base=base, out=args.out, progress=_print_event, cancel=cancel
-        )
+        result = train(args.cases, config, base=base, out=out, progress=_print_event, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
     _print_training_summary(result)
     return 0
+
+
+MAX_MODEL_NAME_CHARS = 100  # the name is part of the saved folder's name
 
 
 def _print_event(event: TrainingEvent) -> None:
@@ -270,23 +336,57 @@ def _passes(text: str) -> int:
     return int(text)
 
 
+CLASSIFY_HELP = """\
+Classify every series under the paths; write one row per series.
+
+Local files and folders: each row is appended to a journal beside --out (results.jsonl for
+results.json or .csv) as soon as its series is done, and --out is written from it at the end.
+Running the same command again resumes: series already in the journal (by series key) are
+skipped, so an interrupted cohort finishes without duplicates. Delete the journal to start over.
+@list.txt stands for the paths listed in that file, one per line. --workers N classifies on a
+local Dask cluster of N processes, --scheduler ADDRESS on an existing one; the default is this
+process. DICOMweb addresses are classified in this process, without a journal."""
+
+
 def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
-        "classify", help="classify every series under the paths into a JSON or CSV file"
+        "classify",
+        help="classify every series under the paths into a JSON or CSV file",
+        description=CLASSIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file or NIfTI")
+    classify.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
+    )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
-        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+        "--method",
+        choices=("gradcam", "integrated_gradients", "occlusion"),
+        help="saliency method (default: the model's own, else integrated_gradients)",
     )
     classify.add_argument(
-        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+        "--faithfulness",
+        action="store_true",
+        help="check each saliency map (region deletion and insertion; adds a pass/fail)",
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
     )
+    classify.add_argument(
+        "--store-results",
+        action="store_true",
+        help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
+    )
+    where = classify.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=_passes, default=0, help="start a local Dask cluster of N processes"
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask cluster")
     classify.set_defaults(run=_classify_command)
 
 
@@ -319,11 +419,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    chosen = ("out", "saliency_dir", "model", "base")
+    redact = Redactor(
+        _inputs(args), keep=[getattr(args, a) for a in chosen if getattr(args, a, None)]
+    )
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout, redact), RedactingStream(stderr, redact)
     try:
         return int(args.run(args))
     except ScanClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The command's inputs in the order they are numbered in messages (``<input N>``)."""
+    if getattr(args, "paths", None):
+        return list(args.paths)
+    given = [getattr(args, "path", None), getattr(args, "cases", None)]
+    return [p for p in given if p]
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 One job serves both faces: classify scans (several in one batch), explain each with a saliency map
 on the scan's own grid, and turn the outcome into JSON-ready dicts, CSV rows, NIfTI maps and short
 text lines. Series are labelled from de-identified fields only (modality, series number,
-description, the reader's hashed series key and a running index); no patient field and no source
-path is ever written, only file names of skipped files.
+description, the reader's hashed series key and a running index); no patient field and no file or
+folder name is ever written: inputs are numbered by their position on the command line, and the
+reasons files were skipped pass through :class:`~.privacy.Redactor` (third-party errors quote
+paths).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,25 +26,28 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier import outputs
 from napari_scan_classifier.errors import (
     InvalidInputError,
     ScanClassifierError,
     UnreadableScanError,
 )
 from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter, classify
+from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
 from napari_scan_classifier.models.bundled import load_default_bundle
-from napari_scan_classifier.saliency import SaliencyMap, grad_cam, occlusion
+from napari_scan_classifier.privacy import Redactor
+from napari_scan_classifier.saliency import TITLES, SaliencyMap, method_key, saliency_map
 from napari_scan_classifier.volume import Volume
 
-SALIENCY_METHODS = ("gradcam", "occlusion", "none")
-SALIENCY_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "none": "None"}
+# "default": the method the bundle records as most faithful (see saliency.selection)
+SALIENCY_METHODS = ("default", "gradcam", "integrated_gradients", "occlusion", "none")
+SALIENCY_TITLES = {"default": "Model's default", **TITLES, "none": "None"}
 UNCERTAINTY_TITLES = {"mc_dropout": "Monte Carlo dropout", "tta": "test-time augmentation"}
 DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, shared overhead
 OUTPUT_SUFFIXES = (".json", ".csv")
-FAITHFUL_MARGIN = 0.02  # deletion-curve areas closer than this are a tie with random order
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -64,6 +68,7 @@ class ScanResult:
             faithfulness = self.saliency.faithfulness
             data["saliency"] = {
                 "method": self.saliency.method,
+                "layer": self.saliency.layer,
                 "target_class": self.saliency.target_class,
                 "faithfulness": None if faithfulness is None else faithfulness.to_dict(),
             }
@@ -112,21 +117,21 @@ def explain(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> SaliencyMap | None:
-    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none")."""
+    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none";
+    "default": the bundle's own)."""
     if method not in SALIENCY_METHODS:
         raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
     if method == "none":
         return None
     Reporter(1, progress, cancel, job="saliency")(f"{SALIENCY_TITLES[method]} map")
-    if method == "gradcam":
-        return grad_cam(volume, bundle, target_class, faithfulness=faithfulness)
-    return occlusion(
+    return saliency_map(
         volume,
         bundle,
+        None if method == "default" else method,
         target_class,
+        faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
-        faithfulness=faithfulness,
     )
 
 
@@ -134,7 +139,7 @@ def classify_scan(
     volume: Volume,
     bundle: Bundle,
     *,
-    saliency: str = "gradcam",
+    saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     progress: Progress | None = None,
@@ -187,10 +192,15 @@ class BatchReport:
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
-    """Refuse an output name whose format is unknown before any work is done."""
-    out = Path(path)
+    """Refuse, before any work is done, an output of unknown format or one that cannot be
+    written (its folder read-only or a file, its name too long); clears stale partial writes."""
+    out = Path(path).expanduser()
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ScanClassifierError(f"{out.name}: the results file must end in .json or .csv")
+    outputs.check_folder(out.parent, len(out.name), "--out")
+    if out.is_dir():
+        raise outputs.OutputError(f"--out: '{out.name}' is a folder, not a results file")
+    outputs.clean_stale(out.parent)
     return out
 
 
@@ -203,35 +213,47 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, Volume, ScanResult], None] | None = None,
+    checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress).
+    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    classified scan with its input's position (to send results on, e.g. to a PACS);
+    ``checkpoint`` the report so far after each input and series (to write it, so a late
+    failure keeps what was done).
 
     A path that does not exist stops everything at once, before the model loads (a typo should
     not give a partial result); files or series that cannot be used are recorded and the rest go
     on. Raises UnreadableScanError when nothing at all could be classified.
     """
-    missing = [Path(p).name or str(p) for p in paths if not Path(p).exists()]
+    missing = [
+        f"input {n}"
+        for n, p in enumerate(paths, start=1)
+        if not _is_url(p) and not Path(p).exists()
+    ]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
         bundle = resolve_bundle(bundle)
     report = BatchReport(_model_summary(bundle))
+    redact = Redactor(paths)
+    save = checkpoint or (lambda _report: None)
     index = 0
     for number, path in enumerate(paths, start=1):
-        volumes = _load(path, number, report)
+        volumes = _load(path, number, report, redact)
+        save(report)
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row = series_row(index, number, volume)
-                if isinstance(outcome, Prediction):
-                    result = _explained(volume, bundle, outcome, saliency, faithfulness)
-                    row.update(status="classified", **result.to_dict())
-                    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
-                else:
-                    row.update(status="failed", error=outcome)
+                row, result = result_row(
+                    index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+                )
+                row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
+                if result is not None and on_result is not None:
+                    on_result(number, volume, result)
                 report.series.append(row)
+                save(report)
                 if on_row is not None:
                     on_row(row)
     if not report.classified:
@@ -242,18 +264,72 @@ def classify_paths(
     return report
 
 
-def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
+def classify_series(
+    index: int,
+    number: int,
+    volume: Volume,
+    bundle: Bundle,
+    *,
+    saliency: str = "none",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    saliency_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
+    (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
+    (the caller knows the inputs)."""
+    (outcome,) = _predict_each([volume], bundle, passes)
+    row, _ = result_row(
+        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+    )
+    return row
+
+
+def result_row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str,
+    bundle: Bundle,
+    saliency: str,
+    faithfulness: bool,
+    saliency_dir: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Any], ScanResult | None]:
+    """The series' label, then its prediction and saliency summary (the map saved into
+    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    row = series_row(index, number, volume)
+    if not isinstance(outcome, Prediction):
+        row.update(status="failed", error=outcome)
+        return row, None
+    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    row.update(status="classified", **result.to_dict())
+    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+    return row, result
+
+
+def _load(
+    path: str | os.PathLike[str], number: int, report: BatchReport, redact: Redactor
+) -> list[Volume]:
+    """The volumes of one input; what was skipped is recorded by input number, names hidden."""
     from napari_scan_classifier.io import load_scans
 
+    special = special_file_reason(Path(path))
+    if special is not None:
+        report.skipped.append({"input": number, "reason": special})
+        return []
     try:
         loaded = load_scans(path)
-    except UnreadableScanError as error:
-        report.skipped.append({"input": number, "file": Path(path).name, "reason": str(error)})
+    except ScanClassifierError as error:
+        report.skipped.append({"input": number, "reason": redact(str(error))})
         return []
-    report.skipped.extend(
-        {"input": number, "file": s.path.name, "reason": s.reason} for s in loaded.skipped
-    )
+    for skipped in loaded.skipped:
+        redact.found(skipped.path, path)
+    report.skipped.extend({"input": number, "reason": redact(s.reason)} for s in loaded.skipped)
     return loaded.volumes
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
@@ -330,7 +406,7 @@ def write_report(report: BatchReport, path: str | os.PathLike[str]) -> Path:
     """Write ``report`` as JSON or CSV (by the suffix), atomically."""
     out = check_output(path)
     text = to_json(report) if out.suffix.lower() == ".json" else to_csv(report)
-    return _atomic_write(out, text)
+    return outputs.write_text_atomic(out, text)
 
 
 def to_json(report: BatchReport) -> str:
@@ -364,12 +440,15 @@ def to_csv(report: BatchReport) -> str:
         "device",
         "model",
         "model_version",
+        "model_sha256",
+        "worker",
         "seconds",
         "saliency_file",
-        "saliency_vs_random_auc",
+        "saliency_faithfulness_passed",
+        "saliency_deletion_auc",
+        "saliency_insertion_auc",
         "modality_warning",
         "geometry_warnings",
-        "file",
         "note",
     ]
     buffer = io.StringIO()
@@ -382,7 +461,6 @@ def to_csv(report: BatchReport) -> str:
             {
                 "input": skipped["input"],
                 "status": "skipped",
-                "file": skipped["file"],
                 "note": skipped["reason"],
             }
         )
@@ -393,6 +471,8 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
+    flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
+    flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
     if row["status"] != "classified":
         return flat
     uncertainty = row["uncertainty"]
@@ -411,7 +491,9 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         model_version=row["model"]["version"],
         seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
         saliency_file=saliency.get("file", ""),
-        saliency_vs_random_auc=_fmt(faithfulness.get("ratio")),
+        saliency_faithfulness_passed=_flag(faithfulness.get("passed")),
+        saliency_deletion_auc=_fmt(faithfulness.get("auc_deletion")),
+        saliency_insertion_auc=_fmt(faithfulness.get("auc_insertion")),
         modality_warning=row["modality_warning"] or "",
     )
     return flat
@@ -421,19 +503,8 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-    return path
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(bool(value)).lower()
 
 
 def json_safe(value: Any) -> Any:
@@ -488,31 +559,19 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
 def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:
     if not saliency:
         return []
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
-    lines = [f"Saliency: {title} of '{saliency['target_class']}'"]
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
+    layer = f" (layer {saliency['layer']})" if saliency.get("layer") else ""
+    lines = [f"Saliency: {title}{layer} of '{saliency['target_class']}'"]
     check = saliency.get("faithfulness")
     if check:
-        verdict = (
-            "faster than random"
-            if check["difference"] > FAITHFUL_MARGIN
-            else "no faster than random"
-        )
-        lines.append(
-            f"Saliency check: deleting the most salient voxels first lowers "
-            f"p({check['target_class']}) {verdict} (area {check['auc_salient']:.2f} vs "
-            f"{check['auc_random']:.2f})"
-        )
+        verdict = "passed" if check["passed"] else "FAILED"
+        lines.append(f"Saliency check {verdict}: {check['reason']}")
     return lines
-
-
-def _method_key(method: str) -> str:
-    """SaliencyMap.method ("grad_cam") as the option name ("gradcam")."""
-    return method.replace("_", "")
 
 
 def saliency_title(saliency: Mapping[str, Any]) -> str:
     """``"Grad-CAM (lesion)"``: for layer names."""
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
     return f"{title} ({saliency['target_class']})"
 
 
