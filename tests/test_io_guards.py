@@ -325,3 +325,18 @@ def test_nifti_nan_voxels_become_zero_with_a_warning(tmp_path):
     assert volume.metadata["geometry_warnings"] == [
         "2 voxel(s) hold NaN or infinity in the file: set to 0"
     ]
+
+
+def test_undecodable_series_is_named_by_series_and_instance_never_by_file(tmp_path):
+    (path,) = write_stack(tmp_path, POSITIONS[:1], transfer_syntax=RLELossless, series_number=5)
+    path.write_bytes(path.read_bytes()[:-60])
+    (info,) = list_series(tmp_path)
+
+    with pytest.raises(UnreadableScanError) as caught:
+        load_dicom(tmp_path)
+
+    message = str(caught.value)
+    assert message.startswith(
+        f"series 5 ({info.key}): instance 1: pixel data could not be decoded ("
+    )
+    assert path.name not in message and str(tmp_path) not in message

@@ -25,6 +25,7 @@ rotates in the axial plane whatever the acquisition orientation.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier import limits
 from napari_scan_classifier.errors import CancelledError, TrainingError
 from napari_scan_classifier.preprocess import model_grid, prepare, resample_to_grid
 from napari_scan_classifier.volume import Volume
@@ -268,6 +270,7 @@ def _indices(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -277,6 +280,37 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             f"Training data '{path.name}' is neither a case library folder nor a readable "
             f".npz file ({reason})"
         ) from None
+
+
+def _check_npz_size(path: Path) -> None:
+    """Refuse, before loading, an .npz whose members are zip bombs or whose arrays declare more
+    than the memory budget (an .npy header may declare any shape)."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load reports what it is
+    declared = 0
+    with limits.open_zip(path, f"Training data '{path.name}'", TrainingError) as archive:
+        for info in archive.infolist():
+            what = f"Training data '{path.name}': {info.filename}"
+            limits.check_member(info, what, TrainingError, limits.memory_budget())
+            if info.filename.endswith(".npy"):
+                declared += _npy_bytes(archive, info, what)
+    limits.check_memory(declared, f"Training data '{path.name}'", TrainingError)
+
+
+def _npy_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> int:
+    """The bytes an .npy member's header says its array takes."""
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member)
+    except (*limits.ZIP_ERRORS, SyntaxError) as error:
+        raise TrainingError(f"{what} is not a readable array ({type(error).__name__})") from None
+    return math.prod(shape) * dtype.itemsize
 
 
 def _npz_images(

@@ -25,7 +25,7 @@ from napari_scan_classifier.errors import (
 )
 from napari_scan_classifier.io import LoadResult, SkippedFile
 from napari_scan_classifier.io.dicom.discovery import _scan
-from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.pixels import _decode_stack, _Decoder, _undecodable
 from napari_scan_classifier.io.dicom.records import (
     _DEFAULT_IOP,
@@ -130,9 +130,9 @@ def load_dicom(
                 continue
             problem = _undecodable(stack.files)
             if problem is not None:
-                file, reason = problem
+                _, reason = problem
                 skipped.extend(SkippedFile(f.path, reason) for f in stack.files)
-                errors.append(UnsupportedTransferSyntaxError(f"{file.path.name}: {reason}"))
+                errors.append(UnsupportedTransferSyntaxError(f"{_stack_name(stack)}: {reason}"))
                 continue
             try:
                 volumes.append(_decode_stack(stack, decoder, skipped))

@@ -326,7 +326,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
         frames = [f for f in frames if f.file not in decoder.failures]
         if not frames:
             file, reason = next(iter(decoder.failures.items()))
-            raise UnreadableScanError(f"{file.path.name}: {reason}")
+            raise UnreadableScanError(f"{_stack_name(stack)}: instance {file.instance}: {reason}")
     voxels = out[0] if len(plan.layers) == 1 else out
     modality = str(plan.layers[0][0].file.fields.get("modality", "OT"))
     return Volume(voxels, lps_to_world(plan.affine_lps), modality, _metadata(stack, plan))
