@@ -386,9 +386,13 @@ def retrieved(
 def _cached(
     server: DicomWebServer, series: SeriesMatch, progress: Progress | None, cancel: Cancel | None
 ) -> Path:
+    """The cached copy of ``series``, fetched anew unless complete and as large as the server
+    says the series is now (instances added since are not missed)."""
     folder = _cache_folder(series, server.base_url)
     if (folder / _COMPLETE).exists():
-        return folder
+        held = sum(1 for _ in folder.glob("instance_*.dcm"))
+        if series.instance_count is None or held == series.instance_count:
+            return folder
     shutil.rmtree(folder, ignore_errors=True)
     try:
         server.fetch_series(series, folder, progress=progress, cancel=cancel)
