@@ -65,7 +65,7 @@ def _classify_command(args: argparse.Namespace) -> int:
     check_output(args.out)
     if args.saliency_dir:
         outputs.check_folder(
-            args.saliency_dir, len("000_XX_grad_cam_.nii.gz") + 64, "--saliency-dir"
+            args.saliency_dir, len("000_XX_integrated_gradients_.nii.gz") + 64, "--saliency-dir"
         )
     if args.store_results or any(is_dicomweb_url(p) for p in args.paths):
         if args.workers or args.scheduler:
@@ -83,7 +83,7 @@ def _classify_cohort(args: argparse.Namespace) -> int:
 
     explain = bool(args.saliency_dir or args.faithfulness)
     options = Options(
-        saliency=(args.method or "gradcam") if explain else "none",
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
@@ -117,7 +117,7 @@ def _classify_here(args: argparse.Namespace) -> int:
     report = classify_paths(
         paths,
         model,
-        saliency=(args.method or "gradcam") if explain else "none",
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
@@ -335,10 +335,14 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
-        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+        "--method",
+        choices=("gradcam", "integrated_gradients", "occlusion"),
+        help="saliency method (default: the model's own, else integrated_gradients)",
     )
     classify.add_argument(
-        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+        "--faithfulness",
+        action="store_true",
+        help="check each saliency map (region deletion and insertion; adds a pass/fail)",
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"

@@ -38,16 +38,16 @@ from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.privacy import Redactor
-from napari_scan_classifier.saliency import SaliencyMap, grad_cam, occlusion
+from napari_scan_classifier.saliency import TITLES, SaliencyMap, method_key, saliency_map
 from napari_scan_classifier.volume import Volume
 
-SALIENCY_METHODS = ("gradcam", "occlusion", "none")
-SALIENCY_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "none": "None"}
+# "default": the method the bundle records as most faithful (see saliency.selection)
+SALIENCY_METHODS = ("default", "gradcam", "integrated_gradients", "occlusion", "none")
+SALIENCY_TITLES = {"default": "Model's default", **TITLES, "none": "None"}
 UNCERTAINTY_TITLES = {"mc_dropout": "Monte Carlo dropout", "tta": "test-time augmentation"}
 DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, shared overhead
 OUTPUT_SUFFIXES = (".json", ".csv")
-FAITHFUL_MARGIN = 0.02  # deletion-curve areas closer than this are a tie with random order
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -68,6 +68,7 @@ class ScanResult:
             faithfulness = self.saliency.faithfulness
             data["saliency"] = {
                 "method": self.saliency.method,
+                "layer": self.saliency.layer,
                 "target_class": self.saliency.target_class,
                 "faithfulness": None if faithfulness is None else faithfulness.to_dict(),
             }
@@ -116,21 +117,21 @@ def explain(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> SaliencyMap | None:
-    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none")."""
+    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none";
+    "default": the bundle's own)."""
     if method not in SALIENCY_METHODS:
         raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
     if method == "none":
         return None
     Reporter(1, progress, cancel, job="saliency")(f"{SALIENCY_TITLES[method]} map")
-    if method == "gradcam":
-        return grad_cam(volume, bundle, target_class, faithfulness=faithfulness)
-    return occlusion(
+    return saliency_map(
         volume,
         bundle,
+        None if method == "default" else method,
         target_class,
+        faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
-        faithfulness=faithfulness,
     )
 
 
@@ -138,7 +139,7 @@ def classify_scan(
     volume: Volume,
     bundle: Bundle,
     *,
-    saliency: str = "gradcam",
+    saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     progress: Progress | None = None,
@@ -443,7 +444,9 @@ def to_csv(report: BatchReport) -> str:
         "worker",
         "seconds",
         "saliency_file",
-        "saliency_vs_random_auc",
+        "saliency_faithfulness_passed",
+        "saliency_deletion_auc",
+        "saliency_insertion_auc",
         "modality_warning",
         "geometry_warnings",
         "note",
@@ -488,7 +491,9 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         model_version=row["model"]["version"],
         seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
         saliency_file=saliency.get("file", ""),
-        saliency_vs_random_auc=_fmt(faithfulness.get("ratio")),
+        saliency_faithfulness_passed=_flag(faithfulness.get("passed")),
+        saliency_deletion_auc=_fmt(faithfulness.get("auc_deletion")),
+        saliency_insertion_auc=_fmt(faithfulness.get("auc_insertion")),
         modality_warning=row["modality_warning"] or "",
     )
     return flat
@@ -496,6 +501,10 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(bool(value)).lower()
 
 
 def json_safe(value: Any) -> Any:
@@ -550,31 +559,19 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
 def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:
     if not saliency:
         return []
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
-    lines = [f"Saliency: {title} of '{saliency['target_class']}'"]
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
+    layer = f" (layer {saliency['layer']})" if saliency.get("layer") else ""
+    lines = [f"Saliency: {title}{layer} of '{saliency['target_class']}'"]
     check = saliency.get("faithfulness")
     if check:
-        verdict = (
-            "faster than random"
-            if check["difference"] > FAITHFUL_MARGIN
-            else "no faster than random"
-        )
-        lines.append(
-            f"Saliency check: deleting the most salient voxels first lowers "
-            f"p({check['target_class']}) {verdict} (area {check['auc_salient']:.2f} vs "
-            f"{check['auc_random']:.2f})"
-        )
+        verdict = "passed" if check["passed"] else "FAILED"
+        lines.append(f"Saliency check {verdict}: {check['reason']}")
     return lines
-
-
-def _method_key(method: str) -> str:
-    """SaliencyMap.method ("grad_cam") as the option name ("gradcam")."""
-    return method.replace("_", "")
 
 
 def saliency_title(saliency: Mapping[str, Any]) -> str:
     """``"Grad-CAM (lesion)"``: for layer names."""
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
     return f"{title} ({saliency['target_class']})"
 
 

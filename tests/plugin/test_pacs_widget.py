@@ -24,7 +24,7 @@ from pytestqt.qtbot import QtBot
 from napari_scan_classifier.dicom_results import REPORT_SERIES_NUMBER, read_report
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.dicom_write import write_series
-from napari_scan_classifier.io.dicomweb import Credentials, DicomWebServer
+from napari_scan_classifier.io.dicomweb import Credentials, DicomWebServer, cache_root
 from napari_scan_classifier.models import save_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
 from napari_scan_classifier.plugin.layers import VOLUME_KEY, volume_to_layer_data
@@ -195,3 +195,26 @@ def test_a_cancelled_retrieval_adds_no_layer(
     assert list(viewer.layers) == []
     assert "Retrieval cancelled." in _messages(notifications, NotificationSeverity.INFO)
     assert widget.status.value == "Cancelled" and widget.open_button.enabled
+
+
+def test_a_ticked_cache_keeps_the_series_under_the_data_folder(
+    viewer: ViewerModel,
+    qtbot: QtBot,
+    orthanc,
+    ct_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    widget = _dock(viewer, orthanc)
+    widget.cache.value = True
+    _search_and_choose(qtbot, widget)
+
+    widget.open_button.clicked.emit()
+    _wait(qtbot, widget)
+
+    (layer,) = viewer.layers
+    assert layer.name == "CT #2 Chest"
+    assert cache_root().is_relative_to(tmp_path / "data")
+    (cached,) = cache_root().iterdir()
+    assert len(list(cached.glob("*.dcm"))) == 10

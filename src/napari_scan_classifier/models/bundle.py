@@ -86,6 +86,8 @@ class BundleMetadata:
     parent_version: int | None = None
     temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature)
     gradcam_layer: str = GRADCAM_LAYER
+    # Default saliency map: {"method", "layer", ...figures} measured on validation cases
+    saliency: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data summary and metrics
     created: str = field(default_factory=_now)  # ISO 8601
     description: str = ""  # one line, shown in the model picker
@@ -100,6 +102,7 @@ class BundleMetadata:
         self.classes = list(self.classes)
         self.intensity = copy.deepcopy(dict(self.intensity))
         self.training = copy.deepcopy(self.training)
+        self.saliency = copy.deepcopy(self.saliency)
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
         if self.target_spacing_mm is not None:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
@@ -528,6 +531,10 @@ def _check_metadata(m: BundleMetadata) -> None:
     )
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
+    _expect(
+        isinstance(m.saliency, dict) and _is_text(m.saliency.get("method", "-")),
+        "saliency must be a JSON object naming its method",
+    )
     _expect(_is_iso_time(m.created), "created must be an ISO 8601 date and time")
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")

@@ -18,6 +18,7 @@ from napari_scan_classifier.errors import (
 from napari_scan_classifier.io import SkippedFile
 from napari_scan_classifier.io.dicom.frames import _read_file
 from napari_scan_classifier.io.dicom.records import Cancel, Progress, _Frame, _SkipFileError, _Stack
+from napari_scan_classifier.limits import special_file_reason
 
 
 def _candidate_files(path: Path) -> list[Path]:
@@ -41,6 +42,9 @@ def _try_file(
 ) -> list[_Frame] | SkippedFile:
     if cancel is not None and cancel():
         raise CancelledError("loading was cancelled")
+    special = special_file_reason(path)  # opening a named pipe would block forever
+    if special is not None:
+        return SkippedFile(path, special)
     try:
         return _read_file(path, known)
     except _SkipFileError as skip:

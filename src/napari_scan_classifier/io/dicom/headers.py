@@ -174,7 +174,12 @@ def _locate_pixels(fp, ds: Dataset, size: int, file: _File) -> int | None:
         length, value_at = struct.unpack("<I", head[4:8])[0], start + 8
     else:
         length, value_at = struct.unpack(f"{endian}I", head[8:12])[0], start + 12
-    if length == _UNDEFINED_LENGTH:
+    if length == _UNDEFINED_LENGTH:  # encapsulated: at least one 8-byte item per frame
+        if size - value_at < 8 * file.n_frames:
+            raise _SkipFileError(
+                f"it declares {file.n_frames} frames but its compressed pixel data holds "
+                f"only {max(0, size - value_at)} bytes"
+            )
         return None
     if value_at + min(length, expected) > size:
         raise _SkipFileError("truncated: the file ends inside its pixel data")
@@ -297,10 +302,11 @@ def _no_pixels_reason(ds: Dataset) -> str:
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
-    slope = _float(item, "RescaleSlope") or 1.0
-    intercept = _float(item, "RescaleIntercept") or 0.0
+    """Slope and intercept as recorded (a slope of 0 stays 0: the frame check refuses it)."""
+    slope = _float(item, "RescaleSlope", 1.0)
+    intercept = _float(item, "RescaleIntercept", 0.0)
     if _text(ds, "Modality") == "RTDOSE":
-        slope *= _float(ds, "DoseGridScaling") or 1.0
+        slope *= _float(ds, "DoseGridScaling", 1.0)
     return slope, intercept
 
 

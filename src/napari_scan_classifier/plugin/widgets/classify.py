@@ -90,11 +90,12 @@ class ClassifyWidget(Container):
         self.saliency = ComboBox(
             label="Saliency",
             choices=[(SALIENCY_TITLES[m], m) for m in SALIENCY_METHODS],
-            value="gradcam",
+            value="default",
         )
         self.passes = SpinBox(label="Uncertainty passes", min=0, max=100, value=DEFAULT_PASSES)
         self.passes.tooltip = "Monte Carlo dropout samples for the ± spread (0: none)"
-        self.check = CheckBox(text="Check the saliency map (deletion curve)", value=True)
+        self.check = CheckBox(text="Check the saliency map (faithfulness)", value=True)
+        self.check.tooltip = "Remove regions by the map's ranking and follow the probability"
         self.run_button = PushButton(text="Classify")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.send_button = PushButton(text="Send to PACS", enabled=False)

@@ -15,7 +15,7 @@ import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Layer
 from napari.qt.threading import thread_worker
 from napari.utils import progress
@@ -31,6 +31,7 @@ from napari_scan_classifier.io.dicomweb import (
     DicomWebSource,
     SeriesMatch,
     StudyMatch,
+    caching_default,
     load_url,
 )
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
@@ -112,6 +113,8 @@ class PacsWidget(Container):
         self.modality = ComboBox(label="Modality", choices=list(MODALITIES), value="")
         self.accession = LineEdit(label="Accession")
         self.search_button = PushButton(text="Search")
+        self.cache = CheckBox(text="Keep a local copy of opened series", value=caching_default())
+        self.cache.tooltip = "Under your user data folder; opening the series again reads it"
         self.open_button = PushButton(text="Open series", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -140,6 +143,7 @@ class PacsWidget(Container):
         layout = self.native.layout()
         layout.addWidget(self.studies)
         layout.addWidget(self.series)
+        layout.addWidget(self.cache.native)
         layout.addWidget(buttons.native)
         layout.addWidget(self.status.native)
         self.auth.changed.connect(self._show_auth_fields)
@@ -258,7 +262,7 @@ class PacsWidget(Container):
         server = self._server
         source = DicomWebSource(server.base_url, series.study_uid, series.series_uid)
         self._cancel_event = threading.Event()
-        worker = _retrieval(source, server, self._cancel_event)
+        worker = _retrieval(source, server, self._cancel_event, self.cache.value)
         worker.yielded.connect(self._on_progress)
         worker.aborted.connect(lambda: show_info("Retrieval cancelled."))
         self._progress = progress(total=0, desc="Retrieving from the PACS")
@@ -309,10 +313,17 @@ class PacsWidget(Container):
 
 
 @thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
-def _retrieval(source: DicomWebSource, server: DicomWebServer, cancel: threading.Event):
+def _retrieval(
+    source: DicomWebSource, server: DicomWebServer, cancel: threading.Event, cache: bool
+):
     """Retrieve and load one series; yields progress reports."""
     step = partial(
-        load_url, source.url, credentials=server.credentials, cancel=cancel.is_set, cache=None
+        load_url,
+        source.url,
+        credentials=server.credentials,
+        timeout=server.timeout,
+        cancel=cancel.is_set,
+        cache=cache,
     )
     return (yield from _reporting(step, cancel))
 
