@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from model_fixtures import CLASSES, tiny_bundle
 
@@ -65,11 +64,12 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def broken_nifti(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A scan the model refuses: a NaN voxel."""
+    """A NIfTI file cut in half (as by a failed copy): it fails where it is read, on a worker."""
     volume = make_ct_phantom(0, shape=(8, 16, 16)).volume
-    voxels = volume.voxels.astype(np.float32)
-    voxels[0, 0, 0] = np.nan
-    return save_nifti(volume.with_voxels(voxels), tmp_path_factory.mktemp("bad") / "b.nii.gz")
+    path = save_nifti(volume, tmp_path_factory.mktemp("bad") / "patient_doe.nii.gz")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
 
 
 def _journal(out: Path) -> list[dict]:
@@ -196,6 +196,7 @@ def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broke
     busy with series is killed once the first row is in: its series run again elsewhere."""
     local, dask = tmp_path / "local.json", tmp_path / "dask.csv"
     common = [broken_nifti, cohort_dir, "--model", bundle_dir, "--saliency-dir", tmp_path]
+    common += ["--method", "gradcam"]
     assert _cli("classify", *common, "--out", local) == 0
     killed: dict[str, Any] = {}
     killer = threading.Thread(target=_kill_a_busy_worker, args=(dask, killed))
@@ -208,7 +209,8 @@ def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broke
     rows = _journal(dask)
     assert len(rows) == SERIES + 1
     (broken,) = [row for row in rows if row["status"] != "classified"]
-    assert broken["index"] == 1 and broken["status"] == "failed" and "NaN" in broken["error"]
+    assert broken["index"] == 1 and broken["status"] == "failed"
+    assert broken["error"] == "<input 1>: voxel data is truncated or corrupt"
     assert {row["series_key"] for row in rows} - {broken["series_key"]} == _keys(cohort_dir)
     workers = {row["worker"] for row in rows}
     assert len(workers) >= 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
@@ -251,6 +253,7 @@ def test_killed_client_resumes_without_duplicates(
     journal = out.with_suffix(".jsonl")
     command = [sys.executable, "-m", "napari_scan_classifier.cli", "classify", str(cohort_dir)]
     command += ["--model", str(bundle_dir), "--out", str(out), "--saliency-dir", str(tmp_path)]
+    command += ["--method", "gradcam"]
     run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while run.poll() is None and (not journal.exists() or not journal.read_bytes()):
