@@ -39,6 +39,7 @@ def _written(root: Path) -> list[str]:
         (" " * (2 * MiB), "case.json: case.json is implausibly large (more than 1.0 MiB)"),
         ("[1, 2]", "case.json"),
     ],
+    ids=["deep", "invalid", "not utf-8", "oversized", "a list"],
 )
 def test_a_damaged_case_never_breaks_the_library(tmp_path, content, reason):
     library = CaseLibrary(tmp_path)
