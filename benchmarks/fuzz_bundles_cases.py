@@ -28,6 +28,7 @@ reference artefacts are built once with the source tree this script belongs to.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -306,6 +307,16 @@ def _metadata_disagreements(metadata: object, file: Path) -> list[str]:
 # -------------------------------------------------------------------------------- parent
 
 
+def _disk_used(folder: Path) -> int:
+    """Bytes in files under ``folder``; files vanishing meanwhile are fine (os.walk skips)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 class Worker:
     def __init__(self, src: Path, base: Path, scratch: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(src), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -344,8 +355,7 @@ class Worker:
             return "died"
         if rss - self.baseline > memory:
             return f"memory over {memory >> 20} MiB"
-        used = sum(f.stat().st_size for f in self.scratch.rglob("*") if f.is_file())
-        if used > disk:
+        if _disk_used(self.scratch) > disk:
             return f"disk over {disk >> 20} MiB"
         return None
 
@@ -381,6 +391,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Counter]:
                     category, path, args.timeout, args.memory_mib << 20, args.disk_mib << 20
                 )
                 tallies[category][answer["outcome"]] += 1
+                if answer["outcome"] == "clean" and not answer["detail"]:
+                    tallies[category]["loaded"] += 1
                 if answer["outcome"] != "clean":
                     details.append(
                         f"{category} {path.name}: {answer['outcome']} {answer['detail']}"
@@ -406,6 +418,8 @@ def print_table(tallies: dict[str, Counter], n: int) -> None:
         print(f"{category:<12} {n:>7} {counts}")
     counts = " ".join(f"{total[o]:>12}" for o in OUTCOMES)
     print(f"{'all':<12} {n * len(tallies):>7} {counts}")
+    loaded = ", ".join(f"{c} {t['loaded']}" for c, t in tallies.items())
+    print(f"clean mutants that loaded (the rest were refused with a documented error): {loaded}")
 
 
 def main() -> None:

@@ -310,7 +310,9 @@ def _evaluate(path: Path, notice: bool) -> tuple[str, str]:
         result = load_scans(path)
     except ScanClassifierError as error:
         return "clean", f"refused: {type(error).__name__}"
-    except Exception as error:  # the outcome being measured
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # the outcome measured (Rust decoders panic as BaseException)
         return "uncaught", f"{type(error).__name__}: {str(error)[:80]}"
     noticed = bool(result.skipped) or any(
         v.metadata.get("geometry_warnings") or v.metadata.get("warnings") for v in result.volumes

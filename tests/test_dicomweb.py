@@ -253,6 +253,9 @@ def test_classify_by_address_stores_a_report_and_an_aligned_saliency_map(
     assert saliency.SOPClassUID == ParametricMapStorage
     assert saliency.StudyInstanceUID == study.study_uid
     assert saliency.NumberOfFrames == SLICES
+    (map_source,) = saliency.ReferencedSeriesSequence
+    assert map_source.SeriesInstanceUID == study.series_uid
+    assert len(map_source.ReferencedInstanceSequence) == SLICES
     sources = sorted(
         (pydicom.dcmread(p, stop_before_pixels=True) for p in ct_folder.glob("*.dcm")),
         key=lambda ds: ds.InstanceNumber,
@@ -402,3 +405,23 @@ def test_search_dates_must_be_yyyymmdd() -> None:
     with pytest.raises(DicomWebError) as bad:
         DicomWebServer("http://127.0.0.1:9/dicom-web").search_studies(date_from="2024-01-31")
     assert str(bad.value) == "dates are written YYYYMMDD (e.g. 20240131), not '2024-01-31'"
+
+
+def test_a_cached_series_that_grew_on_the_server_is_fetched_again(
+    tmp_path: Path, server: DicomWebServer, private_dirs: Path, basic_auth: None
+) -> None:
+    volume = make_ct_phantom(6, shape=(5, 16, 16), spacing=(2.0, 2.0, 2.0)).volume
+    paths = write_series(volume, tmp_path / "ct", series_uid=generate_uid())
+    datasets = [pydicom.dcmread(p) for p in paths]
+    server.store(datasets[:4])
+    source = DicomWebSource(
+        server.base_url, datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
+    )
+    assert load_url(source.url, cache=True).volumes[0].shape == (4, 16, 16)
+
+    server.store(datasets[4:])
+
+    (again,) = load_url(source.url, cache=True).volumes
+    (on_disk,) = load_scans(tmp_path / "ct").volumes
+    assert again.shape == (5, 16, 16)
+    np.testing.assert_array_equal(again.voxels, on_disk.voxels)

@@ -199,6 +199,9 @@ def _train_command(args: argparse.Namespace) -> int:
         "patience": args.patience,
         "name": args.name,
         "width": args.width,
+        "label_names": tuple(args.classes) if args.classes else None,
+        "target_sensitivity": args.target_sensitivity,
+        "allow_new_classes": args.new_classes,
     }
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
     if args.name is not None:
@@ -234,17 +237,25 @@ def _print_training_summary(result: TrainingResult) -> None:
     print(f"cases per class: {counts}")
     print(f"saved {m.name} version {m.version} to {result.bundle.path}")
     print(f"validation: {_metrics_line(result.report)}")
+    biases = m.class_bias or [0.0] * len(m.classes)
+    bias = ", ".join(f"{name} {b:+.3f}" for name, b in zip(m.classes, biases, strict=True))
     print(
-        f"calibration: ECE {result.uncalibrated.ece:.3f} -> {result.report.ece:.3f} "
-        f"(temperature {m.temperature:.3f})"
+        f"calibration: ECE {result.uncalibrated.ece:.3f} -> {result.report.ece:.3f}, accuracy "
+        f"{result.uncalibrated.accuracy:.3f} -> {result.report.accuracy:.3f} (temperature "
+        f"{m.temperature:.3f}, class bias {bias})"
     )
+    print(f"decision rule: {m.decision_rule.get('description', m.decision_rule['kind'])}")
     if result.base_report is not None:
         print(
             f"base model (version {m.parent_version}) on the same cases: "
             f"{_metrics_line(result.base_report)}"
         )
+    if result.comparison is not None:
+        print(f"verdict: {result.comparison.message}")
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
 
 
 def _metrics_line(report: EvaluationReport) -> str:
@@ -260,7 +271,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.models import load_bundle
     from napari_scan_classifier.training import evaluate_bundle
 
-    report = evaluate_bundle(load_bundle(args.model), args.cases, split=args.split)
+    report = evaluate_bundle(
+        load_bundle(args.model), args.cases, split=args.split, class_names=args.classes
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -269,6 +282,11 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+CLASSES_HELP = (
+    "names of an npz file's label indices 0, 1, ... in order (a file's own class_names win)"
+)
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
@@ -290,12 +308,24 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--patience", type=int, help="epochs without better validation AUC")
     train.add_argument("--seed", type=int)
     train.add_argument("--name", help="model name (default: the base's)")
+    train.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
+    train.add_argument(
+        "--new-classes",
+        action="store_true",
+        help="fine-tuning: let the cases add classes the base model does not know",
+    )
+    train.add_argument(
+        "--target-sensitivity",
+        type=float,
+        help="two classes: call the second at the threshold keeping this validation sensitivity",
+    )
     train.set_defaults(run=_train_command)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on labelled cases")
     evaluate.add_argument("--model", required=True, help="model bundle folder or .zip")
     evaluate.add_argument("--cases", required=True, help="case library folder or MedMNIST npz")
     evaluate.add_argument("--split", help="npz split (default: test if present, else val)")
+    evaluate.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate_command)
 

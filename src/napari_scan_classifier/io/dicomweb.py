@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -35,6 +35,9 @@ from pydicom.dataset import Dataset
 
 from napari_scan_classifier.errors import CancelledError, DicomWebError, UnreadableScanError
 from napari_scan_classifier.io import LoadResult, SkippedFile
+
+if TYPE_CHECKING:
+    from napari_scan_classifier.io.dicom import SeriesInfo
 
 ENV_USER = "NSC_DICOMWEB_USER"
 ENV_PASSWORD = "NSC_DICOMWEB_PASSWORD"
@@ -386,9 +389,13 @@ def retrieved(
 def _cached(
     server: DicomWebServer, series: SeriesMatch, progress: Progress | None, cancel: Cancel | None
 ) -> Path:
+    """The cached copy of ``series``, fetched anew unless complete and as large as the server
+    says the series is now (instances added since are not missed)."""
     folder = _cache_folder(series, server.base_url)
     if (folder / _COMPLETE).exists():
-        return folder
+        held = sum(1 for _ in folder.glob("instance_*.dcm"))
+        if series.instance_count is None or held == series.instance_count:
+            return folder
     shutil.rmtree(folder, ignore_errors=True)
     try:
         server.fetch_series(series, folder, progress=progress, cancel=cancel)
@@ -443,7 +450,7 @@ def load_url(
 
 def list_series_url(
     url: str, *, credentials: Credentials | None = None, timeout: float = DEFAULT_TIMEOUT
-) -> list[Any]:
+) -> list[SeriesInfo]:
     """What :func:`~napari_scan_classifier.io.dicom.list_series` tells, for a DICOMweb address."""
     from napari_scan_classifier.io.dicom import list_series
 

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+from scipy.special import softmax
 
 from napari_scan_classifier import limits, outputs
 from napari_scan_classifier.errors import InvalidBundleError, ResourceLimitError
@@ -84,7 +86,7 @@ class BundleMetadata:
     intensity: dict[str, Any]  # preprocess.normalise recipe
     architecture: str  # key of ARCHITECTURES that built it
     parent_version: int | None = None
-    temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature)
+    temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature + bias)
     gradcam_layer: str = GRADCAM_LAYER
     # Default saliency map: {"method", "layer", ...figures} measured on validation cases
     saliency: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +97,24 @@ class BundleMetadata:
     # file name -> SHA-256 (hex) of every other file of the bundle, written by save_bundle; not
     # part of the model's identity (a saved copy equals the metadata it was saved from)
     files: dict[str, str] = field(default_factory=dict, compare=False)
+    class_bias: list[float] = field(default_factory=list)  # per class; empty: no bias
+    # how a class is called from the calibrated probabilities: {"kind": "argmax"}, or for two
+    # classes {"kind": "threshold", "positive_class": ..., "threshold": ...}; plus a description
+    decision_rule: dict[str, Any] = field(default_factory=lambda: {"kind": "argmax"})
+    calibration: dict[str, Any] = field(default_factory=dict)  # how it was fitted, on what
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (n, classes) of volume logits (n, classes)."""
+        return calibrated(logits, self.temperature, self.class_bias)
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class index per row of calibrated ``probabilities`` (n, classes), by the rule."""
+        p = np.asarray(probabilities, dtype=float)
+        rule = self.decision_rule
+        if rule["kind"] != "threshold":
+            return p.argmax(axis=1)
+        positive = self.classes.index(rule["positive_class"])
+        return np.where(p[:, positive] >= rule["threshold"], positive, 1 - positive)
 
     def __post_init__(self) -> None:
         _check_metadata(self)
@@ -108,6 +128,9 @@ class BundleMetadata:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
         self.temperature = float(self.temperature)
         self.files = dict(self.files)
+        self.class_bias = [float(b) for b in self.class_bias]
+        self.decision_rule = copy.deepcopy(dict(self.decision_rule))
+        self.calibration = copy.deepcopy(dict(self.calibration))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format version."""
@@ -148,6 +171,16 @@ class Bundle:
     metadata: BundleMetadata
     model: keras.Model
     path: Path | None = None
+
+
+def calibrated(
+    logits: np.ndarray, temperature: float, bias: list[float] | tuple[float, ...] | None = None
+) -> np.ndarray:
+    """``softmax(logits / temperature + bias)`` row by row (no bias: plain temperature)."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    if bias is not None and len(bias):
+        z = z + np.asarray(bias, dtype=float)
+    return softmax(z, axis=-1)
 
 
 def next_version(metadata: BundleMetadata) -> int:
@@ -539,6 +572,31 @@ def _check_metadata(m: BundleMetadata) -> None:
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")
     _check_files(m.files)
+    _expect(
+        isinstance(m.class_bias, (list, tuple))
+        and len(m.class_bias) in (0, len(m.classes))
+        and all(_is_number(b) for b in m.class_bias),
+        "class_bias must list one number per class, or be empty",
+    )
+    _check_decision_rule(m.decision_rule, m.classes)
+    _expect(isinstance(m.calibration, dict), "calibration must be a JSON object")
+
+
+def _check_decision_rule(rule: Any, classes: list[str]) -> None:
+    _expect(
+        isinstance(rule, dict) and rule.get("kind") in ("argmax", "threshold"),
+        "decision_rule must be an object whose kind is 'argmax' or 'threshold'",
+    )
+    if rule["kind"] == "threshold":
+        threshold = rule.get("threshold")
+        _expect(
+            len(classes) == 2
+            and rule.get("positive_class") in classes
+            and _is_number(threshold)
+            and 0 < threshold < 1,
+            "decision_rule: a threshold needs two classes, a positive_class among them and a "
+            "threshold between 0 and 1",
+        )
 
 
 def _check_files(files: Any) -> None:

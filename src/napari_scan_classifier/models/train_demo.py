@@ -46,7 +46,7 @@ import numpy as np
 
 from napari_scan_classifier import datasets, phantoms
 from napari_scan_classifier.datasets import LabelledData
-from napari_scan_classifier.evaluation import EvaluationReport, softmax
+from napari_scan_classifier.evaluation import EvaluationReport
 from napari_scan_classifier.models.bundle import Bundle, load_bundle
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import grad_cam
@@ -131,7 +131,7 @@ def sample_lesion_probability(bundle: Bundle) -> float:
     logits = keras.ops.convert_to_numpy(
         bundle.model(array[None, ..., None], training=False)["volume"]
     )
-    probabilities = softmax(logits.astype(float), m.temperature)
+    probabilities = m.probabilities(logits.astype(float))
     return float(probabilities[0, m.classes.index("lesion")])
 
 

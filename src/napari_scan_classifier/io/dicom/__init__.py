@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from napari_scan_classifier.errors import (
+    GeometryError,
+    ResourceLimitError,
+    ScanClassifierError,
     UnreadableScanError,
     UnsupportedTransferSyntaxError,
 )
 from napari_scan_classifier.io import LoadResult, SkippedFile
 from napari_scan_classifier.io.dicom.discovery import _scan
-from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.pixels import _decode_stack, _Decoder, _undecodable
 from napari_scan_classifier.io.dicom.records import (
     _DEFAULT_IOP,
@@ -42,22 +45,27 @@ def _orientation_name(normal: np.ndarray) -> str:
 
 
 def _info(stack: _Stack) -> SeriesInfo:
-    plan = _plan(stack)
     file = stack.frames[0].file
+    try:
+        plan = _plan(stack)
+        shape, layers, problem = plan.shape[-3:], len(plan.layers), ""
+    except GeometryError as error:
+        shape, layers, problem = (len(stack.frames), file.rows, file.cols), 1, str(error)
     fields = file.fields
     return SeriesInfo(
         key=stack.key,
         series_number=fields.get("series_number"),
         description=fields.get("series_description", ""),
         modality=fields.get("modality", "OT"),
-        shape=plan.shape[-3:],
+        shape=shape,
         n_frames=len(stack.frames),
-        timepoints=len(plan.layers) if len(plan.layers) > 1 else 1,
+        timepoints=layers,
         image_type=file.image_type,
         orientation=_orientation_name(
             np.cross(*np.reshape(stack.frames[0].orientation or _DEFAULT_IOP, (2, 3)))
         ),
         transfer_syntax=str(file.syntax.name),
+        problem=problem,
     )
 
 
@@ -112,7 +120,7 @@ def load_dicom(
     path = Path(path)
     wanted = set(series) if series is not None else None
     volumes: list[Volume] = []
-    errors: list[UnreadableScanError] = []
+    errors: list[ScanClassifierError] = []
     workers = _workers(max_workers)
     with ThreadPoolExecutor(workers) as pool:
         stacks, skipped = _scan(path, pool, progress, cancel, files)
@@ -122,13 +130,13 @@ def load_dicom(
                 continue
             problem = _undecodable(stack.files)
             if problem is not None:
-                file, reason = problem
+                _, reason = problem
                 skipped.extend(SkippedFile(f.path, reason) for f in stack.files)
-                errors.append(UnsupportedTransferSyntaxError(f"{file.path.name}: {reason}"))
+                errors.append(UnsupportedTransferSyntaxError(f"{_stack_name(stack)}: {reason}"))
                 continue
             try:
                 volumes.append(_decode_stack(stack, decoder, skipped))
-            except UnreadableScanError as exc:
+            except (UnreadableScanError, ResourceLimitError) as exc:
                 errors.append(exc)
     if not volumes and errors:
         raise errors[0]

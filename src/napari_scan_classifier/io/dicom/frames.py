@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from napari_scan_classifier.io.checks import (
+    finite_positive,
+    orientation_problem,
+    position_problem,
+    spacing_problem,
+)
 from napari_scan_classifier.io.dicom.headers import (
     _NOT_IMAGES,
     _acquisition_time,
@@ -28,11 +34,21 @@ from napari_scan_classifier.io.dicom.headers import (
     _syntax_of,
     _tag,
     _text,
+    _ushort,
 )
 from napari_scan_classifier.io.dicom.luts import value_table
 from napari_scan_classifier.io.dicom.mosaic import _mosaic_frames, _uih_grid_frames, _uih_tiles
-from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _File, _Frame, _SkipFileError
+from napari_scan_classifier.io.dicom.records import (
+    _DEFAULT_IOP,
+    _File,
+    _Frame,
+    _SkipFileError,
+    _value_range,
+)
 from napari_scan_classifier.io.dicom.vendors import ge_reverse_phase
+
+MAX_FRAMES_PER_FILE = 100_000  # a 4D enhanced fMRI file holds ~10^4; more is a damaged header
+_BITS_ALLOCATED = (1, 8, 16, 32)
 
 
 def _gzipped(path: Path) -> bool:
@@ -65,13 +81,14 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
             reverse, split = ge_reverse_phase(ds)
             file = _new_file(path, ds, syntax, known, split=split)
             file.flip_rows, file.gzipped = reverse, gzipped
-            if file.samples != 1:
-                raise _SkipFileError("colour (RGB) images are not supported as scans")
+            problem = _pixel_format_problem(ds, file)
+            if problem:
+                raise _SkipFileError(problem)
             size = _unpacked_size(path) if gzipped else os.fstat(fp.fileno()).st_size
             offset = _locate_pixels(fp, ds, size, file)
             file.pixel_offset = offset if file.bits_allocated in (8, 16, 32) else None
             file.table = value_table(ds, file)
-            return _frames_of(ds, file)
+            return _checked(_frames_of(ds, file))
     except _SkipFileError:
         raise
     except OSError as exc:
@@ -79,6 +96,60 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
     except Exception as exc:
         reason = f"unreadable or truncated DICOM header ({type(exc).__name__})"
         raise _SkipFileError(reason) from None
+
+
+def _pixel_format_problem(ds: Dataset, file: _File) -> str | None:
+    """Why the declared pixel format cannot be read (checked before anything is allocated)."""
+    if file.samples != 1:
+        if file.samples == 3:
+            return "colour (RGB) images are not supported as scans"
+        return f"SamplesPerPixel is {file.samples}: a scan has one sample per pixel"
+    if file.rows == 0 or file.cols == 0:
+        return f"its image has {file.rows}x{file.cols} pixels (Rows or Columns is 0)"
+    if file.bits_allocated not in _BITS_ALLOCATED:
+        return f"BitsAllocated {file.bits_allocated} is not a pixel size (1, 8, 16 or 32)"
+    if not 0 < file.bits_stored <= file.bits_allocated:
+        return f"BitsStored {file.bits_stored} does not fit BitsAllocated {file.bits_allocated}"
+    representation = _ushort(ds, "PixelRepresentation", 0)
+    if representation not in (0, 1):
+        return f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)"
+    if file.n_frames > MAX_FRAMES_PER_FILE:
+        return (
+            f"it declares {file.n_frames} frames, more than the {MAX_FRAMES_PER_FILE} "
+            "one file may hold"
+        )
+    return None
+
+
+def _frame_problem(frame: _Frame) -> str | None:
+    """Why a frame's orientation, spacing or rescale is unusable (NaN, zero, parallel)."""
+    problem = orientation_problem(frame.orientation) or spacing_problem(frame.pixel_spacing)
+    if problem:
+        return problem
+    if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
+        return f"its rescale (slope {frame.slope:g}, intercept {frame.intercept:g}) is not finite"
+    if frame.slope == 0:
+        return "its RescaleSlope is 0: every pixel would have the same value"
+    if frame.file.table is None and not np.all(np.isfinite(np.float32(_value_range(frame)))):
+        return "its rescaled values do not fit 32-bit floating point"
+    return None
+
+
+def _checked(frames: list[_Frame]) -> list[_Frame]:
+    """The frames, or the file skipped with the first frame's problem (never a NaN later).
+    Frames of one file mostly share orientation, spacing and rescale: those are checked once."""
+    checked: set[tuple] = set()
+    for frame in frames:
+        frame.thickness = finite_positive(frame.thickness)
+        shared = (frame.orientation, frame.pixel_spacing, frame.slope, frame.intercept)
+        problem = position_problem(frame.position)
+        if problem is None and shared not in checked:
+            problem = _frame_problem(frame)
+            checked.add(shared)
+        if problem:
+            where = f" (frame {frame.index + 1} of {len(frames)})" if len(frames) > 1 else ""
+            raise _SkipFileError(problem + where)
+    return frames
 
 
 def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
@@ -113,8 +184,13 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
     """Frames of an enhanced multi-frame image, from its functional groups."""
     frames = []
     per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != file.n_frames:
+        raise _SkipFileError(
+            f"it declares {file.n_frames} frames but describes {len(per_frame)} "
+            "in its per-frame functional groups"
+        )
     for index in range(file.n_frames):
-        item = per_frame[index] if index < len(per_frame) else None
+        item = per_frame[index]
         measures = _frame_group(ds, item, "PixelMeasuresSequence")
         content = _frame_group(ds, item, "FrameContentSequence")
         kind = next(
@@ -177,6 +253,8 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
         elif spacing:
             positions = [origin + k * spacing * normal for k in range(file.n_frames)]
     slope, intercept = _rescale(ds, ds)
+    order = _order(ds, file)
+    pixel_spacing = _floats(ds, "PixelSpacing", 2)
     return [
         _Frame(
             file,
@@ -185,11 +263,11 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
             file.cols,
             position=positions[k],
             orientation=iop,
-            pixel_spacing=_floats(ds, "PixelSpacing", 2),
+            pixel_spacing=pixel_spacing,
             thickness=spacing,
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file, k),
+            order=(*order[:-1], k),
         )
         for k in range(file.n_frames)
     ]

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from napari_scan_classifier.errors import GeometryError
+from napari_scan_classifier.io.checks import affine_problem
 from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _Frame, _Plan, _Stack
 
 # Positions closer than this (mm) are the same slice; a stack is regular when every slice lies
@@ -46,8 +48,9 @@ def _position_groups(frames: list[_Frame], depth: np.ndarray, notes: list[str]) 
     """Frame indices sorted along the normal, one list per distinct position (time points or
     echoes at one position share a list, in acquisition order)."""
     groups: list[list[int]] = []
-    for i in sorted(range(len(frames)), key=lambda i: (depth[i], frames[i].order)):
-        if groups and depth[i] - depth[groups[-1][0]] <= _DUPLICATE_TOL:
+    depths = depth.tolist()  # plain floats: this loop runs once per frame
+    for i in sorted(range(len(frames)), key=lambda i: (depths[i], frames[i].order)):
+        if groups and depths[i] - depths[groups[-1][0]] <= _DUPLICATE_TOL:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -201,6 +204,12 @@ def _spatial_layout(frames: list[_Frame], normal: np.ndarray, notes: list[str]) 
     return layers, weights, step, points[0], mode
 
 
+def _stack_name(stack: _Stack) -> str:
+    """How messages name a stack: its series number and key, never a file or patient field."""
+    number = stack.frames[0].file.fields.get("series_number")
+    return f"series {number if number is not None else '?'} ({stack.key})"
+
+
 def _plan(stack: _Stack) -> _Plan:
     """Order, spacing and affine of a stack, from headers only."""
     notes: list[str] = []
@@ -234,5 +243,10 @@ def _plan(stack: _Stack) -> _Plan:
     affine[:3, 1] = col_cos * spacing[0]
     affine[:3, 2] = row_cos * spacing[1]
     affine[:3, 3] = origin
+    problem = affine_problem(affine)
+    if problem:
+        raise GeometryError(
+            f"{_stack_name(stack)}: its slices cannot be placed in space: {problem}"
+        )
     frame_axis = "time" if first.file.time_frames or len(layers) > 1 else None
     return _Plan(layers, weights, mode, affine, notes, frame_axis)

@@ -32,6 +32,27 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "REG", "RWV"}
 _FRAME_TIME_POINTERS = {0x00181063, 0x00181065}  # Frame Time, Frame Time Vector
 _SPLIT_SERIES_OFFSET = 1000  # dcm2niix's series number for volumes split off a series
+_TEXT_VRS = frozenset(
+    [
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    ]
+)
 # struct codes of the binary value representations (a raw value of these VRs is not text)
 _BINARY_VRS = {
     "US": "H",
@@ -63,6 +84,9 @@ def _raw_vr(elem: Any) -> str:
 
 def _binary(ds: Dataset, elem: Any, value: bytes) -> list[str] | None:
     """A binary-VR raw value (US, UL, FL, ...) decoded with the dataset's byte order."""
+    vr = getattr(elem, "VR", None)
+    if vr in _TEXT_VRS:  # the common case: no dictionary lookup
+        return None
     code = _BINARY_VRS.get(_raw_vr(elem))
     if code is None:
         return None
@@ -121,6 +145,11 @@ def _int(ds: Dataset | None, keyword: str, default: int = 0) -> int:
 
 def _ushort(ds: Dataset, keyword: str, default: int) -> int:
     """A US element (Rows, BitsAllocated, ...), decoded from its raw bytes."""
+    elem = ds.get_item(_tag(keyword))
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes) and len(value) == 2:  # the common case, kept fast
+        little = ds.original_encoding[1] is not False
+        return struct.unpack("<H" if little else ">H", value)[0]
     number = _float(ds, keyword)
     return int(number) if number is not None and math.isfinite(number) else default
 
@@ -174,7 +203,12 @@ def _locate_pixels(fp, ds: Dataset, size: int, file: _File) -> int | None:
         length, value_at = struct.unpack("<I", head[4:8])[0], start + 8
     else:
         length, value_at = struct.unpack(f"{endian}I", head[8:12])[0], start + 12
-    if length == _UNDEFINED_LENGTH:
+    if length == _UNDEFINED_LENGTH:  # encapsulated: at least one 8-byte item per frame
+        if size - value_at < 8 * file.n_frames:
+            raise _SkipFileError(
+                f"it declares {file.n_frames} frames but its compressed pixel data holds "
+                f"only {max(0, size - value_at)} bytes"
+            )
         return None
     if value_at + min(length, expected) > size:
         raise _SkipFileError("truncated: the file ends inside its pixel data")
@@ -297,10 +331,11 @@ def _no_pixels_reason(ds: Dataset) -> str:
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
-    slope = _float(item, "RescaleSlope") or 1.0
-    intercept = _float(item, "RescaleIntercept") or 0.0
+    """Slope and intercept as recorded (a slope of 0 stays 0: the frame check refuses it)."""
+    slope = _float(item, "RescaleSlope", 1.0)
+    intercept = _float(item, "RescaleIntercept", 0.0)
     if _text(ds, "Modality") == "RTDOSE":
-        slope *= _float(ds, "DoseGridScaling") or 1.0
+        slope *= _float(ds, "DoseGridScaling", 1.0)
     return slope, intercept
 
 

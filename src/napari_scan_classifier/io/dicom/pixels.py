@@ -24,7 +24,7 @@ from napari_scan_classifier.errors import (
     UnreadableScanError,
 )
 from napari_scan_classifier.io import SkippedFile
-from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.mosaic import _tile
 from napari_scan_classifier.io.dicom.records import (
     Cancel,
@@ -34,7 +34,10 @@ from napari_scan_classifier.io.dicom.records import (
     _OverflowError,
     _Plan,
     _Stack,
+    _value_range,
 )
+from napari_scan_classifier.limits import check_memory
+from napari_scan_classifier.privacy import strip_paths
 from napari_scan_classifier.volume import Volume, lps_to_world
 
 
@@ -47,15 +50,6 @@ def _decoder_packages(syntax: UID) -> str:
     if syntax == RLELossless:
         return "pylibjpeg pylibjpeg-rle"
     return "pylibjpeg pylibjpeg-openjpeg"
-
-
-def _value_range(frame: _Frame) -> tuple[float, float]:
-    """The rescaled values a frame's stored bits can hold."""
-    f = frame.file
-    bits = min(f.bits_stored, f.bits_allocated)
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.signed else (0, 2**bits - 1)
-    ends = (low * frame.slope + frame.intercept, high * frame.slope + frame.intercept)
-    return min(ends), max(ends)
 
 
 def _output_dtype(frames: list[_Frame], widen: bool) -> tuple[np.dtype, bool]:
@@ -191,8 +185,10 @@ def _decode_job(
         raise
     except OSError as exc:
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
-    except Exception as exc:
-        detail = str(exc).replace(str(file.path), file.path.name).splitlines()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # decoders in Rust raise PanicException, a BaseException
+        detail = strip_paths(str(exc)).splitlines()
         return (
             f"pixel data could not be decoded ({detail[0][:160] if detail else type(exc).__name__})"
         )
@@ -293,11 +289,18 @@ def _metadata(stack: _Stack, plan: _Plan) -> dict[str, Any]:
     return metadata
 
 
-def _decode_plan(plan: _Plan, frames: list[_Frame], widen: bool, decoder: _Decoder) -> np.ndarray:
+def _decode_plan(
+    plan: _Plan, frames: list[_Frame], widen: bool, decoder: _Decoder, name: str
+) -> np.ndarray:
     """Allocate the output once and decode into it ((t, z, y, x), t = 1 for a 3D stack)."""
     resample = plan.mode == "resample"
     dtype, checked = (np.dtype(np.float32), False) if resample else _output_dtype(frames, widen)
-    out = np.empty((len(plan.layers), *plan.shape[-3:]), dtype)
+    shape = (len(plan.layers), *plan.shape[-3:])
+    extent = "x".join(map(str, shape if shape[0] > 1 else shape[1:]))
+    check_memory(
+        int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, f"{name} ({extent} voxels)"
+    )
+    out = np.empty(shape, dtype)
     decoder.failures = {}
     if resample:
         decoder.resample(plan, out)
@@ -312,7 +315,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
     while True:
         plan = _plan(_Stack(stack.key, frames))
         try:
-            out = _decode_plan(plan, frames, widen, decoder)
+            out = _decode_plan(plan, frames, widen, decoder, _stack_name(stack))
         except _OverflowError:
             widen = True
             continue
@@ -323,7 +326,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
         frames = [f for f in frames if f.file not in decoder.failures]
         if not frames:
             file, reason = next(iter(decoder.failures.items()))
-            raise UnreadableScanError(f"{file.path.name}: {reason}")
+            raise UnreadableScanError(f"{_stack_name(stack)}: instance {file.instance}: {reason}")
     voxels = out[0] if len(plan.layers) == 1 else out
     modality = str(plan.layers[0][0].file.fields.get("modality", "OT"))
     return Volume(voxels, lps_to_world(plan.affine_lps), modality, _metadata(stack, plan))

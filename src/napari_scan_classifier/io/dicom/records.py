@@ -40,6 +40,7 @@ class SeriesInfo:
     image_type: tuple[str, ...]
     orientation: str
     transfer_syntax: str
+    problem: str = ""  # why it cannot be loaded, found from the headers alone
 
 
 class _SkipFileError(Exception):
@@ -139,3 +140,12 @@ class _Plan:
         first = self.layers[0][0]
         spatial = (len(self.weights), first.rows, first.cols)
         return (len(self.layers), *spatial) if len(self.layers) > 1 else spatial
+
+
+def _value_range(frame: _Frame) -> tuple[float, float]:
+    """The rescaled values a frame's stored bits can hold."""
+    f = frame.file
+    bits = min(f.bits_stored, f.bits_allocated)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.signed else (0, 2**bits - 1)
+    ends = (low * frame.slope + frame.intercept, high * frame.slope + frame.intercept)
+    return min(ends), max(ends)
