@@ -68,15 +68,21 @@ def _classify_command(args: argparse.Namespace) -> int:
     for skipped in report.skipped:
         print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
-    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    outside = f", {report.out_of_distribution} out of distribution" * bool(
+        report.out_of_distribution
+    )
+    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified{outside})")
     return 0
 
 
 def _print_row(row: dict[str, Any]) -> None:
     """One line per series on stdout as it is done; its problems on stderr."""
-    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
+    outcome = row.get("predicted_class") or "not classified"
+    if row["status"] == "out_of_distribution":
+        outcome = f"out of distribution (the model would say {outcome})"
     print(f"{row['series']}: {outcome}", flush=True)
-    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
+    reasons = (row.get("ood") or {}).get("reasons", [])
+    notes = [row["error"], row.get("modality_warning"), *reasons, *row["geometry_warnings"]]
     for note in filter(None, notes):
         print(f"warning: {row['series']}: {note}", file=sys.stderr)
 

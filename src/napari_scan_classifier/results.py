@@ -45,6 +45,8 @@ BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, s
 OUTPUT_SUFFIXES = (".json", ".csv")
 FAITHFUL_MARGIN = 0.02  # deletion-curve areas closer than this are a tie with random order
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+ANSWERED = ("classified", OUT_OF_DISTRIBUTION)  # statuses of rows that carry probabilities
 
 
 @dataclass
@@ -180,7 +182,12 @@ class BatchReport:
 
     @property
     def classified(self) -> int:
-        return sum(row["status"] == "classified" for row in self.series)
+        """Series the model answered for, out-of-distribution ones included."""
+        return sum(row["status"] in ANSWERED for row in self.series)
+
+    @property
+    def out_of_distribution(self) -> int:
+        return sum(row["status"] == OUT_OF_DISTRIBUTION for row in self.series)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "series": self.series, "skipped_files": self.skipped}
@@ -227,7 +234,7 @@ def classify_paths(
                 row = series_row(index, number, volume)
                 if isinstance(outcome, Prediction):
                     result = _explained(volume, bundle, outcome, saliency, faithfulness)
-                    row.update(status="classified", **result.to_dict())
+                    row.update(status=status_of(outcome), **result.to_dict())
                     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
                 else:
                     row.update(status="failed", error=outcome)
@@ -240,6 +247,12 @@ def classify_paths(
         )
         raise UnreadableScanError(f"no scan could be classified ({reasons or 'nothing found'})")
     return report
+
+
+def status_of(prediction: Prediction) -> str:
+    """``"classified"``, or ``"out_of_distribution"`` when the scan is unlike the training data
+    (its probabilities are reported all the same)."""
+    return "classified" if prediction.in_distribution else OUT_OF_DISTRIBUTION
 
 
 def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
@@ -367,6 +380,9 @@ def to_csv(report: BatchReport) -> str:
         "seconds",
         "saliency_file",
         "saliency_vs_random_auc",
+        "ood_score",
+        "ood_threshold",
+        "ood_reasons",
         "modality_warning",
         "geometry_warnings",
         "file",
@@ -393,11 +409,12 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
-    if row["status"] != "classified":
+    if row["status"] not in ANSWERED:
         return flat
     uncertainty = row["uncertainty"]
     saliency = row["saliency"] or {}
     faithfulness = saliency.get("faithfulness") or {}
+    ood = row.get("ood") or {}
     for name in classes:
         flat[f"p_{name}"] = _fmt(row["probabilities"][name])
         flat[f"sd_{name}"] = _fmt(uncertainty["std"][name])
@@ -412,6 +429,9 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
         saliency_file=saliency.get("file", ""),
         saliency_vs_random_auc=_fmt(faithfulness.get("ratio")),
+        ood_score=_fmt(ood.get("score")),
+        ood_threshold=_fmt(ood.get("threshold")),
+        ood_reasons="; ".join(ood.get("reasons", ())),
         modality_warning=row["modality_warning"] or "",
     )
     return flat
@@ -474,6 +494,7 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
         else "no uncertainty passes"
     )
     lines = [
+        *ood_lines(result),
         f"Predicted: {result['predicted_class']}",
         *(probability_lines(result) if probabilities else []),
         f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
@@ -483,6 +504,19 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
     if result.get("modality_warning"):
         lines.append(f"Warning: {result['modality_warning']}")
     return lines
+
+
+def ood_lines(result: Mapping[str, Any]) -> list[str]:
+    """The out-of-distribution banner: a headline and one line per reason (none when the scan
+    is within the training distribution)."""
+    ood = result.get("ood")
+    if not ood or ood["in_distribution"]:
+        return []
+    return [
+        "OUT OF DISTRIBUTION: this scan is unlike the scans the model was trained on; "
+        "do not rely on its answer",
+        *(f"  - {reason}" for reason in ood["reasons"]),
+    ]
 
 
 def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:

@@ -4,7 +4,9 @@ A bundle is a folder (or the same two files in one ``.zip``)::
 
     model.keras   the network (Keras 3 format), outputs a dict of logits, see architectures.py
     bundle.json   BundleMetadata: classes, modality, input grid, intensity recipe, calibration,
-                  metrics, lineage
+                  applicability ranges, metrics, lineage
+    applicability.npz   the feature detector of :mod:`~napari_scan_classifier.applicability`,
+                  present when ``bundle.json``'s ``applicability`` names one
 
 Bundles are immutable: saving never overwrites (a new model is a new version, made with
 :func:`derive`), and a save writes into a temporary sibling and renames it into place, so a crash
@@ -33,6 +35,7 @@ from typing import Any
 
 import keras
 
+from napari_scan_classifier.applicability import FeatureDetector
 from napari_scan_classifier.errors import InvalidBundleError
 from napari_scan_classifier.models.architectures import GRADCAM_LAYER
 from napari_scan_classifier.preprocess import validate_intensity
@@ -40,6 +43,7 @@ from napari_scan_classifier.preprocess import validate_intensity
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 METADATA_FILE = "bundle.json"
+DETECTOR_FILE = "applicability.npz"
 MODALITIES = ("CT", "MR")
 TASKS = ("volume", "region")
 TRUSTED_MODULES = ("keras", "napari_scan_classifier")
@@ -71,6 +75,9 @@ class BundleMetadata:
     temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature)
     gradcam_layer: str = GRADCAM_LAYER
     training: dict[str, Any] = field(default_factory=dict)  # data summary and metrics
+    # input-check ranges ("checks") and the feature detector's threshold ("detector"), see
+    # applicability.py
+    applicability: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=_now)  # ISO 8601
     description: str = ""  # one line, shown in the model picker
     model_card: str = ""  # intended use, data, limits (Markdown)
@@ -81,6 +88,7 @@ class BundleMetadata:
         self.classes = list(self.classes)
         self.intensity = copy.deepcopy(dict(self.intensity))
         self.training = copy.deepcopy(self.training)
+        self.applicability = copy.deepcopy(dict(self.applicability))
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
         if self.target_spacing_mm is not None:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
@@ -112,11 +120,13 @@ class BundleMetadata:
 
 @dataclass
 class Bundle:
-    """A loaded (or about to be saved) model with its metadata; ``path`` is where it came from."""
+    """A loaded (or about to be saved) model with its metadata; ``path`` is where it came from;
+    ``detector`` is saved as DETECTOR_FILE when ``metadata.applicability`` describes it."""
 
     metadata: BundleMetadata
     model: keras.Model
     path: Path | None = None
+    detector: FeatureDetector | None = None
 
 
 def next_version(metadata: BundleMetadata) -> int:
@@ -162,6 +172,28 @@ def check_model(metadata: BundleMetadata, model: keras.Model) -> None:
         ) from None
 
 
+def check_detector(metadata: BundleMetadata, detector: FeatureDetector | None) -> None:
+    """Raise InvalidBundleError unless the detector and ``applicability.detector`` agree."""
+    info = metadata.applicability.get("detector")
+    if not info:
+        if detector is not None:
+            raise InvalidBundleError(
+                f"the bundle has a feature detector but {METADATA_FILE} does not describe it"
+            )
+        return
+    if detector is None:
+        raise InvalidBundleError(
+            f"{METADATA_FILE} names an applicability detector but the bundle has no {DETECTOR_FILE}"
+        )
+    n_classes, n_features = detector.means.shape
+    if n_features != info.get("features") or n_classes > len(metadata.classes):
+        raise InvalidBundleError(
+            f"{DETECTOR_FILE} holds {n_classes} class means of {n_features} features; "
+            f"{METADATA_FILE} says {info.get('features')} features and "
+            f"{len(metadata.classes)} classes"
+        )
+
+
 def save_bundle(
     bundle: Bundle,
     path: str | os.PathLike[str],
@@ -176,6 +208,7 @@ def save_bundle(
     if target.suffix.lower() == ".zip":
         return save_bundle_zip(bundle, target, extra_files)
     check_model(bundle.metadata, bundle.model)
+    check_detector(bundle.metadata, bundle.detector)
     _check_extra_names(extra_files or {})
     _refuse_existing(target)
     staging = _staging_beside(target)
@@ -200,6 +233,7 @@ def save_bundle_zip(
     target = Path(path)
     extras = dict(extra_files or {})
     check_model(bundle.metadata, bundle.model)
+    check_detector(bundle.metadata, bundle.detector)
     _check_extra_names(extras)
     _refuse_existing(target)
     staging = _staging_beside(target)
@@ -209,6 +243,8 @@ def save_bundle_zip(
         with zipfile.ZipFile(archive, "w") as zf:
             zf.write(staging / MODEL_FILE, MODEL_FILE, zipfile.ZIP_STORED)
             zf.write(staging / METADATA_FILE, METADATA_FILE, zipfile.ZIP_DEFLATED)
+            if bundle.detector is not None:
+                zf.write(staging / DETECTOR_FILE, DETECTOR_FILE, zipfile.ZIP_STORED)
             for name in extras:
                 zf.write(staging / name, name, zipfile.ZIP_STORED)
         _fsync(archive)
@@ -225,19 +261,35 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         if source.is_dir():
             metadata = _read_metadata(_read_member(source, METADATA_FILE))
             model = _load_model(source / MODEL_FILE)
+            detector = _detector(metadata, lambda: (source / DETECTOR_FILE).read_bytes())
         elif source.is_file() and zipfile.is_zipfile(source):
-            metadata, model = _load_zip(source)
+            metadata, model, detector = _load_zip(source)
         elif source.exists():
             raise InvalidBundleError("it is neither a bundle folder nor a .zip file")
         else:
             raise InvalidBundleError("it does not exist")
         check_model(metadata, model)
+        check_detector(metadata, detector)
     except InvalidBundleError as error:
         raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
-    return Bundle(metadata, model, source)
+    return Bundle(metadata, model, source, detector)
 
 
-def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
+def _detector(metadata: BundleMetadata, read: Any) -> FeatureDetector | None:
+    """The detector ``metadata`` names, from the bytes ``read()`` gives; None if it names none."""
+    if not metadata.applicability.get("detector"):
+        return None
+    try:
+        return FeatureDetector.from_bytes(read())
+    except (OSError, KeyError):
+        raise InvalidBundleError(
+            f"{METADATA_FILE} names an applicability detector but the bundle has no {DETECTOR_FILE}"
+        ) from None
+    except ValueError as error:
+        raise InvalidBundleError(f"{DETECTOR_FILE} is damaged: {error}") from None
+
+
+def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model, FeatureDetector | None]:
     with zipfile.ZipFile(source) as zf:
         folder = _bundle_folder_in(zf)
         info = zf.getinfo(posixpath.join(folder, METADATA_FILE))
@@ -248,10 +300,11 @@ def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
             data = zf.read(posixpath.join(folder, MODEL_FILE))
         except KeyError:
             raise InvalidBundleError(f"the zip has no {MODEL_FILE}") from None
+        detector = _detector(metadata, lambda: zf.read(posixpath.join(folder, DETECTOR_FILE)))
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / MODEL_FILE
         model_path.write_bytes(data)
-        return metadata, _load_model(model_path)
+        return metadata, _load_model(model_path), detector
 
 
 def _bundle_folder_in(zf: zipfile.ZipFile) -> str:
@@ -336,9 +389,12 @@ def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes])
     bundle.model.save(folder / MODEL_FILE)
     text = json.dumps(bundle.metadata.to_dict(), indent=2, ensure_ascii=False)
     (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
-    for name, content in extra_files.items():
+    parts = dict(extra_files)
+    if bundle.detector is not None:
+        parts[DETECTOR_FILE] = bundle.detector.to_bytes()
+    for name, content in parts.items():
         (folder / name).write_bytes(content)
-    for name in (MODEL_FILE, METADATA_FILE, *extra_files):
+    for name in (MODEL_FILE, METADATA_FILE, *parts):
         _fsync(folder / name)
 
 
@@ -347,7 +403,7 @@ def _check_extra_names(extra_files: Mapping[str, bytes]) -> None:
     for name in extra_files:
         if (
             not isinstance(name, str)
-            or name in (MODEL_FILE, METADATA_FILE, "", ".", "..")
+            or name in (MODEL_FILE, METADATA_FILE, DETECTOR_FILE, "", ".", "..")
             or name != posixpath.basename(name)
             or "\\" in name
         ):
@@ -418,6 +474,19 @@ def _check_metadata(m: BundleMetadata) -> None:
     )
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
+    _expect(isinstance(m.applicability, dict), "applicability must be a JSON object")
+    detector = m.applicability.get("detector") if isinstance(m.applicability, dict) else None
+    _expect(
+        detector is None
+        or (
+            isinstance(detector, dict)
+            and _is_number(detector.get("threshold"))
+            and _is_int(detector.get("features"))
+            and _is_number(detector.get("false_abstention_rate"))
+        ),
+        "applicability.detector must give a threshold, the number of features and the "
+        "false-abstention rate",
+    )
     _expect(_is_iso_time(m.created), "created must be an ISO 8601 date and time")
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")
