@@ -1,5 +1,6 @@
 """Bundles round-trip exactly, are validated on load, never overwritten, never run code."""
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from napari_scan_classifier.models.bundle import (
     save_bundle,
     save_bundle_zip,
 )
+from napari_scan_classifier.models.bundled import bundled_model_path
 
 SHAPE = (8, 16, 16)
 
@@ -118,7 +120,7 @@ def test_invalid_metadata_is_reported(tmp_path, model, edits, message):
 
 
 def test_missing_parts_are_reported(tmp_path, model):
-    folder = save_bundle(Bundle(metadata(), model), tmp_path / "demo-v1")
+    folder = saved_with(tmp_path, model, files={})  # a bundle from before hashes were recorded
     (folder / "model.keras").write_bytes(b"truncated")
     with pytest.raises(InvalidBundleError, match="not a Keras 3 model file"):
         load_bundle(folder)
@@ -173,7 +175,7 @@ def test_a_model_that_would_run_code_is_refused(tmp_path):
 
 
 def test_a_model_naming_foreign_modules_is_refused(tmp_path, model):
-    folder = save_bundle(Bundle(metadata(), model), tmp_path / "demo-v1")
+    folder = saved_with(tmp_path, model, files={})  # else the changed file's hash refuses it
     keras_file = folder / "model.keras"
     with zipfile.ZipFile(keras_file) as zf:
         parts = {name: zf.read(name) for name in zf.namelist()}
@@ -206,3 +208,98 @@ def _zipped(folder: Path) -> Path:
         for part in folder.iterdir():
             zf.write(part, part.name)
     return archive
+
+
+def flip_weight_bytes(keras_file: Path, count: int = 20) -> None:
+    """Flip ``count`` bytes in the middle of the weights stored inside a ``.keras`` file."""
+    with zipfile.ZipFile(keras_file) as zf:
+        info = zf.getinfo("model.weights.h5")
+    raw = bytearray(keras_file.read_bytes())
+    # the local header: 30 bytes, then the name and the extra field, then the stored data
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    )
+    start += int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
+    middle = start + info.compress_size // 2
+    for i in range(middle, middle + count):
+        raw[i] ^= 0xFF
+    keras_file.write_bytes(bytes(raw))
+
+
+DAMAGED = (
+    r"^Model bundle 'demo-v1(\.zip)?' cannot be used: model\.keras was modified or damaged "
+    r"after the model was saved: its SHA-256 does not match the one in bundle\.json; get a "
+    r"fresh copy of the model$"
+)
+
+
+def test_saving_records_the_sha256_of_every_file(tmp_path, model):
+    folder = save_bundle(
+        Bundle(metadata(), model), tmp_path / "demo-v1", extra_files={"roc.png": b"png bytes"}
+    )
+    recorded = json.loads((folder / "bundle.json").read_text())["files"]
+
+    assert sorted(recorded) == ["model.keras", "roc.png"]
+    assert recorded["roc.png"] == hashlib.sha256(b"png bytes").hexdigest()
+    assert (
+        recorded["model.keras"] == hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest()
+    )
+    assert load_bundle(folder).metadata.files == recorded
+    assert derive(load_bundle(folder).metadata).files == {}  # a new version gets its own
+
+
+def test_flipped_weight_bytes_are_refused(tmp_path, model):
+    folder = save_bundle(Bundle(metadata(), model), tmp_path / "demo-v1")
+    flip_weight_bytes(folder / "model.keras")
+
+    with pytest.raises(InvalidBundleError, match=DAMAGED) as refused:
+        load_bundle(folder)
+    assert str(tmp_path) not in str(refused.value)
+
+
+def test_flipped_weight_bytes_in_a_zip_bundle_are_refused(tmp_path, model):
+    staged = save_bundle(Bundle(metadata(), model), tmp_path / "staged")
+    flip_weight_bytes(staged / "model.keras")
+    archive = tmp_path / "demo-v1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for part in staged.iterdir():
+            zf.write(part, part.name)
+
+    with pytest.raises(InvalidBundleError, match=DAMAGED):
+        load_bundle(archive)
+
+
+def test_a_changed_or_missing_extra_file_is_named(tmp_path, model):
+    folder = save_bundle(
+        Bundle(metadata(), model), tmp_path / "demo-v1", extra_files={"roc.png": b"png bytes"}
+    )
+    (folder / "roc.png").write_bytes(b"other bytes")
+    with pytest.raises(InvalidBundleError, match=r"roc\.png was modified or damaged"):
+        load_bundle(folder)
+    (folder / "roc.png").unlink()
+    with pytest.raises(InvalidBundleError, match=r"roc\.png is missing: the model file was"):
+        load_bundle(folder)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"model.keras": "abc"}, "files must map plain file names to SHA-256 digests"),
+        ({"../model.keras": "0" * 64}, "files must map plain file names"),
+        ({"roc.png": "0" * 64}, r"files must list model\.keras"),
+    ],
+)
+def test_a_malformed_hash_record_is_reported(tmp_path, model, files, message):
+    with pytest.raises(InvalidBundleError, match=message):
+        load_bundle(saved_with(tmp_path, model, files=files))
+
+
+def test_the_shipped_bundle_records_every_file():
+    folder = bundled_model_path()
+    recorded = json.loads((folder / "bundle.json").read_text())["files"]
+    on_disk = {p.name for p in folder.iterdir() if p.is_file() and p.name != "bundle.json"}
+
+    assert set(recorded) == on_disk
+    assert load_bundle(folder).metadata.files == recorded

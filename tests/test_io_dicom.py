@@ -234,8 +234,8 @@ def test_list_series_reads_headers_only(tmp_path, monkeypatch):
     def no_pixels(*args, **kwargs):
         raise AssertionError("list_series must not decode pixels")
 
-    monkeypatch.setattr(dicom, "iter_pixels", no_pixels)
-    monkeypatch.setattr(dicom, "_read_native", no_pixels)
+    monkeypatch.setattr(dicom.pixels, "iter_pixels", no_pixels)
+    monkeypatch.setattr(dicom.pixels, "_read_native", no_pixels)
     (info,) = list_series(tmp_path)
 
     assert (info.description, info.series_number, info.modality) == ("abdomen", 4, "CT")
@@ -626,7 +626,7 @@ def test_unknown_transfer_syntax_raises(tmp_path):
 def test_missing_decoder_names_what_to_install(tmp_path, monkeypatch):
     write_series(ct_volume((3, 12, 10)), tmp_path / "plain", series_description="plain")
     jls = write_series(ct_volume((3, 12, 10)), tmp_path / "jls", transfer_syntax=JPEGLSLossless)
-    real = dicom.get_decoder
+    real = dicom.pixels.get_decoder
 
     def without_jpeg_ls(syntax):
         decoder = real(syntax)
@@ -634,7 +634,7 @@ def test_missing_decoder_names_what_to_install(tmp_path, monkeypatch):
             return decoder
         return type("Unavailable", (), {"is_available": False})()
 
-    monkeypatch.setattr(dicom, "get_decoder", without_jpeg_ls)
+    monkeypatch.setattr(dicom.pixels, "get_decoder", without_jpeg_ls)
     result = load_dicom(tmp_path)
 
     assert [v.description for v in result.volumes] == ["plain"]

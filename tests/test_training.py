@@ -196,12 +196,12 @@ def test_batchnorm_statistics_are_those_of_the_training_cases():
 
 def test_class_weights_balance_an_imbalanced_set():
     y = np.array([0] * 30 + [1] * 10)
-    weights = training._class_weights(y, "class_weight")
+    weights = training.fit.balanced_weights(y, "class_weight")
     assert weights == pytest.approx({0: 40 / (2 * 30), 1: 40 / (2 * 10)})
-    assert training._class_weights(y, "none") == {}
+    assert training.fit.balanced_weights(y, "none") == {}
 
     cases = Split(np.zeros((40, 8, 8, 8), np.float32), y, np.tile((0, 2), (40, 1)))
-    epochs = training._Epochs(cases, TrainingConfig(batch_size=8, augment=False))
+    epochs = training.fit.Epochs(cases, TrainingConfig(batch_size=8, augment=False))
     _x, labels, sample_weights = epochs.arrays(0, lambda: False)
     assert sample_weights.tolist() == pytest.approx([weights[int(c)] for c in labels])
 
@@ -210,7 +210,7 @@ def test_balanced_sampling_draws_classes_equally():
     y = np.array([0] * 90 + [1] * 10)
     cases = Split(np.zeros((100, 8, 8, 8), np.float32), y, np.tile((0, 2), (100, 1)))
     config = TrainingConfig(batch_size=10, imbalance="balanced_sampling", augment=False)
-    epochs = training._Epochs(cases, config)
+    epochs = training.fit.Epochs(cases, config)
     drawn = np.concatenate([epochs.arrays(epoch, lambda: False)[1] for epoch in range(5)])
     assert 0.4 < drawn.mean() < 0.6
     assert set(epochs.arrays(0, lambda: False)[2].tolist()) == {1.0}  # no class weights on top
@@ -220,7 +220,7 @@ def test_balanced_sampling_draws_classes_equally():
 def test_stratified_split_keeps_both_classes():
     data = phantom_cases(["normal"] * 40 + ["lesion"] * 10)
     classes = ("normal", "lesion")
-    train_cases, val_cases, how = training._split(data, classes, TrainingConfig(seed=3))
+    train_cases, val_cases, how = training.data.split_cases(data, classes, TrainingConfig(seed=3))
 
     assert val_cases.counts(classes) == {"normal": 8, "lesion": 2}
     assert train_cases.counts(classes) == {"normal": 32, "lesion": 8}
@@ -250,7 +250,7 @@ def test_data_on_another_grid_is_refused():
 
 def test_new_class_gets_a_new_head_and_keeps_the_encoder():
     base = untrained_bundle()
-    copy = training._copy_with_classes(base.model, 2, 3)
+    copy = training.model.copy_with_classes(base.model, 2, 3)
 
     assert copy.output["volume"].shape[-1] == 3
     for layer in base.model.layers:

@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from napari_scan_classifier.errors import CaseLibraryError, UnreadableScanError
+from napari_scan_classifier import limits
+from napari_scan_classifier.errors import CaseLibraryError, ScanClassifierError
 from napari_scan_classifier.io.nifti import load_nifti, save_nifti
 from napari_scan_classifier.volume import Volume
 
@@ -73,6 +74,8 @@ _MEMBER = re.compile(rf"({_CASE_ID.pattern})/({_CASE_FILES})")
 _STALE_AFTER_S = 3600.0
 _MAX_LABEL_CHARS = 128
 _MAX_PREDICTION_BYTES = 64 * 1024
+_MAX_CASE_JSON_BYTES = 1 << 20
+_DISK_RESERVE_BYTES = 256 << 20  # an import never fills the disk to the last byte
 # Numeric acquisition values worth keeping with a case; everything else in Volume.metadata is
 # either free text (series_description), a key into the source (series_key) or not needed.
 _NUMERIC_METADATA = (
@@ -259,7 +262,7 @@ class CaseLibrary:
         try:
             image = load_nifti(folder / VOLUME_FILE)
             mask = load_nifti(folder / MASK_FILE).voxels if record.has_mask else None
-        except UnreadableScanError as error:
+        except ScanClassifierError as error:
             raise CaseLibraryError(f"Case {case_id} is damaged: {error}") from error
         if content_hash(image.voxels, image.affine) != record.content_hash:
             raise CaseLibraryError(f"Case {case_id} is damaged: its voxels fail their checksum.")
@@ -446,12 +449,11 @@ class CaseLibrary:
         volume is re-saved, so nothing but voxels and geometry comes in from foreign files.
         """
         path = Path(path)
-        try:
-            archive = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile) as error:
-            raise CaseLibraryError(f"{path.name} is not a readable zip file.") from error
-        with archive:
+        if not path.is_file():
+            raise CaseLibraryError(f"{path.name} is not a readable zip file.")
+        with limits.open_zip(path, path.name, CaseLibraryError) as archive:
             members = _members_by_case(archive, path.name)
+            self._check_import_size(archive, path.name)
             staging = self.root / INCOMING / f"import-{uuid.uuid4().hex}"
             try:
                 return self._import_cases(archive, members, staging)
@@ -459,6 +461,22 @@ class CaseLibrary:
                 shutil.rmtree(staging, ignore_errors=True)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _check_import_size(self, archive: zipfile.ZipFile, archive_name: str) -> None:
+        """Before writing anything: no member encrypted, oddly compressed or a zip bomb, and all
+        of them together fit the free disk space and each one the memory budget (a case's
+        volume is loaded to be checked)."""
+        limit = limits.memory_budget()
+        for info in archive.infolist():
+            limits.check_member(info, f"{archive_name}: {info.filename}", CaseLibraryError, limit)
+        declared = sum(info.file_size for info in archive.infolist())
+        free = limits.free_disk(self.root) - _DISK_RESERVE_BYTES
+        if declared > free:
+            raise CaseLibraryError(
+                f"{archive_name} expands to {limits.format_bytes(declared)}, more than the "
+                f"{limits.format_bytes(max(free, 0))} free beside the case library. Nothing was "
+                "imported."
+            )
 
     def _add(
         self,
@@ -546,20 +564,19 @@ class CaseLibrary:
     def _import_case(
         self, archive: zipfile.ZipFile, case_id: str, names: set[str], folder: Path
     ) -> CaseRecord:
+        limit = limits.memory_budget()
         try:
             folder.mkdir(parents=True)
             for name in names:  # names come from the fixed set in _MEMBER, never from the zip
-                with archive.open(f"{case_id}/{name}") as source, open(folder / name, "wb") as out:
-                    shutil.copyfileobj(source, out)
+                info = archive.getinfo(f"{case_id}/{name}")
+                limits.extract_member(archive, info, folder / name, name, CaseLibraryError, limit)
         except OSError as error:
             raise self._write_error(error, "import the case") from error
-        except (zipfile.BadZipFile, EOFError) as error:
-            raise CaseLibraryError("its files in the zip are damaged") from error
         record = _read_record(folder)
         try:
             volume = load_nifti(folder / VOLUME_FILE)
             mask = load_nifti(folder / MASK_FILE) if record.has_mask else None
-        except UnreadableScanError as error:
+        except ScanClassifierError as error:
             raise CaseLibraryError(f"unreadable scan ({error})") from error
         taken = (self.root / case_id).exists() or (self.root / TRASH / case_id).exists()
         return self._add(
@@ -639,13 +656,12 @@ def _scan(folder: Path) -> tuple[list[CaseRecord], list[CorruptCase]]:
 
 
 def _read_record(folder: Path) -> CaseRecord:
+    """The checked record of a case folder; any damage is a CaseLibraryError saying what."""
+    data = _case_json(folder)
     try:
-        data = json.loads((folder / CASE_FILE).read_text(encoding="utf-8"))
         record = CaseRecord.from_json(data)
-    except FileNotFoundError as error:
-        raise CaseLibraryError(f"case {folder.name} has no {CASE_FILE}") from error
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CaseLibraryError(f"case {folder.name} has an unreadable {CASE_FILE}") from error
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise CaseLibraryError(f"case {folder.name} has an unreadable {CASE_FILE}") from e
     except CaseLibraryError as error:
         raise CaseLibraryError(f"case {folder.name}: {error}") from error
     if record.case_id != folder.name:
@@ -654,6 +670,26 @@ def _read_record(folder: Path) -> CaseRecord:
     if missing:
         raise CaseLibraryError(f"case {folder.name} is missing {', '.join(missing)}")
     return record
+
+
+def _case_json(folder: Path) -> Any:
+    """A case's parsed ``case.json``, read with a size cap (never a pipe or device)."""
+    file = folder / CASE_FILE
+    if not file.is_file():  # missing, or a pipe or device that would block a read
+        raise CaseLibraryError(f"case {folder.name} has no {CASE_FILE}")
+    try:
+        with open(file, "rb") as handle:
+            raw = handle.read(_MAX_CASE_JSON_BYTES + 1)
+        return limits.parse_json(raw, CASE_FILE, CaseLibraryError, _MAX_CASE_JSON_BYTES)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise CaseLibraryError(
+            f"case {folder.name} has an unreadable {CASE_FILE} ({reason})"
+        ) from error
+    except CaseLibraryError as error:
+        raise CaseLibraryError(
+            f"case {folder.name} has an unreadable {CASE_FILE}: {error}"
+        ) from error
 
 
 def _members_by_case(archive: zipfile.ZipFile, archive_name: str) -> dict[str, set[str]]:
@@ -751,6 +787,8 @@ def _clean_prediction(prediction: Mapping[str, Any] | None) -> dict[str, Any] | 
         text = json.dumps(dict(prediction), allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as error:
         raise CaseLibraryError(f"The prediction cannot be stored as JSON: {error}") from error
+    except RecursionError:
+        raise CaseLibraryError("The prediction is nested too deeply to store.") from None
     if len(text) > _MAX_PREDICTION_BYTES:
         raise CaseLibraryError("The prediction is too large to store with a case.")
     return json.loads(text)

@@ -22,6 +22,10 @@ class GeometryError(UnreadableScanError):
     """Slices cannot be placed in space consistently (e.g. mixed orientations in one stack)."""
 
 
+class ResourceLimitError(ScanClassifierError):
+    """A file declares more content than the memory or disk budget allows (see limits.py)."""
+
+
 class InvalidBundleError(ScanClassifierError):
     """A model bundle is missing parts, inconsistent, or unsafe to load."""
 

@@ -8,7 +8,11 @@ from napari.components import ViewerModel
 from napari.layers import Image
 from napari.utils.notifications import Notification
 
-from napari_scan_classifier.plugin.layers import volume_to_layer_data
+from napari_scan_classifier.plugin.layers import (
+    map_to_layer_data,
+    put_result_layer,
+    volume_to_layer_data,
+)
 from napari_scan_classifier.plugin.widgets.display import FROM_FILE, DisplayWidget
 from napari_scan_classifier.volume import Volume
 
@@ -57,7 +61,55 @@ def test_no_image_selected_is_explained(
 
     DisplayWidget(viewer).apply("lung")
 
-    assert "Select an image layer" in notifications[-1].message
+    assert "Select a scan" in notifications[-1].message
+
+
+def _saliency_of(viewer: ViewerModel, scan: Image) -> Image:
+    volume = Volume(np.linspace(0, 1, 60).reshape(3, 4, 5).astype(np.float32), np.eye(4))
+    layer_data = map_to_layer_data(volume, volume.voxels, "Grad-CAM · lesion", {})
+    return put_result_layer(viewer.layers, scan, "saliency", layer_data)
+
+
+@pytest.mark.parametrize("selected", ["saliency", "mask"])
+def test_presets_go_to_the_scan_a_map_or_mask_belongs_to(
+    viewer: ViewerModel, selected: str
+) -> None:
+    """A lung window on a 0-1 heat map would wash it out: the scan gets it instead."""
+    other = _ct_layer(viewer)
+    other.name = "other scan"
+    other.affine = np.diag([2.0, 2.0, 2.0, 1.0])  # another grid: not the mask's scan
+    scan = _ct_layer(viewer)
+    scan.name = "chest"
+    if selected == "saliency":
+        layer = _saliency_of(viewer, scan)
+    else:
+        layer = viewer.add_labels(np.zeros((3, 4, 5), dtype=np.uint8), affine=np.eye(4))
+    before = tuple(layer.contrast_limits) if selected == "saliency" else None
+    other_before = tuple(other.contrast_limits)
+    viewer.layers.selection.active = layer
+    widget = DisplayWidget(viewer)
+
+    changed = widget.apply("lung")
+
+    assert changed is scan and tuple(scan.contrast_limits) == EXPECTED["lung"]
+    assert tuple(other.contrast_limits) == other_before
+    if before is not None:
+        assert tuple(layer.contrast_limits) == before == (0.0, 1.0)
+    assert widget.status.value == "Window 1500 / -600 set on 'chest'."
+
+
+def test_a_layer_of_no_scan_gets_no_window(
+    viewer: ViewerModel, notifications: list[Notification]
+) -> None:
+    scan = _ct_layer(viewer)
+    before = tuple(scan.contrast_limits)
+    rgb = viewer.add_image(np.zeros((4, 5, 3), dtype=np.uint8), rgb=True)
+    viewer.layers.selection.active = rgb
+
+    assert DisplayWidget(viewer).apply("bone") is None
+
+    assert tuple(scan.contrast_limits) == before and tuple(rgb.contrast_limits) == (0, 255)
+    assert "Select a scan" in notifications[-1].message
 
 
 def test_widget_docks_from_the_manifest(make_napari_viewer) -> None:

@@ -14,6 +14,7 @@ from napari_scan_classifier.cases import CaseLibrary
 from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
 from napari_scan_classifier.phantoms import make_case
 from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
+from napari_scan_classifier.plugin.widgets.plots import PLOT_HEIGHT
 from napari_scan_classifier.plugin.widgets.train import DISK, SCRATCH, TrainWidget
 from napari_scan_classifier.training import TrainingEvent
 
@@ -98,8 +99,15 @@ def test_fine_tuning_reports_progress_saves_a_version_and_feeds_the_classifier(
     assert kinds.count("epoch") == 1
     assert kinds.count("batch") == events[-1].total  # every batch of the one epoch
     assert events[-1].kind == "epoch" and widget.history["loss"] == [events[-1].loss]
-    for axes in (widget.curves.loss_axes, widget.curves.auc_axes):
-        assert any(len(line.get_xdata()) == 1 for line in axes.lines)
+
+    def curves_show_the_epoch() -> bool:  # drawn in a background thread
+        axes = (widget.curves.loss_axes, widget.curves.auc_axes)
+        return all(
+            a is not None and any(len(line.get_xdata()) == 1 for line in a.lines) for a in axes
+        )
+
+    qtbot.waitUntil(curves_show_the_epoch, timeout=TRAIN_TIMEOUT_MS)
+    assert widget.curves.canvas.rgba.shape[0] == PLOT_HEIGHT
 
     (folder,) = saved(widget)
     assert folder.name == "tiny-v2"
@@ -109,6 +117,8 @@ def test_fine_tuning_reports_progress_saves_a_version_and_feeds_the_classifier(
     assert widget.result.bundle.path == folder
     tabs = [widget.plots.tabText(i) for i in range(widget.plots.count())]
     assert tabs == ["Training", "ROC", "Confusion", "Reliability"]
+    roc = widget.plots.widget(1).rgba  # drawn by the worker in the theme's text colour
+    assert roc.shape[0] == PLOT_HEIGHT and roc[..., 3].min() == 0  # a transparent background
     assert "Saved 'tiny' version 2" in widget.summary.value
     assert "Base model on the same cases" in widget.summary.value
     assert widget.train_button.enabled and not widget.cancel_button.enabled

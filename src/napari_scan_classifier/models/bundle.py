@@ -4,9 +4,11 @@ A bundle is a folder (or the same two files in one ``.zip``)::
 
     model.keras   the network (Keras 3 format), outputs a dict of logits, see architectures.py
     bundle.json   BundleMetadata: classes, modality, input grid, intensity recipe, calibration,
-                  applicability ranges, metrics, lineage
+                  applicability ranges, metrics, lineage, and the SHA-256 of every other
+                  file of the bundle
     applicability.npz   the feature detector of :mod:`~napari_scan_classifier.applicability`,
                   present when ``bundle.json``'s ``applicability`` names one
+    *.png, ...    optional extra files (training plots), published with the model
 
 Bundles are immutable: saving never overwrites (a new model is a new version, made with
 :func:`derive`), and a save writes into a temporary sibling and renames it into place, so a crash
@@ -15,19 +17,27 @@ leaves either the whole bundle or none of it.
 Loading never runs code from the file: ``model.keras``'s config is checked first for Lambda layers
 and for references to Python modules outside Keras and this package, then Keras loads it in
 safe mode.
+
+Integrity: saving records the SHA-256 of every file of the bundle but ``bundle.json`` itself in
+its ``files`` field, and loading refuses a bundle whose files do not match (flipped bytes in the
+weights change every answer and would otherwise load without complaint). This catches damage and
+edits after saving, not a forger who rewrites ``bundle.json`` too. Bundles saved before hashes
+were recorded (no ``files``) load unchecked.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,10 +45,12 @@ from typing import Any
 
 import keras
 
+from napari_scan_classifier import limits, outputs
 from napari_scan_classifier.applicability import FeatureDetector
-from napari_scan_classifier.errors import InvalidBundleError
+from napari_scan_classifier.errors import InvalidBundleError, ResourceLimitError
 from napari_scan_classifier.models.architectures import GRADCAM_LAYER
 from napari_scan_classifier.preprocess import validate_intensity
+from napari_scan_classifier.privacy import strip_paths
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -48,6 +60,11 @@ MODALITIES = ("CT", "MR")
 TASKS = ("volume", "region")
 TRUSTED_MODULES = ("keras", "napari_scan_classifier")
 MAX_METADATA_BYTES = 1_000_000
+MAX_KERAS_CONFIG_BYTES = 50_000_000
+# Memory one voxel of the model grid costs at inference: float32 input plus the full-resolution
+# feature maps of a first convolution of 16 filters (an estimate, checked before loading).
+BYTES_PER_GRID_VOXEL = 4 * (1 + 16)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleExistsError(InvalidBundleError, FileExistsError):
@@ -81,6 +98,9 @@ class BundleMetadata:
     created: str = field(default_factory=_now)  # ISO 8601
     description: str = ""  # one line, shown in the model picker
     model_card: str = ""  # intended use, data, limits (Markdown)
+    # file name -> SHA-256 (hex) of every other file of the bundle, written by save_bundle; not
+    # part of the model's identity (a saved copy equals the metadata it was saved from)
+    files: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         _check_metadata(self)
@@ -93,6 +113,7 @@ class BundleMetadata:
         if self.target_spacing_mm is not None:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
         self.temperature = float(self.temperature)
+        self.files = dict(self.files)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format version."""
@@ -115,7 +136,15 @@ class BundleMetadata:
         missing = sorted(required - set(data))
         if missing:
             raise InvalidBundleError(f"{METADATA_FILE} lacks the field(s): {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as error:
+            reason = strip_paths(str(error).splitlines()[0][:200] if str(error) else "")
+            raise InvalidBundleError(
+                f"{METADATA_FILE} has a field of the wrong type ({reason or type(error).__name__})"
+            ) from None
+        except RecursionError:
+            raise InvalidBundleError(f"{METADATA_FILE} is nested too deeply") from None
 
 
 @dataclass
@@ -140,6 +169,7 @@ def derive(metadata: BundleMetadata, **changes: Any) -> BundleMetadata:
         "version": next_version(metadata),
         "parent_version": metadata.version,
         "created": _now(),
+        "files": {},  # the new version's files get their own hashes when saved
     }
     return replace(metadata, **{**lineage, **changes})
 
@@ -243,10 +273,10 @@ def save_bundle_zip(
         with zipfile.ZipFile(archive, "w") as zf:
             zf.write(staging / MODEL_FILE, MODEL_FILE, zipfile.ZIP_STORED)
             zf.write(staging / METADATA_FILE, METADATA_FILE, zipfile.ZIP_DEFLATED)
-            if bundle.detector is not None:
-                zf.write(staging / DETECTOR_FILE, DETECTOR_FILE, zipfile.ZIP_STORED)
             for name in extras:
                 zf.write(staging / name, name, zipfile.ZIP_STORED)
+            if bundle.detector is not None:
+                zf.write(staging / DETECTOR_FILE, DETECTOR_FILE, zipfile.ZIP_STORED)
         _fsync(archive)
         _publish_file(archive, target)
     finally:
@@ -260,22 +290,25 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     try:
         if source.is_dir():
             metadata = _read_metadata(_read_member(source, METADATA_FILE))
+            verify_files(metadata, lambda name: _file_digest(source / name))
             model = _load_model(source / MODEL_FILE)
             detector = _detector(metadata, lambda: (source / DETECTOR_FILE).read_bytes())
         elif source.is_file() and zipfile.is_zipfile(source):
             metadata, model, detector = _load_zip(source)
+        elif source.is_file() and source.suffix.lower() == ".zip":
+            raise InvalidBundleError("it is not a readable zip file")
         elif source.exists():
             raise InvalidBundleError("it is neither a bundle folder nor a .zip file")
         else:
             raise InvalidBundleError("it does not exist")
         check_model(metadata, model)
         check_detector(metadata, detector)
-    except InvalidBundleError as error:
+    except (InvalidBundleError, ResourceLimitError) as error:
         raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
     return Bundle(metadata, model, source, detector)
 
 
-def _detector(metadata: BundleMetadata, read: Any) -> FeatureDetector | None:
+def _detector(metadata: BundleMetadata, read: Callable[[], bytes]) -> FeatureDetector | None:
     """The detector ``metadata`` names, from the bytes ``read()`` gives; None if it names none."""
     if not metadata.applicability.get("detector"):
         return None
@@ -290,21 +323,83 @@ def _detector(metadata: BundleMetadata, read: Any) -> FeatureDetector | None:
 
 
 def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model, FeatureDetector | None]:
-    with zipfile.ZipFile(source) as zf:
+    """Read bundle.json, then stream model.keras to a temporary file with a running total (a
+    small zip may declare gigabytes; see limits.py)."""
+    with limits.open_zip(source, "the zip", InvalidBundleError) as zf:
         folder = _bundle_folder_in(zf)
         info = zf.getinfo(posixpath.join(folder, METADATA_FILE))
         if info.file_size > MAX_METADATA_BYTES:
             raise InvalidBundleError(f"{METADATA_FILE} is implausibly large")
-        metadata = _read_metadata(zf.read(info))
+        metadata = _read_metadata(limits.read_member(zf, info, METADATA_FILE, InvalidBundleError))
         try:
-            data = zf.read(posixpath.join(folder, MODEL_FILE))
+            model_info = zf.getinfo(posixpath.join(folder, MODEL_FILE))
         except KeyError:
             raise InvalidBundleError(f"the zip has no {MODEL_FILE}") from None
-        detector = _detector(metadata, lambda: zf.read(posixpath.join(folder, DETECTOR_FILE)))
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(tmp) / MODEL_FILE
-        model_path.write_bytes(data)
-        return metadata, _load_model(model_path), detector
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_FILE
+            limits.extract_member(
+                zf, model_info, model_path, MODEL_FILE, InvalidBundleError, _model_limit()
+            )
+            verify_files(
+                metadata,
+                lambda name: (
+                    _file_digest(model_path)
+                    if name == MODEL_FILE
+                    else _zip_digest(zf, posixpath.join(folder, name), name)
+                ),
+            )
+            detector = _detector(
+                metadata,
+                lambda: limits.read_member(
+                    zf,
+                    zf.getinfo(posixpath.join(folder, DETECTOR_FILE)),
+                    DETECTOR_FILE,
+                    InvalidBundleError,
+                ),
+            )
+            return metadata, _load_model(model_path), detector
+
+
+def _model_limit() -> int:
+    """Bytes a model file may hold: Keras reads its weights into memory."""
+    return limits.memory_budget()
+
+
+def verify_files(metadata: BundleMetadata, digest: Callable[[str], str | None]) -> None:
+    """Raise InvalidBundleError unless every file ``metadata.files`` lists has its recorded
+    SHA-256; ``digest(name)`` gives a file's SHA-256 (hex), None when the bundle lacks it."""
+    for name, expected in metadata.files.items():
+        actual = digest(name)
+        if actual is None:
+            raise InvalidBundleError(
+                f"{name} is missing: the model file was modified or damaged after it was saved "
+                f"({METADATA_FILE} lists it); get a fresh copy of the model"
+            )
+        if actual != expected:
+            raise InvalidBundleError(
+                f"{name} was modified or damaged after the model was saved: its SHA-256 does not "
+                f"match the one in {METADATA_FILE}; get a fresh copy of the model"
+            )
+
+
+def _file_digest(file: Path) -> str | None:
+    """SHA-256 (hex) of a file, read in chunks; None when it is not a file."""
+    if not file.is_file():
+        return None
+    sha = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while chunk := handle.read(limits.CHUNK_BYTES):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _zip_digest(zf: zipfile.ZipFile, member: str, name: str) -> str | None:
+    """SHA-256 (hex) of a zip member, read with the usual limits; None when there is none."""
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        return None
+    return hashlib.sha256(limits.read_member(zf, info, name, InvalidBundleError)).hexdigest()
 
 
 def _bundle_folder_in(zf: zipfile.ZipFile) -> str:
@@ -329,10 +424,7 @@ def _read_member(folder: Path, name: str) -> bytes:
 
 
 def _read_metadata(raw: bytes) -> BundleMetadata:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidBundleError(f"{METADATA_FILE} is not valid JSON ({error})") from None
+    data = limits.parse_json(raw, METADATA_FILE, InvalidBundleError, MAX_METADATA_BYTES)
     return BundleMetadata.from_dict(data)
 
 
@@ -352,7 +444,8 @@ def _load_model(file: Path) -> keras.Model:
         text = str(error)
         if "safe_mode" in text or "lambda" in text.lower():
             raise InvalidBundleError(f"{MODEL_FILE} contains code and was refused") from None
-        reason = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+        reason = strip_paths(text.strip().splitlines()[0][:300]) if text.strip() else ""
+        reason = reason or type(error).__name__
         raise InvalidBundleError(f"{MODEL_FILE} could not be loaded ({reason})") from None
     if not isinstance(model, keras.Model):
         raise InvalidBundleError(f"{MODEL_FILE} does not hold a Keras model")
@@ -360,12 +453,26 @@ def _load_model(file: Path) -> keras.Model:
 
 
 def _keras_config(file: Path) -> Any:
-    """The architecture config inside a ``.keras`` file (itself a zip)."""
+    """The architecture config inside a ``.keras`` file (itself a zip), after checking that no
+    member of it is encrypted, damaged or expands beyond the budget."""
     try:
-        with zipfile.ZipFile(file) as zf:
-            return json.loads(zf.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        zf = limits.open_zip(file, MODEL_FILE, InvalidBundleError)
+    except InvalidBundleError:
         raise InvalidBundleError(f"{MODEL_FILE} is not a Keras 3 model file") from None
+    with zf:
+        budget = limits.memory_budget()
+        declared = 0
+        for info in zf.infolist():
+            limits.check_member(info, f"{MODEL_FILE}/{info.filename}", InvalidBundleError, budget)
+            declared += info.file_size
+        limits.check_memory(declared, f"{MODEL_FILE} (unpacked)", InvalidBundleError)
+        try:
+            info = zf.getinfo("config.json")
+        except KeyError:
+            raise InvalidBundleError(f"{MODEL_FILE} is not a Keras 3 model file") from None
+        what = f"{MODEL_FILE}/config.json"
+        raw = limits.read_member(zf, info, what, InvalidBundleError, MAX_KERAS_CONFIG_BYTES)
+        return limits.parse_json(raw, what, InvalidBundleError)
 
 
 def _code_in(config: Any) -> str | None:
@@ -386,16 +493,23 @@ def _code_in(config: Any) -> str | None:
 
 
 def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes]) -> None:
+    """The model, the extra files, then bundle.json with their SHA-256."""
     bundle.model.save(folder / MODEL_FILE)
-    text = json.dumps(bundle.metadata.to_dict(), indent=2, ensure_ascii=False)
-    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
     parts = dict(extra_files)
     if bundle.detector is not None:
         parts[DETECTOR_FILE] = bundle.detector.to_bytes()
     for name, content in parts.items():
         (folder / name).write_bytes(content)
+    files = {name: _file_digest(folder / name) for name in (MODEL_FILE, *parts)}
+    write_metadata(replace(bundle.metadata, files=files), folder / METADATA_FILE)
     for name in (MODEL_FILE, METADATA_FILE, *parts):
         _fsync(folder / name)
+
+
+def write_metadata(metadata: BundleMetadata, file: Path) -> None:
+    """``bundle.json`` as every bundle has it (two-space indent, UTF-8, final newline)."""
+    text = json.dumps(metadata.to_dict(), indent=2, ensure_ascii=False)
+    file.write_text(text + "\n", encoding="utf-8")
 
 
 def _check_extra_names(extra_files: Mapping[str, bytes]) -> None:
@@ -423,9 +537,8 @@ def _publish_file(staged: Path, target: Path) -> None:
 
 
 def _staging_beside(target: Path) -> Path:
-    """A fresh hidden folder next to ``target`` (same file system, so renames are atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    """A fresh hidden folder next to ``target``; stale ones of killed saves are removed."""
+    return outputs.staging_folder(target)
 
 
 def _refuse_existing(target: Path) -> None:
@@ -463,6 +576,12 @@ def _check_metadata(m: BundleMetadata) -> None:
     _expect(m.modality in MODALITIES, f"modality must be one of {MODALITIES}")
     _expect(m.task in TASKS, f"task must be one of {TASKS}")
     _expect(_is_triple(m.input_shape, _is_int), "input_shape must be three whole numbers (D, H, W)")
+    voxels = math.prod(m.input_shape)
+    limits.check_memory(
+        voxels * BYTES_PER_GRID_VOXEL,
+        f"{METADATA_FILE}: the input grid {' x '.join(map(str, m.input_shape))}",
+        InvalidBundleError,
+    )
     _expect(
         m.target_spacing_mm is None or _is_triple(m.target_spacing_mm, _is_number),
         "target_spacing_mm must be three positive numbers (z, y, x) in mm, or null",
@@ -474,22 +593,28 @@ def _check_metadata(m: BundleMetadata) -> None:
     )
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
-    _expect(isinstance(m.applicability, dict), "applicability must be a JSON object")
-    detector = m.applicability.get("detector") if isinstance(m.applicability, dict) else None
-    _expect(
-        detector is None
-        or (
-            isinstance(detector, dict)
-            and _is_number(detector.get("threshold"))
-            and _is_int(detector.get("features"))
-            and _is_number(detector.get("false_abstention_rate"))
-        ),
-        "applicability.detector must give a threshold, the number of features and the "
-        "false-abstention rate",
-    )
+    _check_applicability(m.applicability)
     _expect(_is_iso_time(m.created), "created must be an ISO 8601 date and time")
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")
+    _check_files(m.files)
+
+
+def _check_files(files: Any) -> None:
+    _expect(
+        isinstance(files, dict)
+        and all(
+            isinstance(name, str)
+            and name not in ("", ".", "..", METADATA_FILE)
+            and name == posixpath.basename(name)
+            and "\\" not in name
+            and isinstance(digest, str)
+            and _SHA256.fullmatch(digest)
+            for name, digest in files.items()
+        ),
+        "files must map plain file names to SHA-256 digests (64 lowercase hex digits)",
+    )
+    _expect(not files or MODEL_FILE in files, f"files must list {MODEL_FILE}")
 
 
 def _check_intensity(intensity: Any, modality: str) -> None:
@@ -536,3 +661,19 @@ def _is_iso_time(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _check_applicability(applicability: Any) -> None:
+    _expect(isinstance(applicability, dict), "applicability must be a JSON object")
+    detector = applicability.get("detector")
+    _expect(
+        detector is None
+        or (
+            isinstance(detector, dict)
+            and _is_number(detector.get("threshold"))
+            and _is_int(detector.get("features"))
+            and _is_number(detector.get("false_abstention_rate"))
+        ),
+        "applicability.detector must give a threshold, the number of features and the "
+        "false-abstention rate",
+    )

@@ -120,6 +120,28 @@ def is_result_layer(layer: Layer) -> bool:
     return SOURCE_KEY in layer.metadata
 
 
+def is_scan_layer(layer: Layer) -> bool:
+    """Whether ``layer`` shows a scan's intensities: a greyscale image not made by the plugin."""
+    return isinstance(layer, Image) and not layer.rgb and not is_result_layer(layer)
+
+
+def scan_of(layer: Layer, layers: Iterable[Layer]) -> Image | None:
+    """The scan ``layer`` belongs to: itself when it is a scan; the scan a result layer was made
+    from; else the scan whose data grid (shape and affine) a mask or map shares. None if none."""
+    if is_scan_layer(layer):
+        return layer  # type: ignore[return-value]
+    scans = [other for other in layers if is_scan_layer(other)]
+    source = layer.metadata.get(SOURCE_KEY)
+    for scan in scans:
+        if source is not None and scan.unique_id == source:
+            return scan
+    for scan in scans:
+        same_grid = tuple(scan.data.shape) == tuple(layer.data.shape)
+        if same_grid and np.allclose(scan.affine.affine_matrix, layer.affine.affine_matrix):
+            return scan
+    return None
+
+
 def find_result_layer(layers: Iterable[Layer], source: Layer, kind: str) -> Layer | None:
     """The ``kind`` result layer made from ``source``, if there is one."""
     for layer in layers:

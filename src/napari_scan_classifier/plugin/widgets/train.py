@@ -41,11 +41,13 @@ from napari_scan_classifier.models import ARCHITECTURES, Bundle
 from napari_scan_classifier.plugin.widgets.classify import BUNDLE_FILTER, ClassifyWidget
 from napari_scan_classifier.plugin.widgets.plots import (
     PLOT_HEIGHT,
+    FigureImage,
     Relay,
     TrainingCurves,
-    figure_canvas,
     notify_error,
+    render_rgba,
     run_in_thread,
+    theme_figure,
 )
 from napari_scan_classifier.results import resolve_bundle
 from napari_scan_classifier.training import (
@@ -92,7 +94,8 @@ class TrainWidget(Container):
         self.result: TrainingResult | None = None
         self.worker: FunctionWorker | None = None
         self.extend(self._model_widgets() + self._option_widgets())
-        self.curves = TrainingCurves(get_theme(viewer.theme).text.as_hex())
+        self._text_color = get_theme(viewer.theme).text.as_hex()
+        self.curves = TrainingCurves(self._text_color)
         self.plots = QTabWidget()  # the curves, then the validation figures
         self.plots.addTab(self.curves.canvas, "Training")
         # Fixed: a tab page's figure would otherwise ask for its full size in inches.
@@ -225,9 +228,10 @@ class TrainWidget(Container):
             Path(self.out.value),
             self.relay.report,
             self._cancel,
+            (self.curves.canvas.render_width(), self._text_color),
         )
         worker = run_in_thread(job)
-        worker.returned.connect(self._show_results)
+        worker.returned.connect(lambda outcome: self._show_results(*outcome))
         worker.errored.connect(lambda error: notify_error(error, "Training"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -254,7 +258,8 @@ class TrainWidget(Container):
             self._progress = None
 
     def _on_event(self, event: TrainingEvent) -> None:
-        """Per batch: the progress bar; per epoch: the curves."""
+        """Per batch: the progress bar's count; per epoch: its text and the curves (drawn in a
+        background thread). A new description redraws the status bar, so only per epoch."""
         if event.kind == "epoch":
             for key, value in (
                 ("loss", event.loss),
@@ -269,8 +274,11 @@ class TrainWidget(Container):
         done, total = event.batch, event.total
         if event.kind != "load":
             done, total = (event.epoch - 1) * event.total + event.batch, event.epochs * event.total
-        bar.total = total
-        bar.set_description(f"Training: {event.message}")
+        description = f"Training: {_stage(event)}"
+        if bar.total != total:
+            bar.total = total
+        if bar.desc != description:
+            bar.set_description(description)
         bar.update(done - bar.n)
 
     def _on_finished(self) -> None:
@@ -279,8 +287,11 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------------------ results
 
-    def _show_results(self, result: TrainingResult | None) -> None:
-        """The validation figures, notes and the new model's place; nothing when None."""
+    def _show_results(
+        self, result: TrainingResult | None, images: dict[str, Any] | None = None
+    ) -> None:
+        """The validation figures (drawn by the worker), notes and the new model's place;
+        nothing when None."""
         self.result = result
         while self.plots.count() > 1:  # the curves stay
             self.plots.removeTab(1)
@@ -288,9 +299,10 @@ class TrainWidget(Container):
         self.summary.value = "" if result is None else "\n".join(result_lines(result))
         if result is None:
             return
-        figures = result.figures()
         for key, title in RESULT_FIGURES:
-            self.plots.addTab(figure_canvas(figures[key], PLOT_HEIGHT), title)
+            view = FigureImage(PLOT_HEIGHT)
+            view.show_rgba(images[key])
+            self.plots.addTab(view, title)
         self.plots.setCurrentIndex(1)
 
     def use_in_classifier(self) -> ClassifyWidget | None:
@@ -317,11 +329,27 @@ def _train(
     out: Path,
     report: Any,
     cancel: threading.Event,
-) -> TrainingResult:
-    """In the worker: load the base model (``""``: the bundled one; None: from scratch), train
-    and save the new version under ``out``."""
+    look: tuple[int, str],
+) -> tuple[TrainingResult, dict[str, Any]]:
+    """In the worker: load the base model (``""``: the bundled one; None: from scratch), train,
+    save the new version under ``out`` and draw its validation figures (``look``: the width
+    in pixels and the theme's text colour) so that the Qt thread only shows pixels."""
     bundle = None if base is None else resolve_bundle(base or None)
-    return train(library, config, base=bundle, out=out, progress=report, cancel=cancel)
+    result = train(library, config, base=bundle, out=out, progress=report, cancel=cancel)
+    figures = result.figures()
+    width, color = look
+    images = {
+        key: render_rgba(theme_figure(figures[key], color), width, PLOT_HEIGHT)
+        for key, _ in RESULT_FIGURES
+    }
+    return result, images
+
+
+def _stage(event: TrainingEvent) -> str:
+    """What the status bar says: the stage, not every batch (the bar counts those)."""
+    if event.kind == "load":
+        return "loading cases"
+    return f"epoch {event.epoch}/{event.epochs}"
 
 
 def result_lines(result: TrainingResult) -> list[str]:

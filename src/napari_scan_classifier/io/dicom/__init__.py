@@ -1,0 +1,121 @@
+"""DICOM series: discovery, geometry and decoding into :class:`Volume`s (pydicom >= 3).
+
+Headers are read once with ``stop_before_pixels``; slices are grouped into stacks (series UID,
+then orientation, pixel grid and image type, so a localizer never joins the axial slices), placed
+by their position projected on the slice normal, and decoded concurrently straight into one
+preallocated array. Uncompressed pixel data is read from the file directly; everything else goes
+through pydicom's decoders (pylibjpeg, pyjpegls).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from napari_scan_classifier.errors import (
+    UnreadableScanError,
+    UnsupportedTransferSyntaxError,
+)
+from napari_scan_classifier.io import LoadResult, SkippedFile
+from napari_scan_classifier.io.dicom.discovery import _scan
+from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.pixels import _decode_stack, _Decoder, _undecodable
+from napari_scan_classifier.io.dicom.records import (
+    _DEFAULT_IOP,
+    Cancel,
+    Progress,
+    SeriesInfo,
+    _Stack,
+)
+from napari_scan_classifier.volume import Volume
+
+
+def _orientation_name(normal: np.ndarray) -> str:
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.9:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def _info(stack: _Stack) -> SeriesInfo:
+    plan = _plan(stack)
+    file = stack.frames[0].file
+    fields = file.fields
+    return SeriesInfo(
+        key=stack.key,
+        series_number=fields.get("series_number"),
+        description=fields.get("series_description", ""),
+        modality=fields.get("modality", "OT"),
+        shape=plan.shape[-3:],
+        n_frames=len(stack.frames),
+        timepoints=len(plan.layers) if len(plan.layers) > 1 else 1,
+        image_type=file.image_type,
+        orientation=_orientation_name(
+            np.cross(*np.reshape(stack.frames[0].orientation or _DEFAULT_IOP, (2, 3)))
+        ),
+        transfer_syntax=str(file.syntax.name),
+    )
+
+
+def _workers(max_workers: int | None) -> int:
+    return max_workers or min(16, 4 * (os.cpu_count() or 1))
+
+
+def list_series(
+    path: str | Path,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    max_workers: int | None = None,
+) -> list[SeriesInfo]:
+    """The series (stacks) under ``path`` from their headers only; no pixel data is read."""
+    with ThreadPoolExecutor(_workers(max_workers)) as pool:
+        stacks, _ = _scan(Path(path), pool, progress, cancel)
+    return [_info(stack) for stack in stacks]
+
+
+def load_dicom(
+    path: str | Path,
+    *,
+    series: Iterable[str] | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    max_workers: int | None = None,
+) -> LoadResult:
+    """Load every DICOM series under ``path`` (a file or a folder, searched recursively).
+
+    One Volume per series, split where orientation, pixel grid or image type changes.
+    ``series`` restricts loading to keys from :func:`list_series`. Files that cannot be used
+    are reported in ``LoadResult.skipped``; if nothing loads, the first problem is raised.
+    """
+    path = Path(path)
+    wanted = set(series) if series is not None else None
+    volumes: list[Volume] = []
+    errors: list[UnreadableScanError] = []
+    workers = _workers(max_workers)
+    with ThreadPoolExecutor(workers) as pool:
+        stacks, skipped = _scan(path, pool, progress, cancel)
+        decoder = _Decoder(pool, chunk=2 * workers, cancel=cancel, progress=progress)
+        for stack in stacks:
+            if wanted is not None and stack.key not in wanted:
+                continue
+            problem = _undecodable(stack.files)
+            if problem is not None:
+                file, reason = problem
+                skipped.extend(SkippedFile(f.path, reason) for f in stack.files)
+                errors.append(UnsupportedTransferSyntaxError(f"{file.path.name}: {reason}"))
+                continue
+            try:
+                volumes.append(_decode_stack(stack, decoder, skipped))
+            except UnreadableScanError as exc:
+                errors.append(exc)
+    if not volumes and errors:
+        raise errors[0]
+    return LoadResult(volumes, skipped)
+
+
+__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom"]

@@ -1,0 +1,130 @@
+"""The records the DICOM reader passes between its stages: files, frames, stacks, plans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+)
+
+Progress = Callable[[int, int, str], None]
+
+
+Cancel = Callable[[], bool]
+
+
+_DEFAULT_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series (or one stack of a split series) as found in the headers, without patient data.
+
+    ``key`` is a de-identified, stable id to pass to ``load_dicom(path, series=[key])``.
+    """
+
+    key: str
+    series_number: int | None
+    description: str
+    modality: str
+    shape: tuple[int, int, int]
+    n_frames: int
+    timepoints: int
+    image_type: tuple[str, ...]
+    orientation: str
+    transfer_syntax: str
+
+
+class _SkipFileError(Exception):
+    """A file that cannot be used; the message is the reason shown to the user."""
+
+
+class _OverflowError(Exception):
+    """Rescaled values do not fit the chosen integer type; decode again with a wider one."""
+
+
+@dataclass(eq=False)
+class _File:
+    """What the loader needs from one file's header (no patient fields)."""
+
+    path: Path
+    syntax: UID
+    series_uid: str
+    instance_uid: str
+    fields: dict[str, Any]
+    image_type: tuple[str, ...]
+    rows: int
+    cols: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    n_frames: int
+    pixel_offset: int | None = None
+    mosaic: tuple[int, int, int] | None = None  # tile rows, tile columns, tiles per mosaic row
+    time_frames: bool = False
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        size = max(1, self.bits_allocated // 8)
+        return np.dtype(
+            f"{'>' if self.syntax == ExplicitVRBigEndian else '<'}"
+            f"{'i' if self.signed else 'u'}{size}"
+        )
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.cols * self.samples * self.bits_allocated // 8
+
+
+@dataclass(eq=False)
+class _Frame:
+    """One 2D image: a single-frame file, a frame of a multi-frame file, or a mosaic tile."""
+
+    file: _File
+    index: int
+    rows: int
+    cols: int
+    position: np.ndarray | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    thickness: float | None
+    slope: float = 1.0
+    intercept: float = 0.0
+    kind: tuple[str, ...] = ()
+    order: tuple = ()
+
+
+@dataclass
+class _Stack:
+    key: str
+    frames: list[_Frame]
+
+    @property
+    def files(self) -> list[_File]:
+        return list(dict.fromkeys(frame.file for frame in self.frames))
+
+
+@dataclass
+class _Plan:
+    """Where each decoded frame goes: ``layers[t][u]`` is the u-th position of time point t,
+    ``weights[z]`` the (u, weight) pairs that make output slice z."""
+
+    layers: list[list[_Frame]]
+    weights: list[list[tuple[int, float]]]
+    mode: str  # "exact", "fill" (missing slices interpolated) or "resample" (uneven gaps)
+    affine_lps: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    frame_axis: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        first = self.layers[0][0]
+        spatial = (len(self.weights), first.rows, first.cols)
+        return (len(self.layers), *spatial) if len(self.layers) > 1 else spatial

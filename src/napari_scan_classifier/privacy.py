@@ -1,0 +1,106 @@
+"""Keep the file and folder names of inputs out of what we print and write.
+
+Folders of scans are routinely named after patients, and third-party libraries (nibabel, pydicom,
+zipfile) quote full paths in their errors. Outputs therefore name an input by its position on the
+command line (``<input 2>``) and a series by its hashed key, and every message passes through
+:class:`Redactor` on its way out.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+# A quoted path ('/a/b', "C:\\a", './a'), or an unquoted absolute one up to the next space.
+_QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:[\\/]|[/\\]|~[\\/]|\.{1,2}[\\/])[^'"\n]*\1""")
+_BARE_PATH = re.compile(r"""(?<![\w.%~-])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"]+""")
+MIN_NAME_CHARS = 3  # shorter names cannot identify anyone, and replacing them would garble text
+
+
+def strip_paths(text: str) -> str:
+    """``text`` with absolute or quoted paths replaced by ``<path>``."""
+    text = _QUOTED_PATH.sub(lambda m: f"{m[1]}<path>{m[1]}", text)
+    return _BARE_PATH.sub("<path>", text)
+
+
+class Redactor:
+    """Replaces the paths and names of a command's inputs by their position, then any other path.
+
+    ``inputs`` are the paths as given on the command line (input 1, 2, ...); ``found`` adds the
+    names of files met under them (skipped files, their folders).
+    """
+
+    def __init__(self, inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self._spellings: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+        for number, given in enumerate(inputs, start=1):
+            label = f"<input {number}>"
+            path = Path(given)
+            for spelling in _spellings(path):
+                self._spellings.setdefault(spelling, label)
+            for name in [path.name, path.parent.name, path.resolve().name]:
+                self._add_name(name, label)
+
+    def found(self, path: str | os.PathLike[str], root: str | os.PathLike[str]) -> None:
+        """Hide the names between ``root`` (an input) and ``path`` (a file found under it)."""
+        path, root = Path(path), Path(root)
+        try:
+            parts = path.resolve().relative_to(root.resolve()).parts
+        except ValueError:
+            parts = path.parts[-2:]
+        for name in parts:
+            self._add_name(name, "<file>")
+
+    def __call__(self, text: str) -> str:
+        for spelling in sorted(self._spellings, key=len, reverse=True):
+            text = text.replace(spelling, self._spellings[spelling])
+        text = strip_paths(text)
+        for name in sorted(self._names, key=len, reverse=True):
+            pattern = rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])"
+            text = re.sub(pattern, self._names[name], text)
+        return text
+
+    def _add_name(self, name: str, label: str) -> None:
+        if len(name) >= MIN_NAME_CHARS and name not in (".", ".."):
+            self._names.setdefault(name, label)
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that redacts every line before passing it on (stdout/stderr of the CLI)."""
+
+    def __init__(self, target: TextIO, redact: Redactor) -> None:
+        self._target = target
+        self._redact = redact
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._target.write(self._redact(line) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._target.write(self._redact(self._pending))
+            self._pending = ""
+        self._target.flush()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+
+def _spellings(path: Path) -> Iterable[str]:
+    """Ways a path may be quoted: as given, absolute, resolved (longest replaced first)."""
+    seen = {str(path), os.path.abspath(path), str(path.resolve())}
+    return [s for s in seen if "/" in s or os.sep in s]  # bare names go by whole words
