@@ -386,6 +386,23 @@ def fit_detector(
     return detector, info
 
 
+def fit_applicability(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val_x: np.ndarray,
+    summaries: Sequence[Mapping[str, Any]],
+    modality: str,
+    base: Mapping[str, Any] | None = None,
+    rate: float = DEFAULT_FALSE_ABSTENTION,
+) -> tuple[FeatureDetector, dict[str, Any]]:
+    """The detector and the ``bundle.json`` ``applicability`` entry of a newly trained model:
+    the detector fitted on ``train`` (x, y) and thresholded on ``val_x``, the input-check
+    ranges from the cases' ``summaries`` merged with the ``base`` model's ``applicability``."""
+    detector, info = fit_detector(model, *train, val_x, rate)
+    base_checks = (base or {}).get("checks")
+    return detector, {"checks": fit_checks(summaries, modality, base_checks), "detector": info}
+
+
 # ------------------------------------------------------------------------ assessing scans
 
 

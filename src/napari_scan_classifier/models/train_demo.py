@@ -56,8 +56,7 @@ from napari_scan_classifier import datasets, phantoms
 from napari_scan_classifier.applicability import (
     DEFAULT_FALSE_ABSTENTION,
     FOV_FACTOR,
-    fit_checks,
-    fit_detector,
+    fit_applicability,
     summarise,
 )
 from napari_scan_classifier.datasets import LabelledData
@@ -289,13 +288,19 @@ def add_applicability(
     val_x, _val_y, val_summaries = _with_summaries(
         clear_cases(val_cases, seed + 10_000, shapes), m.input_shape
     )
-    detector, info = fit_detector(bundle.model, train_x, train_y, val_x, rate)
-    checks = fit_checks([*train_summaries, *val_summaries], m.modality)
+    detector, applicability = fit_applicability(
+        bundle.model,
+        (train_x, train_y),
+        val_x,
+        [*train_summaries, *val_summaries],
+        m.modality,
+        rate=rate,
+    )
     bundle.detector = detector
     bundle.metadata = replace(
         m,
-        applicability={"checks": checks, "detector": info},
-        model_card=_with_applicability_card(m.model_card, checks, info),
+        applicability=applicability,
+        model_card=_with_applicability_card(m.model_card, applicability),
     )
 
 
@@ -311,8 +316,9 @@ def _with_summaries(
     return np.stack(arrays).astype(np.float32), np.array(labels), summaries
 
 
-def _with_applicability_card(card: str, checks: dict[str, Any], info: dict[str, Any]) -> str:
+def _with_applicability_card(card: str, applicability: dict[str, Any]) -> str:
     """The model card with its applicability section (replacing an earlier one)."""
+    checks, info = applicability["checks"], applicability["detector"]
     heading = "\n## Applicability check\n"
     fov = checks["fov_mm"]
     regions = " and ".join(p.lower() for p in checks.get("body_parts", ["any"]))

@@ -54,6 +54,8 @@ class TrainingConfig:
     seed: int = 0
     name: str | None = None  # bundle name; None: the base's, or "scan-classifier"
     devices: tuple[str, ...] | None = None  # None: every visible GPU when there are several
+    # share of in-distribution validation scans the applicability check may turn away
+    false_abstention_rate: float = 0.05
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
@@ -78,6 +80,10 @@ class TrainingConfig:
         )
         _require(self.augment_strength >= 0, "augment_strength must not be negative")
         _require(self.patience >= 1, "patience must be at least 1 epoch")
+        _require(
+            0 < self.false_abstention_rate < 0.5,
+            "false_abstention_rate must lie between 0 and 0.5",
+        )
 
 
 @dataclass(frozen=True)
