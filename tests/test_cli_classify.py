@@ -71,7 +71,7 @@ def test_json_rows_equal_the_core_and_maps_keep_the_scan_geometry(
     assert sorted(row["series_number"] for row in rows) == sorted(SERIES.values())
     assert [row["index"] for row in rows] == [1, 2]
     assert report["model"]["classes"] == CLASSES
-    assert [s["file"] for s in report["skipped_files"]] == ["notes.txt"]
+    assert [s["input"] for s in report["skipped_files"]] == [1]
     bundle = load_bundle(bundle_dir)
     volumes = {v.metadata["series_key"]: v for v in load_scans(dicom_dir).volumes}
     for row in rows:
@@ -92,7 +92,7 @@ def test_json_rows_equal_the_core_and_maps_keep_the_scan_geometry(
         np.testing.assert_allclose(saved.affine, volume.affine, atol=1e-4)
         assert float(saved.voxels.min()) >= 0.0 and float(saved.voxels.max()) == pytest.approx(1.0)
     assert f"wrote {out}" in stdout
-    assert "skipped notes.txt" in stderr
+    assert "skipped a file of input 1: " in stderr and "notes.txt" not in stderr + out.read_text()
 
 
 def test_nothing_identifying_is_written(
@@ -129,7 +129,7 @@ def test_csv_has_a_row_per_series_and_per_skipped_file(
         assert row["uncertainty_passes"] == "0"
         assert float(row[f"sd_{CLASSES[0]}"]) == 0.0
     (skipped,) = [row for row in rows if row["status"] == "skipped"]
-    assert skipped["file"] == "notes.txt" and skipped["note"]
+    assert skipped["input"] == "1" and skipped["note"]
 
 
 def test_unusable_series_fails_alone(
@@ -172,7 +172,7 @@ def test_missing_path_is_one_line(
     code, stdout, stderr = _run(
         capsys, "classify", tmp_path / "no_such_scan", "--model", bundle_dir, "--out", out
     )
-    _assert_one_clean_line(code, stdout, stderr, "no_such_scan")
+    _assert_one_clean_line(code, stdout, stderr, "input 1: no such file or folder")
     assert not out.exists()
 
 

@@ -1,7 +1,9 @@
 """Command line: the same core as the napari plugin, for batch work on a headless machine.
 
 Errors the user can act on are printed to stderr as one line each, with a non-zero exit and no
-traceback; messages name files, never patients.
+traceback. Outputs are checked before the work starts. Nothing printed names an input file or
+folder (folders are often named after patients): inputs are ``<input N>``, by their position on the
+command line, and everything printed passes through :class:`~.privacy.Redactor`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_scan_classifier import outputs
 from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.privacy import RedactingStream, Redactor
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from napari_scan_classifier.evaluation import EvaluationReport
@@ -23,8 +26,9 @@ if TYPE_CHECKING:  # the heavy modules load only when a command needs them
 
 def _series_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io.dicom import list_series
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url, list_series_url
 
-    series = list_series(args.path)
+    series = list_series_url(args.path) if is_dicomweb_url(args.path) else list_series(args.path)
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in series], indent=2))
         return 0
@@ -39,14 +43,17 @@ def _convert_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io import load_scans
     from napari_scan_classifier.io.nifti import save_nifti
 
+    out = outputs.check_folder(args.out, len("series_000_XXXXXXXX.nii.gz"), "--out")
+    outputs.clean_stale(out)
+    redact = Redactor([args.path])
     result = load_scans(args.path)
     for skipped in result.skipped:
-        print(f"skipped {skipped}", file=sys.stderr)
-    out = Path(args.out)
+        redact.found(skipped.path, args.path)
+        print(f"skipped a file of input 1: {redact(skipped.reason)}", file=sys.stderr)
     for number, volume in enumerate(result.volumes, start=1):
         path = save_nifti(volume, out / f"series_{number:03d}_{volume.modality}.nii.gz")
         for note in volume.metadata.get("geometry_warnings", []):
-            print(f"{path.name}: {note}", file=sys.stderr)
+            print(f"{path.name}: {redact(str(note))}", file=sys.stderr)
         print(path)
     return 0
 
@@ -55,18 +62,29 @@ def _classify_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    explain = bool(args.saliency_dir or args.faithfulness)
+    if args.saliency_dir:
+        outputs.check_folder(
+            args.saliency_dir, len("000_XX_grad_cam_.nii.gz") + 64, "--saliency-dir"
+        )
+    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    paths, model, on_result = args.paths, args.model, None
+    if args.store_results:
+        from napari_scan_classifier.dicom_results import store_results_hook
+
+        paths, model, on_result = store_results_hook(args.paths, args.model)
     report = classify_paths(
-        args.paths,
-        args.model,
+        paths,
+        model,
         saliency=(args.method or "gradcam") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
         on_row=_print_row,
+        on_result=on_result,
+        checkpoint=lambda partial: write_report(partial, out),
     )
     for skipped in report.skipped:
-        print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
+        print(f"skipped a file of input {skipped['input']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
     outside = f", {report.out_of_distribution} out of distribution" * bool(
         report.out_of_distribution
@@ -147,17 +165,23 @@ def _train_command(args: argparse.Namespace) -> int:
         "width": args.width,
     }
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
+    if args.name is not None:
+        outputs.check_name(args.name, "--name", MAX_MODEL_NAME_CHARS)
     base = load_bundle(args.base) if args.base else None
+    name = args.name or (base.metadata.name if base else "scan-classifier")
+    out = outputs.check_folder(args.out, len(f"{name}-v999999"), "--out")
+    outputs.clean_stale(out)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
-        result = train(
-            args.cases, config, base=base, out=args.out, progress=_print_event, cancel=cancel
-        )
+        result = train(args.cases, config, base=base, out=out, progress=_print_event, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
     _print_training_summary(result)
     return 0
+
+
+MAX_MODEL_NAME_CHARS = 100  # the name is part of the saved folder's name
 
 
 def _print_event(event: TrainingEvent) -> None:
@@ -250,7 +274,9 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
         "classify", help="classify every series under the paths into a JSON or CSV file"
     )
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file or NIfTI")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI or DICOMweb address"
+    )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
@@ -262,6 +288,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
+    )
+    classify.add_argument(
+        "--store-results",
+        action="store_true",
+        help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
     )
     classify.set_defaults(run=_classify_command)
 
@@ -295,11 +326,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    chosen = ("out", "saliency_dir", "model", "base")
+    redact = Redactor(
+        _inputs(args), keep=[getattr(args, a) for a in chosen if getattr(args, a, None)]
+    )
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout, redact), RedactingStream(stderr, redact)
     try:
         return int(args.run(args))
     except ScanClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The command's inputs in the order they are numbered in messages (``<input N>``)."""
+    if getattr(args, "paths", None):
+        return list(args.paths)
+    given = [getattr(args, "path", None), getattr(args, "cases", None)]
+    return [p for p in given if p]
 
 
 if __name__ == "__main__":

@@ -44,3 +44,7 @@ class TrainingError(ScanClassifierError):
 
 class CancelledError(ScanClassifierError):
     """The user cancelled a long-running job."""
+
+
+class DicomWebError(ScanClassifierError):
+    """A DICOMweb server could not be reached, refused the request or lacks what was asked for."""

@@ -33,29 +33,26 @@ class OutputError(ScanClassifierError):
 
 
 def check_folder(folder: str | os.PathLike[str], longest_name: int, what: str) -> Path:
-    """Create ``folder`` if needed and prove it takes a new file of ``longest_name`` characters
-    (plus its staging name); raises OutputError saying what is wrong."""
+    """Prove, without creating anything, that ``folder`` (or the nearest folder above it that
+    exists, where it will be created) takes a new file of ``longest_name`` characters plus its
+    staging name; raises OutputError saying what is wrong."""
     target = Path(folder).expanduser()
-    existing = next((p for p in (target, *target.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
         raise OutputError(f"{what}: '{existing.name}' is a file, not a folder")
+    probe = existing / ("." + "p" * max(longest_name + STAGING_EXTRA_CHARS - 1, 1))
     try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{what}: the folder cannot be created ({_reason(error)})") from None
-    probe_name = "." + "p" * max(longest_name + STAGING_EXTRA_CHARS - 1, 1)
-    try:
-        handle = os.open(target / probe_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+        handle = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
-            allowed = _name_max(target) - STAGING_EXTRA_CHARS
+            allowed = _name_max(existing) - STAGING_EXTRA_CHARS
             raise OutputError(
                 f"{what}: a name of {longest_name} characters is too long for this folder "
                 f"(at most {allowed})"
             ) from None
         raise OutputError(f"{what}: the folder is not writable ({_reason(error)})") from None
     os.close(handle)
-    os.unlink(target / probe_name)
+    os.unlink(probe)
     return target
 
 
@@ -68,6 +65,7 @@ def check_name(name: str, what: str, limit: int) -> str:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``path`` whole or not at all (staged beside it, fsynced, renamed), mode 0644."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, scratch = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=STAGING_SUFFIX, dir=path.parent
     )

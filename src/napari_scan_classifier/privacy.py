@@ -17,7 +17,7 @@ from typing import TextIO
 
 # A quoted path ('/a/b', "C:\\a", './a'), or an unquoted absolute one up to the next space.
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:[\\/]|[/\\]|~[\\/]|\.{1,2}[\\/])[^'"\n]*\1""")
-_BARE_PATH = re.compile(r"""(?<![\w.%~-])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"]+""")
+_BARE_PATH = re.compile(r"""(?<![\w.%~>-])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"]+""")
 MIN_NAME_CHARS = 3  # shorter names cannot identify anyone, and replacing them would garble text
 
 
@@ -31,10 +31,16 @@ class Redactor:
     """Replaces the paths and names of a command's inputs by their position, then any other path.
 
     ``inputs`` are the paths as given on the command line (input 1, 2, ...); ``found`` adds the
-    names of files met under them (skipped files, their folders).
+    names of files met under them (skipped files, their folders). Paths in ``keep`` (the outputs
+    the user chose) are printed as they are.
     """
 
-    def __init__(self, inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        keep: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
+        self._keep = sorted({s for p in keep for s in _spellings(Path(p))}, key=len, reverse=True)
         self._spellings: dict[str, str] = {}
         self._names: dict[str, str] = {}
         for number, given in enumerate(inputs, start=1):
@@ -58,10 +64,14 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for spelling in sorted(self._spellings, key=len, reverse=True):
             text = text.replace(spelling, self._spellings[spelling])
+        for number, spelling in enumerate(self._keep):
+            text = text.replace(spelling, f"\0{number}\0")
         text = strip_paths(text)
         for name in sorted(self._names, key=len, reverse=True):
             pattern = rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])"
             text = re.sub(pattern, self._names[name], text)
+        for number, spelling in enumerate(self._keep):
+            text = text.replace(f"\0{number}\0", spelling)
         return text
 
     def _add_name(self, name: str, label: str) -> None:

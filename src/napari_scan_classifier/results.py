@@ -3,8 +3,10 @@
 One job serves both faces: classify scans (several in one batch), explain each with a saliency map
 on the scan's own grid, and turn the outcome into JSON-ready dicts, CSV rows, NIfTI maps and short
 text lines. Series are labelled from de-identified fields only (modality, series number,
-description, the reader's hashed series key and a running index); no patient field and no source
-path is ever written, only file names of skipped files.
+description, the reader's hashed series key and a running index); no patient field and no file or
+folder name is ever written: inputs are numbered by their position on the command line, and the
+reasons files were skipped pass through :class:`~.privacy.Redactor` (third-party errors quote
+paths).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,15 +26,18 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier import outputs
 from napari_scan_classifier.errors import (
     InvalidInputError,
     ScanClassifierError,
     UnreadableScanError,
 )
 from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter, classify
+from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
 from napari_scan_classifier.models.bundled import load_default_bundle
+from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.saliency import SaliencyMap, grad_cam, occlusion
 from napari_scan_classifier.volume import Volume
 
@@ -194,10 +198,15 @@ class BatchReport:
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
-    """Refuse an output name whose format is unknown before any work is done."""
-    out = Path(path)
+    """Refuse, before any work is done, an output of unknown format or one that cannot be
+    written (its folder read-only or a file, its name too long); clears stale partial writes."""
+    out = Path(path).expanduser()
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ScanClassifierError(f"{out.name}: the results file must end in .json or .csv")
+    outputs.check_folder(out.parent, len(out.name), "--out")
+    if out.is_dir():
+        raise outputs.OutputError(f"--out: '{out.name}' is a folder, not a results file")
+    outputs.clean_stale(out.parent)
     return out
 
 
@@ -210,35 +219,51 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, Volume, ScanResult], None] | None = None,
+    checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress).
+    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    classified scan with its input's position (to send results on, e.g. to a PACS);
+    ``checkpoint`` the report so far after each input and series (to write it, so a late
+    failure keeps what was done).
 
     A path that does not exist stops everything at once, before the model loads (a typo should
     not give a partial result); files or series that cannot be used are recorded and the rest go
     on. Raises UnreadableScanError when nothing at all could be classified.
     """
-    missing = [Path(p).name or str(p) for p in paths if not Path(p).exists()]
+    missing = [
+        f"input {n}"
+        for n, p in enumerate(paths, start=1)
+        if not _is_url(p) and not Path(p).exists()
+    ]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
         bundle = resolve_bundle(bundle)
     report = BatchReport(_model_summary(bundle))
+    redact = Redactor(paths)
+    save = checkpoint or (lambda _report: None)
     index = 0
     for number, path in enumerate(paths, start=1):
-        volumes = _load(path, number, report)
+        volumes = _load(path, number, report, redact)
+        save(report)
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
                 row = series_row(index, number, volume)
+                row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
                 if isinstance(outcome, Prediction):
                     result = _explained(volume, bundle, outcome, saliency, faithfulness)
                     row.update(status=status_of(outcome), **result.to_dict())
                     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+                    if on_result is not None:
+                        on_result(number, volume, result)
                 else:
                     row.update(status="failed", error=outcome)
                 report.series.append(row)
+                save(report)
                 if on_row is not None:
                     on_row(row)
     if not report.classified:
@@ -255,18 +280,29 @@ def status_of(prediction: Prediction) -> str:
     return "classified" if prediction.in_distribution else OUT_OF_DISTRIBUTION
 
 
-def _load(path: str | os.PathLike[str], number: int, report: BatchReport) -> list[Volume]:
+def _load(
+    path: str | os.PathLike[str], number: int, report: BatchReport, redact: Redactor
+) -> list[Volume]:
+    """The volumes of one input; what was skipped is recorded by input number, names hidden."""
     from napari_scan_classifier.io import load_scans
 
+    special = special_file_reason(Path(path))
+    if special is not None:
+        report.skipped.append({"input": number, "reason": special})
+        return []
     try:
         loaded = load_scans(path)
-    except UnreadableScanError as error:
-        report.skipped.append({"input": number, "file": Path(path).name, "reason": str(error)})
+    except ScanClassifierError as error:
+        report.skipped.append({"input": number, "reason": redact(str(error))})
         return []
-    report.skipped.extend(
-        {"input": number, "file": s.path.name, "reason": s.reason} for s in loaded.skipped
-    )
+    for skipped in loaded.skipped:
+        redact.found(skipped.path, path)
+    report.skipped.extend({"input": number, "reason": redact(s.reason)} for s in loaded.skipped)
     return loaded.volumes
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str) and path.lower().startswith(("http://", "https://"))
 
 
 def _chunks(items: list[Volume], size: int) -> Iterator[list[Volume]]:
@@ -343,7 +379,7 @@ def write_report(report: BatchReport, path: str | os.PathLike[str]) -> Path:
     """Write ``report`` as JSON or CSV (by the suffix), atomically."""
     out = check_output(path)
     text = to_json(report) if out.suffix.lower() == ".json" else to_csv(report)
-    return _atomic_write(out, text)
+    return outputs.write_text_atomic(out, text)
 
 
 def to_json(report: BatchReport) -> str:
@@ -385,7 +421,6 @@ def to_csv(report: BatchReport) -> str:
         "ood_reasons",
         "modality_warning",
         "geometry_warnings",
-        "file",
         "note",
     ]
     buffer = io.StringIO()
@@ -398,7 +433,6 @@ def to_csv(report: BatchReport) -> str:
             {
                 "input": skipped["input"],
                 "status": "skipped",
-                "file": skipped["file"],
                 "note": skipped["reason"],
             }
         )
@@ -439,21 +473,6 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def json_safe(value: Any) -> Any:

@@ -37,7 +37,12 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def load_scans(path: str | Path) -> LoadResult:
-    """Load every scan under ``path``: a NIfTI file, a DICOM file, or a folder of DICOM series."""
+    """Load every scan under ``path``: a NIfTI file, a DICOM file, a folder of DICOM series, or
+    a DICOMweb study or series address (``http(s)://.../studies/UID[/series/UID]``)."""
+    if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
+        from napari_scan_classifier.io.dicomweb import load_url
+
+        return load_url(path)
     path = Path(path)
     if not path.exists():
         raise UnreadableScanError(f"{path.name}: no such file or folder")
