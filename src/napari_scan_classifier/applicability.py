@@ -50,6 +50,7 @@ CT_AIR_FRACTION = 0.001
 CT_PERCENTILE_TOLERANCE_HU = 150.0
 MIN_NEIGHBOUR_CORRELATION = 0.5  # below this the voxels look like noise, not anatomy
 CORRELATION_MARGIN = 0.15
+TISSUE_HU = -300.0  # denser than air and lung: fat, soft tissue, bone
 EDGE_TISSUE_MARGIN = 0.1
 FOV_FACTOR = 1.5  # field of view may be this factor beyond the range seen in training
 SPACING_FACTOR = 2.0
@@ -110,12 +111,12 @@ def neighbour_correlation(voxels: np.ndarray) -> float:
 
 
 def edge_tissue_fraction(voxels: np.ndarray) -> float:
-    """Fraction of the in-plane border voxels denser than air (CT): near 0 when the whole body
+    """Fraction of the in-plane border voxels denser than lung (CT): near 0 when the whole body
     is in the field of view, high when the body is cut off at the image edge (truncation)."""
     edges = np.concatenate(
         [voxels[:, 0, :], voxels[:, -1, :], voxels[:, :, 0], voxels[:, :, -1]], axis=1
     )
-    return float(np.mean(edges > CT_AIR_HU))
+    return float(np.mean(edges > TISSUE_HU))
 
 
 def fit_checks(
@@ -195,6 +196,8 @@ def _ct_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> list[s
             f"no voxel is darker than {CT_AIR_HU:g} HU, yet a CT has air around the body: the "
             "values look shifted or scaled (e.g. a missing rescale intercept), or not CT at all"
         )
+    if reasons:  # not Hounsfield units: the checks below would only repeat it
+        return reasons
     edge = summary["edge_tissue_fraction"]
     edge_limit = checks.get("edge_tissue_fraction_max", 1.0) + EDGE_TISSUE_MARGIN
     if edge > edge_limit:
@@ -204,15 +207,15 @@ def _ct_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> list[s
             "of view)"
         )
     span = checks.get("percentiles")
-    if span and not reasons:
+    if span:
         for q, value, low, high in zip(
             PERCENTILES, summary["percentiles"], span["min"], span["max"], strict=True
         ):
             if not low - CT_PERCENTILE_TOLERANCE_HU <= value <= high + CT_PERCENTILE_TOLERANCE_HU:
                 reasons.append(
-                    f"the {q:g}th percentile of the voxel values is {value:.0f} HU; in the "
-                    f"training scans it was {low:.0f} to {high:.0f} HU: the intensities are "
-                    "unlike the training data (wrong scaling, heavy artefacts or other anatomy)"
+                    f"{q:g} % of the voxels lie below {value:.0f} HU, where the training scans "
+                    f"had {low:.0f} to {high:.0f} HU: the intensities are unlike the training "
+                    "data (wrong scaling, heavy artefacts or other anatomy)"
                 )
                 break
     return reasons

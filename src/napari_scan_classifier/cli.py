@@ -100,7 +100,8 @@ def _print_row(row: dict[str, Any]) -> None:
         outcome = f"out of distribution (the model would say {outcome})"
     print(f"{row['series']}: {outcome}", flush=True)
     reasons = (row.get("ood") or {}).get("reasons", [])
-    notes = [row["error"], row.get("modality_warning"), *reasons, *row["geometry_warnings"]]
+    modality = None if reasons else row.get("modality_warning")  # the reasons say it too
+    notes = [row["error"], modality, *reasons, *row["geometry_warnings"]]
     for note in filter(None, notes):
         print(f"warning: {row['series']}: {note}", file=sys.stderr)
 

@@ -500,7 +500,9 @@ def probability_lines(result: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> list[str]:
+def summary_lines(
+    result: Mapping[str, Any], *, probabilities: bool = True, banner: bool = True
+) -> list[str]:
     """What a person reads first: prediction, probabilities (unless a chart shows them), model,
     device, time, caveats."""
     model = result["model"]
@@ -513,7 +515,7 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
         else "no uncertainty passes"
     )
     lines = [
-        *ood_lines(result),
+        *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
         *(probability_lines(result) if probabilities else []),
         f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
