@@ -3,12 +3,14 @@ bundle is trained and stored in it, and the shipped demo model turning away what
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import tiny_bundle
 
 from napari_scan_classifier import datasets, phantoms
 from napari_scan_classifier.applicability import (
@@ -18,12 +20,15 @@ from napari_scan_classifier.applicability import (
     summarise,
     threshold_for,
 )
+from napari_scan_classifier.cli import main
 from napari_scan_classifier.errors import InvalidBundleError
 from napari_scan_classifier.inference import classify
-from napari_scan_classifier.models import load_bundle, save_bundle_zip
+from napari_scan_classifier.io.dicom_write import write_series
+from napari_scan_classifier.models import load_bundle, save_bundle, save_bundle_zip
 from napari_scan_classifier.models.bundle import DETECTOR_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path, load_default_bundle
 from napari_scan_classifier.models.train_demo import PHANTOM_SHAPES, SPACING, clear_cases
+from napari_scan_classifier.samples import sample_ct_path
 from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
 
@@ -250,3 +255,63 @@ def test_the_slice_order_a_file_stores_does_not_change_the_answer(shipped):
 
     assert b.probabilities == pytest.approx(a.probabilities, abs=1e-5)
     assert b.ood.score == pytest.approx(a.ood.score, rel=1e-5)
+
+
+# ------------------------------------------------------------------------ command line
+
+
+@pytest.mark.slow
+def test_the_command_line_reports_out_of_distribution_series(tmp_path: Path, capsys):
+    folder = tmp_path / "q7"  # a name no message contains (input names are redacted)
+    write_series(noise(), folder / "noise", series_number=11)
+    write_series(phantoms.make_head_ct_phantom(1).volume, folder / "head", series_number=12)
+    write_series(phantoms.make_mr_phantom(1).volume, folder / "mr", series_number=13)
+    out = tmp_path / "results.json"
+
+    code = main(
+        ["classify", str(folder), str(sample_ct_path()), "--out", str(out), "--passes", "0"]
+    )
+
+    stdout = capsys.readouterr().out
+    assert code == 0
+    rows = {
+        row["series_number"] if row["input"] == 1 else "sample": row
+        for row in json.loads(out.read_text())["series"]
+    }
+    statuses = {number: (row["modality"], row["status"]) for number, row in rows.items()}
+    assert statuses == {
+        11: ("CT", "out_of_distribution"),  # noise
+        12: ("CT", "out_of_distribution"),  # head
+        13: ("MR", "out_of_distribution"),
+        "sample": ("CT", "classified"),  # the sample CT, read from its DICOM series
+    }
+    for row in rows.values():  # probabilities are still reported
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+    assert "the scan is MR but the model was trained on CT scans" in rows[13]["ood"]["reasons"]
+    assert rows["sample"]["predicted_class"] == "lesion"
+    assert rows["sample"]["ood"]["reasons"] == []
+    assert "(4 of 4 series classified, 3 out of distribution)" in stdout
+    assert "out of distribution (the model would say" in stdout
+
+    table = tmp_path / "results.csv"
+    assert main(["classify", str(folder / "mr"), "--out", str(table), "--passes", "0"]) == 0
+    (row,) = csv.DictReader(table.read_text().splitlines())
+    assert row["status"] == "out_of_distribution" and float(row["p_lesion"]) >= 0
+    assert float(row["ood_score"]) > float(row["ood_threshold"])
+    assert "the scan is MR but the model was trained on CT scans" in row["ood_reasons"]
+
+
+def test_the_headless_demo_prints_the_banner(tmp_path: Path, capsys):
+    mr_model = tiny_bundle(modality="MR", intensity={"kind": "zscore"})
+    folder = save_bundle(mr_model, tmp_path / "mr-model")
+
+    assert main(["demo", "--headless", "--model", str(folder)]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    banner = next(i for i, line in enumerate(lines) if "OUT OF DISTRIBUTION" in line)
+    assert lines[banner].strip() == (
+        "OUT OF DISTRIBUTION: this scan is unlike the scans the model was trained on; "
+        "do not rely on its answer"
+    )
+    assert lines[banner + 1].strip() == "- the scan is CT but the model was trained on MR scans"
+    assert lines[banner + 2].strip().startswith("Predicted: ")
