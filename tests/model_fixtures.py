@@ -3,7 +3,8 @@
 ``sphere_case`` makes the simplest scan a classifier can learn where the lesion is the only
 signal: soft-tissue noise, plus one bright sphere for class 1. ``trained_sphere_bundle`` is a
 width-8 cnn3d on a 32^3 grid trained on 160 of them (15-30 s on two cores), trained once per
-test session (cached) whichever module asks first.
+test session (cached) whichever module asks first. ``trained_brightness_bundle`` is its
+opposite for the saliency checks: it learns the whole scan's brightness and ignores spheres.
 
 Plain functions, imported by the test modules (tests/ is on sys.path in pytest's default
 "prepend" import mode); module fixtures wrap them where needed.
@@ -30,6 +31,7 @@ CLASSES = ["normal", "lesion"]
 CT_WINDOW = {"kind": "ct_window", "center": 40.0, "width": 400.0}
 SPHERE_HU = 180.0
 NOISE_HU = 20.0
+BRIGHT_HU = 60.0
 TEMPERATURE = 1.5
 
 
@@ -91,17 +93,35 @@ def trained_sphere_bundle(cases: int = 160, epochs: int = 3) -> Bundle:
     slow). The BatchNorm moving statistics cannot catch up in so few steps (momentum 0.99), so
     they are re-estimated on the training set at the end.
     """
+    rng = np.random.default_rng(7)
+    labels = np.arange(cases) % 2
+    volumes = [
+        sphere_case(1000 + i, y, tuple(rng.integers(28, 45, 3)))[0] for i, y in enumerate(labels)
+    ]
+    return _trained(volumes, labels, epochs)
+
+
+@functools.cache
+def trained_brightness_bundle(cases: int = 48, epochs: int = 3) -> Bundle:
+    """A cnn3d that tells scans brightened by ``BRIGHT_HU`` from plain ones; every other scan of
+    both classes has a sphere, so spheres tell it nothing and it learns to ignore them."""
+    labels = np.arange(cases) % 2
+    volumes = [
+        brightened(sphere_case(3000 + i, (i // 2) % 2)[0], BRIGHT_HU * y)
+        for i, y in enumerate(labels)
+    ]
+    return _trained(volumes, labels, epochs)
+
+
+def brightened(volume: Volume, hu: float) -> Volume:
+    return volume.with_voxels((volume.voxels + np.int16(round(hu))).astype(np.int16))
+
+
+def _trained(volumes: list[Volume], labels: np.ndarray, epochs: int) -> Bundle:
     keras.utils.set_random_seed(1)
     model = build_cnn3d((*GRID, 1), len(CLASSES), width=8, dropout=0.2)
     bundle = Bundle(metadata(), model)
-    rng = np.random.default_rng(7)
-    labels = np.arange(cases) % 2
-    x = np.stack(
-        [
-            prepare_input(sphere_case(1000 + i, y, tuple(rng.integers(28, 45, 3)))[0], bundle)[0]
-            for i, y in enumerate(labels)
-        ]
-    )[..., None]
+    x = np.stack([prepare_input(volume, bundle)[0] for volume in volumes])[..., None]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     xla = keras.backend.backend() != "torch"  # XLA under TensorFlow and JAX
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss={"volume": loss}, jit_compile=xla)

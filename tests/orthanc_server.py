@@ -58,7 +58,7 @@ class Orthanc:
 
 
 def orthanc_or_skip() -> tuple[str, Path]:
-    binary = shutil.which("Orthanc")
+    binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
     plugin = _plugin()
     if binary is None or plugin is None:
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt: orthanc-dicomweb)")

@@ -156,3 +156,38 @@ def test_encrypted_and_damaged_case_zips(tmp_path):
     assert str(caught.value).startswith("truncated.zip is not a readable zip file (")
     assert str(tmp_path) not in str(caught.value)
     assert _written(tmp_path / "target") == []
+
+
+def _npy_declaring(shape: tuple[int, ...]) -> bytes:
+    """An .npy file whose header declares ``shape`` (uint8) but that holds 16 bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + b"\0" * 16
+
+
+def test_training_npz_declaring_huge_arrays_is_refused_before_loading(tmp_path):
+    from napari_scan_classifier.datasets import load_npz
+    from napari_scan_classifier.errors import TrainingError
+
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("train_images.npy", _npy_declaring((65535, 65535, 100000)))
+        zf.writestr("train_labels.npy", _npy_declaring((4,)))
+    limits.set_memory_budget(64 * MiB)
+    try:
+        with pytest.raises(TrainingError) as caught:
+            load_npz(path)
+    finally:
+        limits.set_memory_budget(None)
+    assert str(caught.value) == (
+        "Training data 'huge.npz' would need 390.6 TiB of memory, more than the budget of "
+        "64.0 MiB (set NAPARI_SCAN_CLASSIFIER_MEMORY_BUDGET to change it)"
+    )
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train_images.npy", _npy_declaring((1,)) + b"\0" * (50 * MiB))
+    with pytest.raises(TrainingError, match=r"^Training data 'bomb\.npz': train_images\.npy "):
+        load_npz(bomb)

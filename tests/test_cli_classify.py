@@ -21,6 +21,7 @@ from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import load_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
+from napari_scan_classifier.saliency import integrated_gradients, measure_faithfulness
 from napari_scan_classifier.samples import sample_ct_path
 
 PATIENT = "DOE^JANE"
@@ -155,6 +156,54 @@ def test_unusable_series_fails_alone(
     assert "NaN" in rows[0]["error"] and "NaN" in stderr
 
 
+def test_faithfulness_gives_a_pass_or_fail_equal_to_the_core(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
+) -> None:
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    options = ("--model", bundle_dir, "--faithfulness", "--passes", "0")
+    for out in (out_json, out_csv):
+        code, _, stderr = _run(capsys, "classify", dicom_dir, *options, "--out", out)
+        assert code == 0, stderr
+
+    rows = json.loads(out_json.read_text())["series"]
+    with out_csv.open(newline="") as stream:
+        flat = {row["series_key"]: row for row in csv.DictReader(stream) if row["series_key"]}
+    bundle = load_bundle(bundle_dir)
+    volumes = {v.metadata["series_key"]: v for v in load_scans(dicom_dir).volumes}
+    for row in rows:
+        saliency = row["saliency"]
+        assert saliency["method"] == "integrated_gradients"  # no record in the bundle: fallback
+        volume = volumes[row["series_key"]]
+        expected = measure_faithfulness(
+            volume, bundle, integrated_gradients(volume, bundle, row["predicted_class"])
+        )
+        check = saliency["faithfulness"]
+        assert check["passed"] is expected.passed
+        assert check["auc_deletion"] == pytest.approx(expected.auc_deletion, abs=1e-5)
+        assert check["auc_insertion"] == pytest.approx(expected.auc_insertion, abs=1e-5)
+        assert check["rule"] == "insertion AUC - deletion AUC >= 0.1"
+        csv_row = flat[row["series_key"]]
+        assert csv_row["saliency_faithfulness_passed"] == str(expected.passed).lower()
+        assert float(csv_row["saliency_insertion_auc"]) == pytest.approx(
+            expected.auc_insertion, abs=1e-5
+        )
+
+
+@pytest.mark.slow
+def test_the_shipped_model_passes_its_check_on_the_sample_ct(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "sample.json"
+    code, _, stderr = _run(
+        capsys, "classify", sample_ct_path(), "--faithfulness", "--passes", "0", "--out", out
+    )
+    assert code == 0, stderr
+    (row,) = json.loads(out.read_text())["series"]
+    assert row["predicted_class"] == "lesion"
+    assert row["saliency"]["faithfulness"]["passed"] is True
+    assert row["saliency"]["faithfulness"]["gap"] > 0.5
+
+
 def _assert_one_clean_line(code: int, stdout: str, stderr: str, *words: str) -> None:
     assert code != 0
     assert stdout == ""
@@ -212,7 +261,9 @@ def test_headless_demo_prints_the_result(
     assert all(rest[1] == "±" for rest in shown.values())
     assert sum(float(rest[0]) for rest in shown.values()) == pytest.approx(1.0, abs=0.011)
     assert "Model: sphere-test v1 on " in stdout
-    assert "Time: " in stdout and "Saliency check:" in stdout
+    assert "Time: " in stdout
+    # an untrained network: its p(class) does not depend on any region
+    assert "Saliency check FAILED: p(" in stdout and "no region carries this decision" in stdout
 
 
 def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,6 +273,8 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
     assert "Model: demo_ct_lesion v4 on " in stdout
     assert "OUT OF DISTRIBUTION" not in stdout
+    assert "Saliency: Integrated gradients of 'lesion'" in stdout
+    assert "Saliency check passed: removing the regions the map marks" in stdout
 
 
 def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:

@@ -62,17 +62,20 @@ def test_no_input_name_reaches_any_output(capsys, tmp_path, patient_dir, bundle_
 
     assert (code, code_csv) == (0, 0), stderr
     report = json.loads(out_json.read_text())
-    assert [row["input"] for row in report["series"]] == [1]
-    assert [s["input"] for s in report["skipped_files"]] == [1, 1, 2]
+    assert [(row["input"], row["status"]) for row in report["series"]] == [
+        (1, "classified"),
+        (2, "failed"),
+    ]
+    assert report["series"][1]["error"].startswith("<input 2>: not a readable NIfTI file")
+    assert [s["input"] for s in report["skipped_files"]] == [1, 1]
     assert all(set(s) == {"input", "reason"} for s in report["skipped_files"])
     written = stdout + stderr + stdout_csv + stderr_csv + out_json.read_text() + out_csv.read_text()
     for secret in (PATIENT, "DOE", "JOHN", "1234", str(patient_dir.parent)):
         assert secret not in written
     assert stderr.count("skipped a file of input 1: ") == 2
-    assert stderr.count("skipped a file of input 2: ") == 1
     with out_csv.open(newline="") as stream:
         skipped = [row for row in csv.DictReader(stream) if row["status"] == "skipped"]
-    assert [row["input"] for row in skipped] == ["1", "1", "2"]
+    assert [row["input"] for row in skipped] == ["1", "1"]
 
 
 def test_convert_and_errors_hide_the_input_name(capsys, tmp_path, patient_dir):
@@ -213,3 +216,24 @@ def test_saved_bundles_and_results_have_the_usual_modes(tmp_path, bundle_dir):
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
     written = outputs.write_text_atomic(tmp_path / "x.csv", "a\n")
     assert stat.S_IMODE(written.stat().st_mode) == 0o644
+
+
+@pytest.mark.timeout(300)
+def test_a_named_pipe_is_skipped_not_waited_on(capsys, tmp_path, bundle_dir):
+    folder = tmp_path / "with_pipe"
+    volume = make_ct_phantom(0, shape=(12, 24, 24), spacing=(5.0, 4.0, 4.0)).volume
+    write_series(volume, folder / "ct", series_number=2)
+    os.mkfifo(folder / "ct" / "pipe.dcm")  # reading it would block until a writer comes
+
+    code, stdout, stderr = _run(capsys, "series", folder)
+    assert code == 0, stderr
+    assert len(stdout.strip().splitlines()) == 1
+    out = tmp_path / "r.json"
+    code, _, stderr = _run(capsys, "classify", folder, "--model", bundle_dir, "--out", out)
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["skipped_files"] == [{"input": 1, "reason": "it is a named pipe, not a file"}]
+    assert [row["status"] for row in report["series"]] == ["classified"]
+    code, _, stderr = _run(capsys, "convert", folder, "--out", tmp_path / "nii")
+    assert code == 0 and "skipped a file of input 1: it is a named pipe, not a file" in stderr
+    assert stat.S_IMODE((tmp_path / "nii" / "series_001_CT.nii.gz").stat().st_mode) == 0o644

@@ -63,6 +63,7 @@ def test_train_prints_progress_and_metrics_then_evaluate_prints_json(trained, ca
     printed = capsys.readouterr().out
     assert "epoch 1/2" in printed and "epoch 2/2" in printed
     assert "validation: n 8" in printed
+    assert "decision rule: the class with the highest calibrated probability: the " in printed
     assert "cases per class: train: 0 12, 1 12; validation: 0 4, 1 4" in printed
     bundle = root / "models" / "tiny-v1"
     assert (bundle / "bundle.json").is_file() and (bundle / "roc.png").is_file()
@@ -95,6 +96,8 @@ def test_train_prints_progress_and_metrics_then_evaluate_prints_json(trained, ca
     )
     printed = capsys.readouterr().out
     assert "saved tiny version 2" in printed and "base model (version 1)" in printed
+    assert "verdict: Compared with version 1 on the same 8 validation cases: AUC " in printed
+    assert "warning: Too few validation cases to tell (0: 4, 1: 4; at least 10" in printed
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,44 @@ def test_evaluate_rejects_a_split_the_data_lack(tmp_path, capsys):
 
     assert main(["evaluate", "--model", str(bundle), "--cases", str(npz), "--split", "all"]) == 2
     assert "no split 'all'" in capsys.readouterr().err
+
+
+def untrained_bundle(folder: Path, classes: list[str]) -> Path:
+    from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
+
+    metadata = BundleMetadata(
+        name="tiny",
+        version=1,
+        classes=classes,
+        modality="CT",
+        task="volume",
+        input_shape=(16, 16, 16),
+        target_spacing_mm=None,
+        intensity={"kind": "ct_window", "center": 40.0, "width": 400.0},
+        architecture="cnn3d",
+    )
+    return save_bundle(Bundle(metadata, build_cnn3d((16, 16, 16, 1), 2, width=4)), folder)
+
+
+def test_evaluate_takes_a_test_only_npz_named_by_classes_not_by_its_file_name(tmp_path, capsys):
+    with np.load(write_npz(tmp_path / "full.npz")) as full:
+        test_only = {key: full[key] for key in ("test_images", "test_labels")}
+    plain, renamed = tmp_path / "held_out.npz", tmp_path / "adrenalmnist3d_64.npz"
+    for path in (plain, renamed):
+        np.savez(path, **test_only)
+    bundle = untrained_bundle(tmp_path / "m", ["normal", "lesion"])
+
+    reports = []
+    for path in (plain, renamed):
+        argv = ["evaluate", "--model", str(bundle), "--cases", str(path), "--json"]
+        assert main([*argv, "--classes", "normal", "lesion"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            "error: Cases labelled '0', '1' are not among the model's classes ['normal', "
+            "'lesion']; evaluate on data with the model's classes only; name an npz file's "
+            "label indices with --classes\n"
+        )
+
+    assert reports[0] == reports[1]  # renaming the file changes nothing
+    assert reports[0]["n"] == 10 and reports[0]["class_counts"] == {"normal": 5, "lesion": 5}

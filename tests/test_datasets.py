@@ -52,9 +52,40 @@ def test_npz_without_test_defaults_to_val_and_resizes(tmp_path):
         data.split("test")
 
 
-def test_npz_class_names_from_the_medmnist_file_name(tmp_path):
-    data = datasets.load_npz(write_npz(tmp_path / "adrenalmnist3d_64.npz"))
-    assert data.class_names == ("normal", "hyperplasia")
+def test_npz_class_names_come_from_the_file_or_the_caller_never_the_file_name(tmp_path):
+    renamed = write_npz(tmp_path / "adrenalmnist3d_64.npz")
+    assert datasets.load_npz(renamed).class_names == ("0", "1")
+    given = datasets.load_npz(renamed, class_names=["normal", "hyperplasia"])
+    assert given.class_names == ("normal", "hyperplasia")
+
+    own = write_npz(tmp_path / "nodulemnist3d.npz", class_names=np.array(["healthy", "cyst"]))
+    assert datasets.load_npz(own).class_names == ("healthy", "cyst")
+    assert datasets.load_npz(own, class_names=("healthy", "cyst")).class_names == (
+        "healthy",
+        "cyst",
+    )
+    with pytest.raises(TrainingError, match=r"names its classes \['healthy', 'cyst'\], not"):
+        datasets.load_npz(own, class_names=("a", "b"))
+    with pytest.raises(TrainingError, match="has labels 0 to 1 but 1 class names"):
+        datasets.load_npz(renamed, class_names=("only",))
+
+
+def test_an_npz_with_only_a_test_split_loads_for_evaluation(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "test_only.npz"
+    np.savez(
+        path,
+        test_images=rng.integers(0, 256, (5, 8, 8, 8), dtype=np.uint8),
+        test_labels=np.array([[0], [1], [1], [0], [1]], dtype=np.uint8),
+    )
+    data = datasets.load_npz(path, class_names=("normal", "lesion"))
+
+    assert set(data.splits) == {"test"}
+    assert data.split(None).y.tolist() == [0, 1, 1, 0, 1]
+    assert data.class_names == ("normal", "lesion")
+    np.savez(path, other=np.zeros(3))
+    with pytest.raises(TrainingError, match="has none of train_images, val_images, test_images"):
+        datasets.load_npz(path)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +95,7 @@ def test_npz_class_names_from_the_medmnist_file_name(tmp_path):
         ("garbage.npz", b"not a zip at all", "neither a case library folder nor a readable"),
         ("flat.npz", {"train_images": np.zeros((3, 8, 8), np.uint8)}, "3D volumes"),
         ("nolabels.npz", {"train_images": np.zeros((3, 4, 4, 4), np.uint8)}, "no train_labels"),
-        ("other.npz", {"x": np.zeros(3)}, "no train_images"),
+        ("other.npz", {"x": np.zeros(3)}, "none of train_images, val_images, test_images"),
     ],
 )
 def test_unreadable_sources_raise_training_errors(tmp_path, name, content, message):
@@ -129,7 +160,10 @@ def test_from_volumes_keeps_the_given_class_order():
 @pytest.mark.realdata
 @pytest.mark.skipif(not MEDMNIST.is_dir(), reason="shared MedMNIST data not present")
 def test_real_adrenalmnist3d_trainval_file():
-    data = datasets.load_npz(MEDMNIST / "adrenalmnist3d_trainval.npz")
+    data = datasets.load_npz(
+        MEDMNIST / "adrenalmnist3d_trainval.npz",
+        class_names=datasets.MEDMNIST_CLASSES["adrenalmnist3d"],
+    )
 
     assert data.class_names == ("normal", "hyperplasia")
     assert data.shape == (28, 28, 28)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import tempfile
 import threading
@@ -20,7 +21,7 @@ import pydicom
 import pytest
 from model_fixtures import CLASSES, tiny_bundle
 from orthanc_server import PASSWORD, USER, free_port, running_orthanc
-from pydicom.uid import ParametricMapStorage, generate_uid
+from pydicom.uid import ParametricMapStorage, RawDataStorage, generate_uid
 
 from napari_scan_classifier.cli import main
 from napari_scan_classifier.dicom_results import (
@@ -370,3 +371,54 @@ def test_the_opt_in_cache_keeps_complete_series_under_the_data_folder(
     for volume in (first, again):
         np.testing.assert_array_equal(volume.voxels, on_disk.voxels)
         np.testing.assert_allclose(volume.affine, on_disk.affine, atol=1e-9)
+
+
+def test_instances_the_loader_refuses_are_named_by_place_not_uid(
+    tmp_path: Path, server: DicomWebServer, basic_auth: None, private_dirs: Path
+) -> None:
+    """A series whose server also holds a non-image object: the scan loads, the object is left
+    out with the loader's reason, named by its place in the retrieval."""
+    volume = make_ct_phantom(4, shape=(4, 24, 24), spacing=(3.0, 2.0, 2.0)).volume
+    paths = write_series(volume, tmp_path / "ct", series_uid=generate_uid(), patient_name="X^Y")
+    datasets = [pydicom.dcmread(p) for p in paths]
+    odd = pydicom.dcmread(paths[0])
+    del odd.PixelData
+    odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = RawDataStorage
+    odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    server.store([*datasets, odd])
+    source = DicomWebSource(server.base_url, odd.StudyInstanceUID, odd.SeriesInstanceUID)
+
+    result = load_url(source.url)
+
+    (loaded,) = result.volumes
+    assert loaded.shape == (4, 24, 24)
+    (skipped,) = result.skipped
+    assert re.fullmatch(r"series_001/instance_0000[1-5]", skipped.path.as_posix())
+    assert skipped.reason == "DICOM file without image data"
+    assert odd.SOPInstanceUID not in str(skipped)
+
+
+def test_search_dates_must_be_yyyymmdd() -> None:
+    with pytest.raises(DicomWebError) as bad:
+        DicomWebServer("http://127.0.0.1:9/dicom-web").search_studies(date_from="2024-01-31")
+    assert str(bad.value) == "dates are written YYYYMMDD (e.g. 20240131), not '2024-01-31'"
+
+
+def test_a_cached_series_that_grew_on_the_server_is_fetched_again(
+    tmp_path: Path, server: DicomWebServer, private_dirs: Path, basic_auth: None
+) -> None:
+    volume = make_ct_phantom(6, shape=(5, 16, 16), spacing=(2.0, 2.0, 2.0)).volume
+    paths = write_series(volume, tmp_path / "ct", series_uid=generate_uid())
+    datasets = [pydicom.dcmread(p) for p in paths]
+    server.store(datasets[:4])
+    source = DicomWebSource(
+        server.base_url, datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
+    )
+    assert load_url(source.url, cache=True).volumes[0].shape == (4, 16, 16)
+
+    server.store(datasets[4:])
+
+    (again,) = load_url(source.url, cache=True).volumes
+    (on_disk,) = load_scans(tmp_path / "ct").volumes
+    assert again.shape == (5, 16, 16)
+    np.testing.assert_array_equal(again.voxels, on_disk.voxels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -61,6 +62,30 @@ def test_probabilities_are_the_tempered_softmax_of_the_model_logits(cnn):
     assert list(prediction.probabilities) == CLASSES
     assert prediction.predicted_class == CLASSES[int(np.argmax(logits))]
     assert (prediction.model_name, prediction.model_version) == ("sphere-test", 1)
+
+
+def test_the_class_bias_and_the_decision_rule_decide_the_class(cnn):
+    volume = scans(1)[0]
+    plain = classify(volume, cnn, method="none")
+    winner = CLASSES.index(plain.predicted_class)
+    bias = [0.0, 0.0]
+    bias[winner] = -40.0  # far more than the tempered logits differ
+    biased = Bundle(replace(cnn.metadata, class_bias=bias), cnn.model)
+    threshold = Bundle(
+        replace(
+            cnn.metadata,
+            decision_rule={"kind": "threshold", "positive_class": CLASSES[1], "threshold": 1e-6},
+        ),
+        cnn.model,
+    )
+
+    shifted = classify(volume, biased, method="none")
+    called = classify(volume, threshold, method="none")
+
+    expected = manual_softmax(plain.logits / TEMPERATURE + np.array(bias), 1.0)
+    np.testing.assert_allclose(list(shifted.probabilities.values()), expected, rtol=1e-6)
+    assert shifted.predicted_class == CLASSES[1 - winner] != plain.predicted_class
+    assert called.probabilities == plain.probabilities and called.predicted_class == CLASSES[1]
 
 
 @pytest.mark.parametrize("name", ["cnn", "gru"])

@@ -1,9 +1,10 @@
 """DICOM reading checked against real scanner files and independent references, in world mm.
 
-References: dcm2niix NIfTI output (dcm_qa_ts, dcm_qa_xa30), nibabel's Siemens mosaic reader and
-pydicom's own decoding. Every comparison maps reference voxels to world millimetres through the
-reference's affine and reads our volume at that position, so orientation, order and flips are
-all checked, not just the array shape. Skipped where ../shared/data is absent.
+References: dcm2niix NIfTI output (dcm_qa_ts, dcm_qa_xa30, dcm_qa_more), nibabel's Siemens
+mosaic reader and pydicom's own decoding. Every comparison maps reference voxels to world
+millimetres through the reference's affine and reads our volume at that position, so
+orientation, order and flips are all checked, not just the array shape. Skipped where
+../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def load_one(path: Path) -> Volume:
     return result.volumes[0]
 
 
-def assert_same_in_world(volume: Volume, values: np.ndarray, world_affine: np.ndarray) -> None:
-    """Every reference voxel (index -> world by ``world_affine``) equals ours at that position."""
+def assert_same_in_world(
+    volume: Volume, values: np.ndarray, world_affine: np.ndarray, float32: bool = False
+) -> None:
+    """Every reference voxel (index -> world by ``world_affine``) equals ours at that position
+    (to float32 precision with ``float32``)."""
     ijk = np.indices(values.shape).reshape(values.ndim, -1).T
     world = ijk @ world_affine[:3, :3].T + world_affine[:3, 3]
     index = volume.world_to_index(world)
@@ -56,7 +60,8 @@ def assert_same_in_world(volume: Volume, values: np.ndarray, world_affine: np.nd
     np.testing.assert_allclose(index, voxel, atol=1e-3)  # reference voxels sit on our grid
     assert np.all((voxel >= 0) & (voxel < volume.shape))  # and cover exactly our volume
     assert values.size == np.prod(volume.shape)
-    np.testing.assert_array_equal(volume.voxels[tuple(voxel.T)], values[tuple(ijk.T)])
+    tolerance = {"rtol": 2e-7, "atol": 1e-4} if float32 else {"rtol": 0}
+    np.testing.assert_allclose(volume.voxels[tuple(voxel.T)], values[tuple(ijk.T)], **tolerance)
 
 
 def assert_matches_nifti(volume: Volume, nifti_path: Path) -> None:
@@ -164,13 +169,19 @@ def test_mr_small_variants_equal_the_uncompressed_file(variant):
     np.testing.assert_allclose(volume.affine, reference.affine)
 
 
-def test_pydicom_folder_loads_each_instance_once():
+def test_pydicom_folder_keeps_every_encoding_of_a_shared_instance():
+    """MR_small comes in six encodings sharing one instance UID: not byte-identical copies, so
+    each is a volume (with a warning), all equal to the uncompressed one."""
     result = load_dicom(need(PYDICOM))
 
     shapes = sorted(v.shape for v in result.volumes)
-    assert shapes == [(1, 64, 64), (1, 128, 128), (15, 10, 10)]
-    assert len(result.skipped) == 5  # the MR_small copies (same instance UID) are reported
-    assert all(s.reason.startswith("a copy of MR_small") for s in result.skipped)
+    assert shapes == [(1, 64, 64)] * 6 + [(1, 128, 128), (15, 10, 10)]
+    assert result.skipped == []
+    small = [v for v in result.volumes if v.shape == (1, 64, 64)]
+    for volume in small[1:]:
+        np.testing.assert_array_equal(volume.voxels, small[0].voxels)
+    repeated = [v for v in small if v.metadata["geometry_warnings"]]
+    assert len(repeated) == 5
 
 
 @pytest.mark.parametrize("variant", ["", "_RLE", "_jpeg_2k_lossless", "_jpeg_ls_lossless"])
@@ -225,3 +236,92 @@ def test_rtdose_frames_follow_the_grid_frame_offsets():
     for z, offset in enumerate(float(v) for v in ds.GridFrameOffsetVector):
         lps = ipp + np.array([0.0, 0.0, offset])
         np.testing.assert_allclose(volume.index_to_world([z, 0, 0])[0], [-lps[2], lps[1], lps[0]])
+
+
+# ----------------------------------------------------------------------------- dcm_qa_more
+
+MORE = DATA / "dcm_qa_more"
+
+
+def assert_timepoints_match_nifti(volume: Volume, nifti_path: Path, scale=None) -> None:
+    """Each reference time point equals ours at the same world positions; ``scale`` maps the
+    reference's stored values to ours when dcm2niix writes another scaling."""
+    reference = nib.load(need(nifti_path))
+    values = reference.get_fdata() if scale is None else scale(reference.dataobj.get_unscaled())
+    values = values[..., None] if values.ndim == 3 else values
+    voxels = volume.voxels if volume.voxels.ndim == 4 else volume.voxels[None]
+    assert voxels.shape[0] == values.shape[3]
+    for t in range(values.shape[3]):
+        one = Volume(voxels[t], volume.affine, volume.modality)
+        assert_same_in_world(one, values[..., t], ras_to_world(reference.affine))
+
+
+def load_more(folder: str) -> list[Volume]:
+    result = load_dicom(need(MORE / folder))
+    assert result.skipped == []
+    return result.volumes
+
+
+def test_uih_grid_mosaics_match_dcm2niix_per_time_point():
+    """17 files of 4x5 tiles (64x64): 20 slices x 17 volumes, each tile at its own IPP."""
+    (volume,) = load_more("uih_dti_ap/In")
+
+    assert volume.voxels.shape == (17, 20, 64, 64)
+    np.testing.assert_allclose(volume.spacing, (4.2, 3.5, 3.5), atol=1e-4)
+    assert volume.metadata["geometry_warnings"] == []
+    assert_timepoints_match_nifti(volume, MORE / "uih_dti_ap/Ref/dti_tra_dir16_AP_9_134431.nii.gz")
+
+
+def test_ge_pepolar_volumes_split_and_flipped_as_dcm2niix():
+    forward, reverse = load_more("polar_fm/In")
+
+    assert (forward.metadata["series_number"], reverse.metadata["series_number"]) == (6, 1006)
+    assert forward.voxels.shape == reverse.voxels.shape == (2, 60, 128, 128)
+    assert_timepoints_match_nifti(forward, MORE / "polar_fm/Ref/6_FM_cv12_2_3mm.nii.gz")
+    assert_timepoints_match_nifti(reverse, MORE / "polar_fm/Ref/1006_FM_cv12_2_3mm.nii.gz")
+
+
+def test_siemens_xa10_enhanced_time_points_in_temporal_order():
+    (volume,) = load_more("enh/In/Siemens/XA10")
+
+    assert volume.voxels.shape == (4, 6, 64, 64)
+    assert_timepoints_match_nifti(volume, MORE / "enh/Ref/Siemens_REST1_w_SMS_PF7-8_6.nii.gz")
+
+
+def test_philips_enhanced_magnitude_and_field_map_match_dcm2niix():
+    """dcm2niix writes the magnitude in Philips' floating-point scale (divided by the private
+    scale slope); we keep DICOM's rescale (display values): compare on the stored values."""
+    magnitude, field_map = load_more("enh/In/Philips")
+    frames = dcmread(MORE / "enh/In/Philips/IM_0027_fMAP.dcm").PerFrameFunctionalGroupsSequence
+
+    def rescale_of(frame: int):
+        item = frames[frame].PixelValueTransformationSequence[0]
+        return float(item.RescaleSlope), float(item.RescaleIntercept)
+
+    (m_slope, m_intercept), (f_slope, f_intercept) = rescale_of(0), rescale_of(len(frames) - 1)
+    assert magnitude.shape == field_map.shape == (32, 64, 64)
+    ref = MORE / "enh/Ref/Philips_WIP_B0_NS_801"
+    for volume, path, slope, intercept in (
+        (magnitude, f"{ref}_e1.nii.gz", m_slope, m_intercept),
+        (field_map, f"{ref}_e2_fieldmaphz.nii.gz", f_slope, f_intercept),
+    ):
+        reference = nib.load(need(Path(path)))
+        stored = np.asarray(reference.dataobj.get_unscaled(), np.float64)
+        expected = stored * slope + intercept
+        assert_same_in_world(volume, expected, ras_to_world(reference.affine), float32=True)
+
+
+@pytest.mark.parametrize(
+    ("folder", "references"),
+    [
+        ("me/In/2_me_FieldMap_GRE", ["me_FieldMap_GRE_2_e1", "me_FieldMap_GRE_2_e2"]),
+        ("me/In/3_me_FieldMap_GRE", ["me_FieldMap_GRE_3_e2_ph"]),
+        ("me/In/4_me_fMRI", ["me_fMRI_4_e1", "me_fMRI_4_e2"]),
+    ],
+)
+def test_siemens_multi_echo_one_volume_per_echo_as_dcm2niix(folder, references):
+    volumes = load_more(folder)
+
+    assert len(volumes) == len(references)
+    for volume, name in zip(volumes, references, strict=True):
+        assert_timepoints_match_nifti(volume, MORE / "me/Ref" / f"{name}.nii.gz")

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import keras
 import numpy as np
 import pytest
-from model_fixtures import GRID, sphere_case, tiny_bundle, trained_sphere_bundle
+from model_fixtures import (
+    BRIGHT_HU,
+    GRID,
+    brightened,
+    sphere_case,
+    tiny_bundle,
+    trained_brightness_bundle,
+    trained_sphere_bundle,
+)
 from scipy import ndimage
 
-from napari_scan_classifier.inference import classify, prepare_input
-from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.evaluation import softmax
+from napari_scan_classifier.inference import classify, logits_of, prepare_input
+from napari_scan_classifier.models import Bundle, load_bundle, save_bundle
+from napari_scan_classifier.models.bundled import load_default_bundle
+from napari_scan_classifier.phantoms import sample_ct_phantom
 from napari_scan_classifier.preprocess import Box, model_grid, to_source_grid
 from napari_scan_classifier.saliency import (
     SaliencyMap,
-    _coarse_grid,
-    _to_source,
-    deletion_curve,
+    choose_saliency,
+    default_method,
     grad_cam,
+    integrated_gradients,
+    measure_faithfulness,
     occlusion,
+    randomisation_check,
+    randomised,
+    saliency_map,
+    with_saliency_choice,
 )
+from napari_scan_classifier.saliency.core import coarse_grid, to_source
+from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, _Regions
+from napari_scan_classifier.saliency.gradients import attributions
+from napari_scan_classifier.saliency.sanity import RANK_CORRELATION_BOUND
 from napari_scan_classifier.volume import Volume
 
 GRU_GRID = (16, 32, 32)
@@ -29,10 +47,6 @@ LESION_SEEDS = (7000, 7001, 7002, 7003)
 # too coarse to place a peak (it is 8^3 on the 128^3 grids models use). Localisation is tested
 # on the stem (16^3), the finest layer, whose gradients still come from the whole network.
 FINE_LAYER = "stem_relu"
-
-
-def with_layer(bundle: Bundle, layer: str) -> Bundle:
-    return Bundle(replace(bundle.metadata, gradcam_layer=layer), bundle.model)
 
 
 def classic_grad_cam(bundle: Bundle, x: np.ndarray, k: int, per_slice: bool) -> np.ndarray:
@@ -77,6 +91,7 @@ def test_maps_lie_on_the_source_grid(architecture, grid):
     for saliency in (
         grad_cam(volume, bundle, box=box),
         occlusion(volume, bundle, box=box, patch_mm=16.0, batch_size=32),
+        integrated_gradients(volume, bundle, box=box, steps=4),
     ):
         assert isinstance(saliency, SaliencyMap) and saliency.box == box
         assert saliency.values.shape == volume.shape and saliency.values.dtype == np.float32
@@ -101,28 +116,66 @@ def test_matrix_upsampling_equals_to_source_grid():
     ]
     for grid in grids:
         for shape in [(3, 4, 4), (24, 4, 4), (1, 2, 2)]:
-            coarse = _coarse_grid(grid, shape)
+            coarse = coarse_grid(grid, shape)
             values = rng.random(shape).astype(np.float32)
-            fast = _to_source(values, coarse, volume)
+            fast = to_source(values, coarse, volume)
             np.testing.assert_allclose(fast, to_source_grid(values, coarse, volume), atol=1e-6)
 
 
-def test_a_deletion_curve_runs_from_the_plain_probability_to_all_removed():
+def test_faithfulness_curves_run_from_the_plain_probability_to_all_regions_filled():
     bundle = tiny_bundle()
     volume, _ = sphere_case(5, 1, shape=(30, 36, 36))
     saliency = grad_cam(volume, bundle, target_class=1)
-    curve = deletion_curve(volume, bundle, saliency, steps=4)
+    curve = measure_faithfulness(volume, bundle, saliency, steps=4)
 
     plain = classify(volume, bundle, method="none").probabilities["lesion"]
     np.testing.assert_allclose(curve.fractions, [0, 0.25, 0.5, 0.75, 1])
-    assert curve.salient[0] == pytest.approx(plain, abs=1e-5)
-    assert curve.random[0] == pytest.approx(plain, abs=1e-5)
-    assert curve.salient[-1] == pytest.approx(curve.random[-1], abs=1e-5)
+    for name in ("deletion", "random"):
+        assert getattr(curve, name)[0] == pytest.approx(plain, abs=1e-5)
+    assert curve.insertion[-1] == pytest.approx(plain, abs=1e-5)
+    assert curve.insertion[0] == pytest.approx(curve.deletion[-1], abs=1e-6)
+    assert curve.random[-1] == pytest.approx(curve.deletion[-1], abs=1e-6)
     assert curve.target_class == "lesion"
-    expected_area = np.sum((curve.salient[1:] + curve.salient[:-1]) / 2) / 4
-    assert curve.auc_salient == pytest.approx(expected_area)
-    assert curve.difference == pytest.approx(curve.auc_random - curve.auc_salient)
-    assert set(curve.to_dict()) >= {"auc_salient", "auc_random", "difference", "ratio"}
+    expected_area = np.sum((curve.deletion[1:] + curve.deletion[:-1]) / 2) / 4
+    assert curve.auc_deletion == pytest.approx(expected_area)
+    assert curve.gap == pytest.approx(curve.auc_insertion - curve.auc_deletion)
+    assert curve.passed == (curve.gap >= FAITHFUL_MARGIN)
+    # 30x36x36 voxels of 2 mm on a 32^3 grid (1.875 x 2.25 x 2.25 mm): 12 mm cubes are 6x5x5
+    # voxels, 6x7x7 of them, all with noise to remove
+    assert curve.region_voxels == (6, 5, 5) and curve.regions == 6 * 7 * 7
+    summary = curve.to_dict()
+    assert summary["passed"] is curve.passed and summary["gap"] == pytest.approx(curve.gap)
+
+
+def test_a_removed_region_is_filled_from_the_tissue_around_it():
+    """Not a constant and not its own content: a sphere filled away reads as the background."""
+    bundle = tiny_bundle()
+    volume, mask = sphere_case(6, 1)  # the source grid is the model grid
+    x, grid = prepare_input(volume, bundle)
+    regions = _Regions(x, grid, region_mm=8.0, seed=0)
+    inside_sphere = np.unique(regions.labels[mask])
+    filled = regions.removed(inside_sphere)
+
+    gone = np.isin(regions.labels, inside_sphere)
+    np.testing.assert_array_equal(filled[~gone], x[~gone])
+    background = x[~gone].mean()  # 40 HU of noise through the 40/400 window: 0.5
+    assert background == pytest.approx(0.5, abs=0.01)
+    assert x[mask].mean() == pytest.approx(0.95, abs=0.03)  # the sphere: 220 HU
+    assert filled[mask].mean() == pytest.approx(background, abs=0.02)
+    assert filled[gone].std() == pytest.approx(x[~gone].std(), rel=0.3)  # the scan's noise
+
+
+def test_integrated_gradients_add_up_to_the_score_change():
+    """Completeness: the attributions sum to log p(x) - log p(baseline)."""
+    bundle = tiny_bundle()
+    volume, _ = sphere_case(8, 1)
+    x, _grid = prepare_input(volume, bundle)
+    baseline = np.full_like(x, x.mean())
+    attribution = attributions(bundle, x, baseline, 1, steps=64, batch_size=16)
+
+    log_p = np.log(softmax(logits_of(bundle.model, np.stack([x, baseline])), 1.0)[:, 1])
+    assert attribution.shape == x.shape
+    assert attribution.sum() == pytest.approx(log_p[0] - log_p[1], rel=0.05, abs=1e-3)
 
 
 def test_unknown_classes_are_refused():
@@ -157,24 +210,122 @@ def test_the_trained_model_sees_the_spheres(trained):
 
 
 @pytest.mark.slow
-def test_grad_cam_peaks_in_the_lesion_and_beats_random_deletion(trained):
-    bundle = with_layer(trained, FINE_LAYER)
+def test_grad_cam_peaks_in_the_lesion_and_passes_the_check(trained):
     for volume, mask in lesion_cases():
-        saliency = grad_cam(volume, bundle)
-        assert saliency.target_class == "lesion"
+        saliency = grad_cam(volume, trained, layer=FINE_LAYER, faithfulness=True)
+        assert saliency.target_class == "lesion" and saliency.layer == FINE_LAYER
         peak = np.unravel_index(np.argmax(saliency.values), volume.shape)
         assert near(mask, 2)[peak], "the peak is more than 4 mm from the lesion"
-        curve = deletion_curve(volume, bundle, saliency, baseline="mean")
-        assert curve.auc_salient < 0.5 * curve.auc_random
+        check = saliency.faithfulness
+        assert check.passed and check.gap > 0.3, check.reason
 
 
 @pytest.mark.slow
-def test_occlusion_peaks_near_the_lesion_and_beats_random_deletion(trained):
+def test_integrated_gradients_peak_in_the_lesion_and_pass_the_check(trained):
+    for volume, mask in lesion_cases():
+        saliency = integrated_gradients(volume, trained, faithfulness=True)
+        assert saliency.method == "integrated_gradients" and saliency.target_class == "lesion"
+        peak = np.unravel_index(np.argmax(saliency.values), volume.shape)
+        assert near(mask, 1)[peak], "the peak is more than 2 mm from the lesion"
+        assert saliency.values[mask].mean() > 5 * saliency.values[~mask].mean()
+        check = saliency.faithfulness
+        assert check.passed and check.gap > 0.3, check.reason
+        assert check.auc_deletion < check.auc_random < check.auc_insertion
+
+
+@pytest.mark.slow
+def test_occlusion_peaks_near_the_lesion_and_passes_the_check(trained):
     for volume, mask in lesion_cases()[:2]:
         saliency = occlusion(
             volume, trained, patch_mm=16.0, baseline="mean", batch_size=64, faithfulness=True
         )
         peak = np.unravel_index(np.argmax(saliency.values), volume.shape)
         assert near(mask, 3)[peak], "the peak is more than 6 mm from the lesion"
-        curve = saliency.faithfulness
-        assert curve.auc_salient < 0.5 * curve.auc_random
+        assert saliency.faithfulness.passed, saliency.faithfulness.reason
+
+
+@pytest.mark.slow
+def test_a_model_that_ignores_the_lesion_fails_the_check():
+    """Trained on brightness alone: removing any region (filled from its surroundings) leaves
+    the brightness, so p(class) stays put and no map can pass, whatever it shows."""
+    bundle = trained_brightness_bundle()
+    for volume, _mask in lesion_cases()[:2]:
+        bright = brightened(volume, BRIGHT_HU)
+        assert classify(bright, bundle, method="none").predicted_class == "lesion"
+        assert classify(volume, bundle, method="none").predicted_class == "normal"
+        check = integrated_gradients(bright, bundle, faithfulness=True).faithfulness
+        assert not check.passed and abs(check.gap) < FAITHFUL_MARGIN / 2, check.reason
+        assert "no region carries this decision" in check.reason
+
+
+@pytest.mark.slow
+def test_maps_of_a_randomised_model_differ_from_the_trained_ones(trained):
+    volume, _ = lesion_cases()[0]
+    check = randomisation_check(volume, trained, "integrated_gradients", "lesion")
+    assert check.passed and abs(check.rank_correlation) < RANK_CORRELATION_BOUND
+    again = randomisation_check(volume, trained, "integrated_gradients", "lesion")
+    assert again.rank_correlation == pytest.approx(check.rank_correlation)  # seeded
+    cam = randomisation_check(volume, trained, "gradcam", "lesion", layer=FINE_LAYER)
+    # the random network's Grad-CAM is all zeros (every weighted activation negative): no
+    # ranking in common, so no correlation to compute
+    assert cam.passed and np.isnan(cam.rank_correlation)
+    assert cam.to_dict()["rank_correlation"] is None
+
+
+def test_randomised_weights_keep_the_scale_and_reset_batchnorm():
+    bundle = tiny_bundle()
+    twin = randomised(bundle, seed=3).model
+    kernel = bundle.model.get_layer("block1_conv").kernel.numpy()
+    drawn = twin.get_layer("block1_conv").kernel.numpy()
+    assert abs(np.corrcoef(kernel.ravel(), drawn.ravel())[0, 1]) < 0.1
+    assert drawn.std() == pytest.approx(kernel.std(), rel=0.05)
+    norm = twin.get_layer("block1_bn")
+    np.testing.assert_array_equal(norm.moving_variance.numpy(), 1.0)
+    np.testing.assert_array_equal(norm.gamma.numpy(), 1.0)
+    np.testing.assert_array_equal(
+        randomised(bundle, seed=3).model.get_weights()[0], twin.get_weights()[0]
+    )
+
+
+@pytest.mark.slow
+def test_the_most_faithful_method_becomes_the_bundles_default(trained, tmp_path):
+    volumes = [volume for volume, _ in lesion_cases()[:2]]
+    candidates = [
+        ("gradcam", FINE_LAYER),
+        ("gradcam", "gradcam_target"),
+        ("integrated_gradients", None),
+    ]
+    choice = choose_saliency(trained, volumes, "lesion", candidates)
+
+    gaps = {(s.method, s.layer): s.mean_gap for s in choice.scores}
+    assert list(gaps) == candidates
+    assert (choice.method, choice.layer) == max(gaps, key=gaps.get)
+    assert choice.gradcam_layer == max(candidates[:2], key=gaps.get)[1]
+    for score in choice.scores:
+        assert len(score.gaps) == 2 and 0 <= score.passed <= 2
+    record = choice.to_dict()
+    assert record["cases"] == 2 and record["target_class"] == "lesion"
+
+    chosen = Bundle(with_saliency_choice(trained.metadata, choice), trained.model)
+    loaded = load_bundle(save_bundle(chosen, tmp_path / "chosen"))
+    assert default_method(loaded) == (choice.method, choice.layer)
+    assert loaded.metadata.gradcam_layer == choice.gradcam_layer
+    assert loaded.metadata.saliency == record
+    assert saliency_map(volumes[0], loaded).method == (
+        "grad_cam" if choice.method == "gradcam" else choice.method
+    )
+    assert default_method(trained) == ("integrated_gradients", None)  # no record: the fallback
+
+
+@pytest.mark.slow
+def test_the_shipped_model_explains_the_sample_ct():
+    """The demo's promise: on the sample CT the default map passes its own check and is at least
+    twice as high inside the lesions as elsewhere in the body."""
+    bundle = load_default_bundle()
+    phantom = sample_ct_phantom()
+    lesions = phantom.lesion_mask.astype(bool)
+    body = (phantom.tissues > 0) & ~lesions
+    saliency = saliency_map(phantom.volume, bundle, target_class="lesion", faithfulness=True)
+    check = saliency.faithfulness
+    assert check.passed, check.reason
+    assert saliency.values[lesions].mean() >= 2 * saliency.values[body].mean()

@@ -112,6 +112,24 @@ def test_fine_tuning_raises_validation_auc_over_the_base(fine_tuned):
         result.base_report.auc
     )
     assert folder_hashes(root / "tiny-v1") == before  # the base is never modified
+    comparison = result.comparison
+    # 8 cases a class cannot tell AUC 0.48 -> 0.86 from chance: interval -0.03 to 0.73
+    assert comparison.verdict == "not distinguishable"
+    assert comparison.ci95[0] < 0 < comparison.difference < comparison.ci95[1]
+    assert comparison.auc_base == pytest.approx(result.base_report.auc)
+    assert comparison.auc_new == pytest.approx(result.report.auc)
+    recorded = metadata.training["comparison_with_base"]
+    assert (recorded["verdict"], recorded["base_version"], recorded["cases"]) == (
+        "not distinguishable",
+        1,
+        16,
+    )
+    assert result.warnings == (
+        "Too few validation cases to tell (normal: 8, lesion: 8; at least 10 per class are "
+        "needed): the model was saved, but its validation figures, its calibration and its "
+        "comparison with the base model may be chance. Add cases before relying on it.",
+    )
+    assert metadata.training["warnings"] == list(result.warnings)
 
 
 @pytest.mark.slow
@@ -132,12 +150,24 @@ def test_the_new_version_is_saved_whole_with_its_plots(fine_tuned):
 
 
 @pytest.mark.slow
-def test_temperature_calibration_does_not_raise_ece(fine_tuned):
+def test_calibration_is_recorded_with_its_decision_rule(fine_tuned):
     result = fine_tuned[0]
+    metadata = result.bundle.metadata
 
-    assert result.bundle.metadata.temperature != 1.0
-    assert result.report.ece <= result.uncalibrated.ece + 1e-9
-    assert result.report.auc == pytest.approx(result.uncalibrated.auc)  # T keeps the ranking
+    assert 0.05 <= metadata.temperature <= 20 and len(metadata.class_bias) == 2
+    assert sum(metadata.class_bias) == pytest.approx(0.0, abs=1e-9)
+    assert metadata.decision_rule["kind"] == "argmax"
+    assert "normal 0.50, lesion 0.50" in metadata.decision_rule["description"]
+    assert metadata.calibration["fitted_on"] == {
+        "cases": 16,
+        "per_class": {"normal": 8, "lesion": 8},
+    }
+    assert metadata.calibration["reliable"] is False
+    assert any(note.startswith("Calibration was fitted on 16") for note in result.notes)
+    assert result.report.auc == pytest.approx(result.uncalibrated.auc)  # a binary bias keeps it
+    validation = metadata.training["metrics"]["validation"]
+    assert validation["majority_rate"] == 0.5
+    assert validation["accuracy"] == pytest.approx(result.report.accuracy)
 
 
 def test_cancel_stops_within_one_batch_and_writes_nothing(tmp_path, data):
@@ -264,7 +294,7 @@ def test_new_class_gets_a_new_head_and_keeps_the_encoder():
 
 def test_fine_tuning_with_a_new_class_extends_the_classes():
     data = phantom_cases(["normal", "lesion", "cyst"] * 6, seed=4)
-    config = TrainingConfig(**FAST, epochs=1, validation_fraction=0.34)
+    config = TrainingConfig(**FAST, epochs=1, validation_fraction=0.34, allow_new_classes=True)
 
     result = train(data, config, base=untrained_bundle())
 

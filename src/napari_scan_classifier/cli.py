@@ -59,13 +59,55 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _classify_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.io.dicomweb import is_dicomweb_url
+    from napari_scan_classifier.results import check_output
+
+    check_output(args.out)
+    if args.saliency_dir:
+        outputs.check_folder(
+            args.saliency_dir, len("000_XX_integrated_gradients_.nii.gz") + 64, "--saliency-dir"
+        )
+    if args.store_results or any(is_dicomweb_url(p) for p in args.paths):
+        if args.workers or args.scheduler:
+            raise ScanClassifierError(
+                "DICOMweb addresses are classified in this process: leave out --workers and "
+                "--scheduler"
+            )
+        return _classify_here(args)
+    return _classify_cohort(args)
+
+
+def _classify_cohort(args: argparse.Namespace) -> int:
+    """Local files and folders: series by series, resumable, here or on a Dask cluster."""
+    from napari_scan_classifier.cohort import Options, classify_cohort
+
+    explain = bool(args.saliency_dir or args.faithfulness)
+    options = Options(
+        saliency=(args.method or "default") if explain else "none",
+        passes=args.passes,
+        faithfulness=args.faithfulness,
+        saliency_dir=args.saliency_dir,
+    )
+    result = classify_cohort(
+        args.paths,
+        args.model,
+        args.out,
+        options=options,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    classified = result.total - result.failed
+    resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
+    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    if not classified:
+        raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
+    return 0
+
+
+def _classify_here(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    if args.saliency_dir:
-        outputs.check_folder(
-            args.saliency_dir, len("000_XX_grad_cam_.nii.gz") + 64, "--saliency-dir"
-        )
     explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
     paths, model, on_result = args.paths, args.model, None
     if args.store_results:
@@ -75,7 +117,7 @@ def _classify_command(args: argparse.Namespace) -> int:
     report = classify_paths(
         paths,
         model,
-        saliency=(args.method or "gradcam") if explain else "none",
+        saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
@@ -164,6 +206,9 @@ def _train_command(args: argparse.Namespace) -> int:
         "patience": args.patience,
         "name": args.name,
         "width": args.width,
+        "label_names": tuple(args.classes) if args.classes else None,
+        "target_sensitivity": args.target_sensitivity,
+        "allow_new_classes": args.new_classes,
     }
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
     if args.name is not None:
@@ -199,17 +244,25 @@ def _print_training_summary(result: TrainingResult) -> None:
     print(f"cases per class: {counts}")
     print(f"saved {m.name} version {m.version} to {result.bundle.path}")
     print(f"validation: {_metrics_line(result.report)}")
+    biases = m.class_bias or [0.0] * len(m.classes)
+    bias = ", ".join(f"{name} {b:+.3f}" for name, b in zip(m.classes, biases, strict=True))
     print(
-        f"calibration: ECE {result.uncalibrated.ece:.3f} -> {result.report.ece:.3f} "
-        f"(temperature {m.temperature:.3f})"
+        f"calibration: ECE {result.uncalibrated.ece:.3f} -> {result.report.ece:.3f}, accuracy "
+        f"{result.uncalibrated.accuracy:.3f} -> {result.report.accuracy:.3f} (temperature "
+        f"{m.temperature:.3f}, class bias {bias})"
     )
+    print(f"decision rule: {m.decision_rule.get('description', m.decision_rule['kind'])}")
     if result.base_report is not None:
         print(
             f"base model (version {m.parent_version}) on the same cases: "
             f"{_metrics_line(result.base_report)}"
         )
+    if result.comparison is not None:
+        print(f"verdict: {result.comparison.message}")
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
 
 
 def _metrics_line(report: EvaluationReport) -> str:
@@ -225,7 +278,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from napari_scan_classifier.models import load_bundle
     from napari_scan_classifier.training import evaluate_bundle
 
-    report = evaluate_bundle(load_bundle(args.model), args.cases, split=args.split)
+    report = evaluate_bundle(
+        load_bundle(args.model), args.cases, split=args.split, class_names=args.classes
+    )
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
@@ -234,6 +289,11 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+CLASSES_HELP = (
+    "names of an npz file's label indices 0, 1, ... in order (a file's own class_names win)"
+)
 
 
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
@@ -255,12 +315,24 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--patience", type=int, help="epochs without better validation AUC")
     train.add_argument("--seed", type=int)
     train.add_argument("--name", help="model name (default: the base's)")
+    train.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
+    train.add_argument(
+        "--new-classes",
+        action="store_true",
+        help="fine-tuning: let the cases add classes the base model does not know",
+    )
+    train.add_argument(
+        "--target-sensitivity",
+        type=float,
+        help="two classes: call the second at the threshold keeping this validation sensitivity",
+    )
     train.set_defaults(run=_train_command)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on labelled cases")
     evaluate.add_argument("--model", required=True, help="model bundle folder or .zip")
     evaluate.add_argument("--cases", required=True, help="case library folder or MedMNIST npz")
     evaluate.add_argument("--split", help="npz split (default: test if present, else val)")
+    evaluate.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate_command)
 
@@ -271,21 +343,43 @@ def _passes(text: str) -> int:
     return int(text)
 
 
+CLASSIFY_HELP = """\
+Classify every series under the paths; write one row per series.
+
+Local files and folders: each row is appended to a journal beside --out (results.jsonl for
+results.json or .csv) as soon as its series is done, and --out is written from it at the end.
+Running the same command again resumes: series already in the journal (by series key) are
+skipped, so an interrupted cohort finishes without duplicates. Delete the journal to start over.
+@list.txt stands for the paths listed in that file, one per line. --workers N classifies on a
+local Dask cluster of N processes, --scheduler ADDRESS on an existing one; the default is this
+process. DICOMweb addresses are classified in this process, without a journal."""
+
+
 def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser(
-        "classify", help="classify every series under the paths into a JSON or CSV file"
+        "classify",
+        help="classify every series under the paths into a JSON or CSV file",
+        description=CLASSIFY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     classify.add_argument(
-        "paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI or DICOMweb address"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
     )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
     classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
-        "--method", choices=("gradcam", "occlusion"), help="saliency method (default gradcam)"
+        "--method",
+        choices=("gradcam", "integrated_gradients", "occlusion"),
+        help="saliency method (default: the model's own, else integrated_gradients)",
     )
     classify.add_argument(
-        "--faithfulness", action="store_true", help="check each saliency map (deletion curve)"
+        "--faithfulness",
+        action="store_true",
+        help="check each saliency map (region deletion and insertion; adds a pass/fail)",
     )
     classify.add_argument(
         "--passes", type=_passes, default=10, help="MC-dropout passes for the uncertainty (0: none)"
@@ -295,6 +389,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
     )
+    where = classify.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=_passes, default=0, help="start a local Dask cluster of N processes"
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask cluster")
     classify.set_defaults(run=_classify_command)
 
 

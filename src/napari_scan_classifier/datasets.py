@@ -8,12 +8,15 @@ touch files again.
 - A **case library** (see :mod:`napari_scan_classifier.cases`) is one split, ``"all"``; every
   case goes through :func:`~napari_scan_classifier.preprocess.prepare` with the model's grid and
   intensity recipe, exactly as a scan classified in the viewer does.
-- A **MedMNIST-style npz** holds ``train_images``/``train_labels``, ``val_*`` and optionally
-  ``test_*``: uint8 volumes ``N x D x H x W`` and labels ``N x 1``. They are already cropped and
-  normalised, so intensities are only scaled to [0, 1] (integers by their type's maximum) and the
-  model's intensity recipe is *not* applied; volumes are stretched onto the model grid when their
-  shape differs. Class names come from the MedMNIST catalogue when the file name tells the data
-  set (``adrenalmnist3d_64.npz``), else ``"0"``, ``"1"``, ...
+- A **MedMNIST-style npz** holds any of ``train_*``, ``val_*`` and ``test_*`` (``*_images``,
+  ``*_labels``; training needs train, evaluating one test alone will do): uint8 volumes
+  ``N x D x H x W`` and labels ``N x 1``. They are already cropped and normalised, so intensities
+  are only scaled to [0, 1] (integers by their type's maximum) and the model's intensity recipe is
+  *not* applied; volumes are stretched onto the model grid when their shape differs. Label index
+  ``k`` is named by the file's own ``class_names`` array when it has one, else by the
+  ``class_names`` the caller gives (the CLI's ``--classes``), else ``"k"``. Never by the file's
+  name: a renamed file must not change its labels. :data:`MEDMNIST_CLASSES` lists the MedMNIST 3D
+  sets' names to pass.
 
 Each case also records which of its array axes runs superior-inferior and which left-right (from
 its affine; npz volumes are taken as axial stacks), so augmentation flips left-right only and
@@ -22,7 +25,7 @@ rotates in the axial plane whatever the acquisition orientation.
 
 from __future__ import annotations
 
-import re
+import math
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier import limits
 from napari_scan_classifier.applicability import summarise
 from napari_scan_classifier.errors import CancelledError, TrainingError
 from napari_scan_classifier.preprocess import model_grid, prepare, resample_to_grid
@@ -42,7 +46,7 @@ LoadProgress = Callable[[int, int], None]
 AXIAL_AXES = (0, 2)  # (superior-inferior, left-right) index axes of an axial (z, y, x) stack
 ALL = "all"
 NPZ_SPLITS = ("train", "val", "test")
-# Label names of the MedMNIST 3D data sets (medmnist/info.py), by file-name prefix.
+# Label names of the MedMNIST 3D data sets (medmnist/info.py), for callers to pass by data set.
 MEDMNIST_CLASSES: dict[str, tuple[str, ...]] = {
     "adrenalmnist3d": ("normal", "hyperplasia"),
     "nodulemnist3d": ("benign", "malignant"),
@@ -135,8 +139,10 @@ def load_source(
     *,
     progress: LoadProgress | None = None,
     cancel: Callable[[], bool] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> LabelledData:
-    """Load a case library folder or an ``.npz`` onto the model grid ``shape`` (see module doc)."""
+    """Load a case library folder or an ``.npz`` onto the model grid ``shape`` (see module doc;
+    ``class_names`` name an npz's label indices and do not apply to a library)."""
     path = Path(source)
     if not path.exists():
         raise TrainingError(f"Training data '{path.name}': no such file or folder")
@@ -144,11 +150,17 @@ def load_source(
         return load_case_library(
             path, shape, spacing_mm, intensity, progress=progress, cancel=cancel
         )
-    return load_npz(path, shape)
+    return load_npz(path, shape, class_names=class_names)
 
 
-def load_npz(path: str | Path, shape: Sequence[int] | None = None) -> LabelledData:
-    """A MedMNIST-style npz as splits scaled to [0, 1], resized to ``shape`` if given."""
+def load_npz(
+    path: str | Path,
+    shape: Sequence[int] | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+) -> LabelledData:
+    """A MedMNIST-style npz as splits scaled to [0, 1], resized to ``shape`` if given; label
+    indices named as the module doc says."""
     path = Path(path)
     arrays = _read_npz(path)
     splits: dict[str, Split] = {}
@@ -160,9 +172,13 @@ def load_npz(path: str | Path, shape: Sequence[int] | None = None) -> LabelledDa
         y = _npz_labels(arrays, name, path, len(x))
         splits[name] = Split(x, y, np.tile(AXIAL_AXES, (len(y), 1)))
         n_classes = max(n_classes, int(y.max()) + 1)
-    if "train" not in splits:
-        raise TrainingError(f"'{path.name}' has no train_images: not a MedMNIST-style npz")
-    return LabelledData(_npz_class_names(path, n_classes), splits, f"npz file '{path.name}'")
+    if not splits:
+        raise TrainingError(
+            f"'{path.name}' has none of train_images, val_images, test_images: not a "
+            "MedMNIST-style npz"
+        )
+    names = _npz_class_names(arrays, path, n_classes, class_names)
+    return LabelledData(names, splits, f"npz file '{path.name}'")
 
 
 def load_case_library(
@@ -264,6 +280,7 @@ def _indices(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
@@ -273,6 +290,37 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             f"Training data '{path.name}' is neither a case library folder nor a readable "
             f".npz file ({reason})"
         ) from None
+
+
+def _check_npz_size(path: Path) -> None:
+    """Refuse, before loading, an .npz whose members are zip bombs or whose arrays declare more
+    than the memory budget (an .npy header may declare any shape)."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load reports what it is
+    declared = 0
+    with limits.open_zip(path, f"Training data '{path.name}'", TrainingError) as archive:
+        for info in archive.infolist():
+            what = f"Training data '{path.name}': {info.filename}"
+            limits.check_member(info, what, TrainingError, limits.memory_budget())
+            if info.filename.endswith(".npy"):
+                declared += _npy_bytes(archive, info, what)
+    limits.check_memory(declared, f"Training data '{path.name}'", TrainingError)
+
+
+def _npy_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> int:
+    """The bytes an .npy member's header says its array takes."""
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member)
+    except (*limits.ZIP_ERRORS, SyntaxError) as error:
+        raise TrainingError(f"{what} is not a readable array ({type(error).__name__})") from None
+    return math.prod(shape) * dtype.itemsize
 
 
 def _npz_images(
@@ -322,12 +370,33 @@ def _npz_labels(arrays: Mapping[str, np.ndarray], split: str, path: Path, n: int
     return labels.astype(int)
 
 
-def _npz_class_names(path: Path, n_classes: int) -> tuple[str, ...]:
-    match = re.match(r"[a-z0-9]+mnist3d", path.name.lower())
-    known = MEDMNIST_CLASSES.get(match.group(0)) if match else None
-    if known is not None and len(known) >= n_classes:
-        return known
-    return tuple(str(index) for index in range(max(n_classes, 2)))
+def _npz_class_names(
+    arrays: Mapping[str, np.ndarray],
+    path: Path,
+    n_classes: int,
+    given: Sequence[str] | None,
+) -> tuple[str, ...]:
+    """The file's own ``class_names``, else ``given``, else the indices as text."""
+    own = None
+    if "class_names" in arrays:
+        stored = np.asarray(arrays["class_names"])
+        if stored.ndim != 1 or stored.dtype.kind not in "US":
+            raise TrainingError(f"'{path.name}': class_names must be a list of texts")
+        own = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in stored)
+    if own is not None and given is not None and tuple(given) != own:
+        raise TrainingError(
+            f"'{path.name}' names its classes {list(own)}, not {list(given)}; drop --classes "
+            "or give the file's own names"
+        )
+    names = own if own is not None else None if given is None else tuple(given)
+    if names is None:
+        return tuple(str(index) for index in range(max(n_classes, 2)))
+    if len(names) < max(n_classes, 2) or len(set(names)) != len(names):
+        raise TrainingError(
+            f"'{path.name}' has labels 0 to {n_classes - 1} but {len(names)} class names "
+            f"{list(names)}: give one distinct name per label index, in index order"
+        )
+    return tuple(names)
 
 
 __all__ = [

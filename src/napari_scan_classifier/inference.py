@@ -2,8 +2,9 @@
 
 Each scan (or a box in it) is resampled onto the bundle's model grid and intensity range by
 :func:`~napari_scan_classifier.preprocess.prepare`; several scans go through the network in one
-batch. Probabilities are calibrated, ``softmax(logits / temperature)`` with the bundle's
-temperature.
+batch. Probabilities are calibrated, ``softmax(logits / temperature + class_bias)`` with the
+bundle's temperature and class bias (older bundles have no bias), and the predicted class follows
+the bundle's decision rule (the most probable class, or a threshold for an operating point).
 
 Uncertainty comes from N stochastic passes:
 
@@ -58,10 +59,11 @@ _LABEL_SAMPLE = 100_000  # voxels looked at to tell labels from a scan
 class Prediction:
     """The result for one scan.
 
-    ``probabilities`` are calibrated (``softmax(logits / temperature)``), in the bundle's class
-    order; ``logits`` are the raw volume logits. ``per_slice`` is ``(source slices, classes)``: the
-    softmax of a slice-scoring model's per-slice logits (uncalibrated: the temperature is fitted
-    to volume logits), mapped to the scan's own slices, NaN where the model grid does not reach;
+    ``probabilities`` are calibrated (``softmax(logits / temperature + class_bias)``), in the
+    bundle's class order; ``predicted_class`` follows the bundle's decision rule; ``logits`` are
+    the raw volume logits. ``per_slice`` is ``(source slices, classes)``: the softmax of a
+    slice-scoring model's per-slice logits (uncalibrated: the calibration is fitted to volume
+    logits), mapped to the scan's own slices, NaN where the model grid does not reach;
     ``None`` for models that do not score slices. ``timings`` (s): ``preprocess`` is this scan's,
     ``predict`` and ``uncertainty`` are for the whole batch it was classified in. ``ood`` says
     whether the scan is within what the model was trained on (see :mod:`.applicability`).
@@ -342,17 +344,17 @@ def _prediction(
 ) -> Prediction:
     meta = bundle.metadata
     logits = np.asarray(outputs["volume"][b], dtype=np.float64)
-    probabilities = softmax(logits[None], meta.temperature)[0]
+    probabilities = meta.probabilities(logits[None])[0]
     per_slice = None
     if "slices" in outputs:
         per_slice = slice_index_map(grid).apply(softmax(outputs["slices"][b]))
-    uncertainty = _uncertainty(softmax(samples[:, b], meta.temperature), meta.classes)
+    uncertainty = _uncertainty(meta.probabilities(samples[:, b]), meta.classes)
     uncertainty.update(method=method, passes=int(samples.shape[0]))
     if method == "mc_dropout" and samples.shape[0] == 1:
         uncertainty["note"] = "the model has no dropout layers to sample: no spread measured"
     return Prediction(
         probabilities={name: float(p) for name, p in zip(meta.classes, probabilities, strict=True)},
-        predicted_class=meta.classes[int(np.argmax(logits))],
+        predicted_class=meta.classes[int(meta.decide(probabilities[None])[0])],
         logits=logits,
         per_slice=per_slice,
         uncertainty=uncertainty,

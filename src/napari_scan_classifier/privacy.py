@@ -106,6 +106,10 @@ class RedactingStream(io.TextIOBase):
     def fileno(self) -> int:
         return self._target.fileno()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._target.encoding
+
     def isatty(self) -> bool:
         return self._target.isatty()
 

@@ -38,16 +38,16 @@ from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.privacy import Redactor
-from napari_scan_classifier.saliency import SaliencyMap, grad_cam, occlusion
+from napari_scan_classifier.saliency import TITLES, SaliencyMap, method_key, saliency_map
 from napari_scan_classifier.volume import Volume
 
-SALIENCY_METHODS = ("gradcam", "occlusion", "none")
-SALIENCY_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "none": "None"}
+# "default": the method the bundle records as most faithful (see saliency.selection)
+SALIENCY_METHODS = ("default", "gradcam", "integrated_gradients", "occlusion", "none")
+SALIENCY_TITLES = {"default": "Model's default", **TITLES, "none": "None"}
 UNCERTAINTY_TITLES = {"mc_dropout": "Monte Carlo dropout", "tta": "test-time augmentation"}
 DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, shared overhead
 OUTPUT_SUFFIXES = (".json", ".csv")
-FAITHFUL_MARGIN = 0.02  # deletion-curve areas closer than this are a tie with random order
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 OUT_OF_DISTRIBUTION = "out_of_distribution"
 ANSWERED = ("classified", OUT_OF_DISTRIBUTION)  # statuses of rows that carry probabilities
@@ -70,6 +70,7 @@ class ScanResult:
             faithfulness = self.saliency.faithfulness
             data["saliency"] = {
                 "method": self.saliency.method,
+                "layer": self.saliency.layer,
                 "target_class": self.saliency.target_class,
                 "faithfulness": None if faithfulness is None else faithfulness.to_dict(),
             }
@@ -118,21 +119,21 @@ def explain(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> SaliencyMap | None:
-    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none")."""
+    """The ``method`` saliency map of ``target_class`` on ``volume``'s grid (None for "none";
+    "default": the bundle's own)."""
     if method not in SALIENCY_METHODS:
         raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
     if method == "none":
         return None
     Reporter(1, progress, cancel, job="saliency")(f"{SALIENCY_TITLES[method]} map")
-    if method == "gradcam":
-        return grad_cam(volume, bundle, target_class, faithfulness=faithfulness)
-    return occlusion(
+    return saliency_map(
         volume,
         bundle,
+        None if method == "default" else method,
         target_class,
+        faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
-        faithfulness=faithfulness,
     )
 
 
@@ -140,7 +141,7 @@ def classify_scan(
     volume: Volume,
     bundle: Bundle,
     *,
-    saliency: str = "gradcam",
+    saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     progress: Progress | None = None,
@@ -252,16 +253,12 @@ def classify_paths(
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row = series_row(index, number, volume)
+                row, result = result_row(
+                    index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+                )
                 row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
-                if isinstance(outcome, Prediction):
-                    result = _explained(volume, bundle, outcome, saliency, faithfulness)
-                    row.update(status=status_of(outcome), **result.to_dict())
-                    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
-                    if on_result is not None:
-                        on_result(number, volume, result)
-                else:
-                    row.update(status="failed", error=outcome)
+                if result is not None and on_result is not None:
+                    on_result(number, volume, result)
                 report.series.append(row)
                 save(report)
                 if on_row is not None:
@@ -278,6 +275,49 @@ def status_of(prediction: Prediction) -> str:
     """``"classified"``, or ``"out_of_distribution"`` when the scan is unlike the training data
     (its probabilities are reported all the same)."""
     return "classified" if prediction.in_distribution else OUT_OF_DISTRIBUTION
+
+
+def classify_series(
+    index: int,
+    number: int,
+    volume: Volume,
+    bundle: Bundle,
+    *,
+    saliency: str = "none",
+    passes: int = DEFAULT_PASSES,
+    faithfulness: bool = False,
+    saliency_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
+    (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
+    (the caller knows the inputs)."""
+    (outcome,) = _predict_each([volume], bundle, passes)
+    row, _ = result_row(
+        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+    )
+    return row
+
+
+def result_row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str,
+    bundle: Bundle,
+    saliency: str,
+    faithfulness: bool,
+    saliency_dir: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Any], ScanResult | None]:
+    """The series' label, then its prediction and saliency summary (the map saved into
+    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    row = series_row(index, number, volume)
+    if not isinstance(outcome, Prediction):
+        row.update(status="failed", error=outcome)
+        return row, None
+    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    row.update(status=status_of(outcome), **result.to_dict())
+    row["saliency"] = _saved_map(volume, result, index, saliency_dir)
+    return row, result
 
 
 def _load(
@@ -413,9 +453,13 @@ def to_csv(report: BatchReport) -> str:
         "device",
         "model",
         "model_version",
+        "model_sha256",
+        "worker",
         "seconds",
         "saliency_file",
-        "saliency_vs_random_auc",
+        "saliency_faithfulness_passed",
+        "saliency_deletion_auc",
+        "saliency_insertion_auc",
         "ood_score",
         "ood_threshold",
         "ood_reasons",
@@ -443,6 +487,8 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat = {key: row[key] for key in _SERIES_COLUMNS}
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
+    flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
+    flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
     if row["status"] not in ANSWERED:
         return flat
     uncertainty = row["uncertainty"]
@@ -462,7 +508,9 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         model_version=row["model"]["version"],
         seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
         saliency_file=saliency.get("file", ""),
-        saliency_vs_random_auc=_fmt(faithfulness.get("ratio")),
+        saliency_faithfulness_passed=_flag(faithfulness.get("passed")),
+        saliency_deletion_auc=_fmt(faithfulness.get("auc_deletion")),
+        saliency_insertion_auc=_fmt(faithfulness.get("auc_insertion")),
         ood_score=_fmt(ood.get("score")),
         ood_threshold=_fmt(ood.get("threshold")),
         ood_reasons="; ".join(ood.get("reasons", ())),
@@ -473,6 +521,10 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def _flag(value: bool | None) -> str:
+    return "" if value is None else str(bool(value)).lower()
 
 
 def json_safe(value: Any) -> Any:
@@ -543,31 +595,19 @@ def ood_lines(result: Mapping[str, Any]) -> list[str]:
 def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:
     if not saliency:
         return []
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
-    lines = [f"Saliency: {title} of '{saliency['target_class']}'"]
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
+    layer = f" (layer {saliency['layer']})" if saliency.get("layer") else ""
+    lines = [f"Saliency: {title}{layer} of '{saliency['target_class']}'"]
     check = saliency.get("faithfulness")
     if check:
-        verdict = (
-            "faster than random"
-            if check["difference"] > FAITHFUL_MARGIN
-            else "no faster than random"
-        )
-        lines.append(
-            f"Saliency check: deleting the most salient voxels first lowers "
-            f"p({check['target_class']}) {verdict} (area {check['auc_salient']:.2f} vs "
-            f"{check['auc_random']:.2f})"
-        )
+        verdict = "passed" if check["passed"] else "FAILED"
+        lines.append(f"Saliency check {verdict}: {check['reason']}")
     return lines
-
-
-def _method_key(method: str) -> str:
-    """SaliencyMap.method ("grad_cam") as the option name ("gradcam")."""
-    return method.replace("_", "")
 
 
 def saliency_title(saliency: Mapping[str, Any]) -> str:
     """``"Grad-CAM (lesion)"``: for layer names."""
-    title = SALIENCY_TITLES.get(_method_key(saliency["method"]), saliency["method"])
+    title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
     return f"{title} ({saliency['target_class']})"
 
 

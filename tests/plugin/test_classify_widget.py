@@ -79,7 +79,7 @@ def test_classify_adds_an_aligned_saliency_layer_and_the_result(
     viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path
 ) -> None:
     scan = _sample(viewer)
-    widget = _widget(viewer, cnn_dir)
+    widget = _widget(viewer, cnn_dir, saliency="gradcam")
     assert widget.scan.value is scan  # the active layer by default
 
     _run(qtbot, widget)
@@ -109,6 +109,8 @@ def test_classify_adds_an_aligned_saliency_layer_and_the_result(
 
     assert f"Predicted: {expected.predicted_class}" in widget.summary.value
     assert widget.banner.native.isHidden() and widget.banner.value == ""
+    verdict = "passed" if result["saliency"]["faithfulness"]["passed"] else "FAILED"
+    assert f"Saliency check {verdict}: " in widget.summary.value
     assert "sphere-test v1" in widget.summary.value and result["device"] in widget.summary.value
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
@@ -117,7 +119,7 @@ def test_classifying_again_updates_the_same_layer(
     viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path
 ) -> None:
     scan = _sample(viewer)
-    widget = _widget(viewer, cnn_dir)
+    widget = _widget(viewer, cnn_dir, saliency="gradcam")
     _run(qtbot, widget)
     saliency = find_result_layer(viewer.layers, scan, SALIENCY_KIND)
     scan.name = "renamed"

@@ -50,6 +50,7 @@ def test_contributions() -> None:
         "Classify scan",
         "Annotate cases",
         "Train model",
+        "Open from PACS",
     ]
 
 

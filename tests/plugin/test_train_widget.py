@@ -7,16 +7,27 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from napari.components import ViewerModel
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_scan_classifier.cases import CaseLibrary
-from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
+from napari_scan_classifier.evaluation import evaluate
+from napari_scan_classifier.models import (
+    Bundle,
+    BundleMetadata,
+    build_cnn3d,
+    load_bundle,
+    save_bundle,
+)
 from napari_scan_classifier.phantoms import make_case
 from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
 from napari_scan_classifier.plugin.widgets.plots import PLOT_HEIGHT
 from napari_scan_classifier.plugin.widgets.train import DISK, SCRATCH, TrainWidget
-from napari_scan_classifier.training import TrainingEvent
+from napari_scan_classifier.training import TrainingEvent, TrainingResult
+from napari_scan_classifier.training.guardrails import compare_with_base
 
 GRID = (16, 16, 16)
 CLASSES = ["normal", "lesion"]
@@ -63,6 +74,51 @@ def widget(viewer: ViewerModel, tmp_path: Path, library: Path) -> TrainWidget:
     widget.batch_size.value = 4
     widget.validation.value = 0.35  # 12 cases: two or three of each class to validate on
     return widget
+
+
+def answer(button: QMessageBox.StandardButton) -> None:
+    """Press ``button`` in the next modal question as soon as it shows."""
+
+    def press() -> None:
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            box.button(button).click()
+        else:
+            QTimer.singleShot(10, press)
+
+    QTimer.singleShot(0, press)
+
+
+def result_with_verdict(bundle: Bundle, new: list[float], base: list[float]) -> TrainingResult:
+    """A training result whose comparison with version 1 is made on validation cases, the first
+    half normal, the rest lesion."""
+    y = np.repeat([0, 1], len(new) // 2)
+    new_p, base_p = (np.stack([1 - np.array(p), np.array(p)], axis=1) for p in (new, base))
+    report = evaluate(y, new_p, CLASSES)
+    comparison = compare_with_base(y, new_p, base_p, base_version=1)
+    counts = {"validation": {"normal": len(y) // 2, "lesion": len(y) // 2}}
+    return TrainingResult(bundle, {}, report, report, None, counts, comparison=comparison)
+
+
+def test_using_a_version_that_did_not_measure_better_asks_first(widget, base_model):
+    bundle = load_bundle(base_model)
+    widget.result = result_with_verdict(bundle, [0.5, 0.7, 0.6, 0.4], [0.2, 0.6, 0.4, 0.5])
+
+    box = widget.confirmation()
+
+    assert box.text() == (
+        "Against its base on the same validation cases, 'tiny' version 1 measured: not "
+        "distinguishable. Use it in the classifier anyway?"
+    )
+    assert box.informativeText() == widget.result.comparison.message
+    assert box.defaultButton() is box.button(QMessageBox.StandardButton.No)
+    answer(QMessageBox.StandardButton.No)
+    assert widget.use_in_classifier() is None  # declined: the classifier is left alone
+
+    ranks = np.linspace(0.05, 0.95, 20)
+    widget.result = result_with_verdict(bundle, list(ranks), list(ranks[::-1]))
+    assert widget.result.comparison.verdict == "better"
+    assert widget.confirmation() is None
 
 
 def from_scratch(widget: TrainWidget) -> None:
@@ -121,10 +177,14 @@ def test_fine_tuning_reports_progress_saves_a_version_and_feeds_the_classifier(
     assert roc.shape[0] == PLOT_HEIGHT and roc[..., 3].min() == 0  # a transparent background
     assert "Saved 'tiny' version 2" in widget.summary.value
     assert "Base model on the same cases" in widget.summary.value
+    assert f"Verdict: {widget.result.comparison.message}" in widget.summary.value
+    assert "Warning: Too few validation cases to tell (normal: 2" in widget.summary.value
     assert widget.train_button.enabled and not widget.cancel_button.enabled
 
     if not hasattr(viewer, "window"):
         pytest.skip("the classifier dock needs napari's window (OpenGL)")
+    if widget.confirmation() is not None:  # a verdict other than "better": say yes
+        answer(QMessageBox.StandardButton.Yes)
     widget.use_button.changed.emit(True)
     classify = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, ClassifyWidget))
     assert Path(classify.model.value) == folder

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ ENV_TOKEN = "NSC_DICOMWEB_TOKEN"
 ENV_CACHE = "NSC_DICOMWEB_CACHE"
 DEFAULT_TIMEOUT = 30.0  # seconds without an answer before a request gives up
 _COMPLETE = ".complete"  # marks a cached series whose every instance arrived
+_DATE = re.compile(r"\d{8}")
 _URL = re.compile(
     r"^(?P<base>https?://[^?#]+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$"
 )
@@ -169,9 +171,10 @@ class DicomWebServer:
             raise DicomWebError("the DICOMweb server address must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.credentials = credentials or Credentials.from_env()
         self._host = urlsplit(self.base_url).netloc.rsplit("@", 1)[-1]
         session = requests.Session()
-        (credentials or Credentials.from_env()).apply(session)
+        self.credentials.apply(session)
         self._client = DICOMwebClient(self.base_url, session=session, timeout=timeout)
         self._client.set_http_retry_params(retry=False)
 
@@ -209,6 +212,9 @@ class DicomWebServer:
         limit: int = 100,
     ) -> list[StudyMatch]:
         """Studies matching every given field (dates as YYYYMMDD; empty fields match all)."""
+        for date in (date_from, date_to):
+            if date and not _DATE.fullmatch(date):
+                raise DicomWebError(f"dates are written YYYYMMDD (e.g. 20240131), not {date!r}")
         filters = {
             "PatientID": patient_id,
             "ModalitiesInStudy": modality,
@@ -327,8 +333,11 @@ def _http_message(where: str, status: int, what: str) -> str:
 
 
 def _save(dataset: Dataset, path: Path) -> None:
+    """Encode in memory, then one write (pydicom writes element by element)."""
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
     partial = path.with_name(f".{path.name}.partial")
-    dcmwrite(partial, dataset, enforce_file_format=True)
+    partial.write_bytes(buffer.getbuffer())
     os.replace(partial, path)
 
 
@@ -377,9 +386,13 @@ def retrieved(
 def _cached(
     server: DicomWebServer, series: SeriesMatch, progress: Progress | None, cancel: Cancel | None
 ) -> Path:
+    """The cached copy of ``series``, fetched anew unless complete and as large as the server
+    says the series is now (instances added since are not missed)."""
     folder = _cache_folder(series, server.base_url)
     if (folder / _COMPLETE).exists():
-        return folder
+        held = sum(1 for _ in folder.glob("instance_*.dcm"))
+        if series.instance_count is None or held == series.instance_count:
+            return folder
     shutil.rmtree(folder, ignore_errors=True)
     try:
         server.fetch_series(series, folder, progress=progress, cancel=cancel)

@@ -9,26 +9,77 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from napari_scan_classifier.errors import UnreadableScanError
+from napari_scan_classifier.errors import GeometryError, ResourceLimitError, UnreadableScanError
+from napari_scan_classifier.io.checks import affine_problem, finite_positive
+from napari_scan_classifier.limits import check_memory
+from napari_scan_classifier.privacy import strip_paths
 from napari_scan_classifier.volume import Volume, nifti_to_zyx_affine
 
 # NIfTI intent/description fields are free text; we only keep what we wrote ourselves.
 _MODALITY_PREFIX = "modality="
+_PIXDIM = "voxel size (pixdim)"
 
 
-def _best_affine(image: nib.Nifti1Image | nib.Nifti2Image) -> np.ndarray:
-    """sform when it is set, else qform, else the header's fallback (as nibabel and ITK choose)."""
-    sform, sform_code = image.header.get_sform(coded=True)
-    if sform is not None and int(sform_code) > 0:
-        return sform
-    qform, qform_code = image.header.get_qform(coded=True)
-    if qform is not None and int(qform_code) > 0:
-        return qform
-    return image.header.get_best_affine()
+def _candidate_affines(image: nib.Nifti1Image | nib.Nifti2Image) -> list[tuple[str, Any]]:
+    """sform when set, then qform when set, then the header's pixdim grid (nibabel's and ITK's
+    order of preference); each computed lazily, as a damaged quaternion can raise."""
+    header = image.header
+    candidates: list[tuple[str, Any]] = []
+    if int(header["sform_code"]) > 0:
+        candidates.append(("sform", lambda: header.get_sform()))
+    if int(header["qform_code"]) > 0:
+        candidates.append(("qform", lambda: header.get_qform()))
+    candidates.append((_PIXDIM, header.get_base_affine))
+    return candidates
+
+
+def _trusted_affine(image: nib.Nifti1Image | nib.Nifti2Image, name: str) -> tuple[np.ndarray, list]:
+    """The first finite, non-singular affine of the candidates, and what was passed over."""
+    notes = []
+    for source, compute in _candidate_affines(image):
+        try:
+            affine = np.asarray(compute(), float)
+            problem = affine_problem(affine)
+        except Exception as error:  # nibabel raises several types for damaged quaternions
+            problem = f"it cannot be computed ({type(error).__name__})"
+        if problem is None:
+            if notes and source == _PIXDIM:
+                notes.append(f"its {source} grid was used: orientation and position unknown")
+            return affine, notes
+        notes.append(f"its {source} is unusable ({problem}) and was ignored")
+    raise GeometryError(f"{name}: no usable geometry: {'; '.join(notes)}")
+
+
+def _declared_size(image: nib.Nifti1Image | nib.Nifti2Image, name: str) -> None:
+    """Refuse empty or oversized images from the header, before any voxel is read."""
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    if len(shape) < 3:
+        raise UnreadableScanError(f"{name}: a {len(shape)}D image, not a volume")
+    if any(n <= 0 for n in shape):
+        raise UnreadableScanError(f"{name}: its header declares {shape} voxels (an empty image)")
+    proxy = image.dataobj
+    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    itemsize = 8 if scaled else image.get_data_dtype().itemsize
+    count = int(np.prod(shape, dtype=np.float64))
+    check_memory(count * itemsize, f"{name} ({'x'.join(map(str, shape))} voxels)")
+
+
+def _finite_voxels(data: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Float voxels with NaN or infinity set to 0, saying how many (nothing NaN goes on)."""
+    if data.dtype.kind != "f":
+        return data
+    bad = ~np.isfinite(data)
+    count = int(np.count_nonzero(bad))
+    if count:
+        data = np.array(data, copy=True)
+        data[bad] = 0
+        notes.append(f"{count} voxel(s) hold NaN or infinity in the file: set to 0")
+    return data
 
 
 def _modality_from_header(header: nib.Nifti1Header) -> str:
@@ -48,31 +99,43 @@ def _to_zyx(data: np.ndarray) -> np.ndarray:
 
 
 def load_nifti(path: str | Path) -> Volume:
-    """Read a .nii/.nii.gz file (NIfTI-1 or -2, 3D or 4D) as a Volume in world coordinates."""
+    """Read a .nii/.nii.gz file (NIfTI-1 or -2, 3D or 4D) as a Volume in world coordinates.
+
+    The header is checked before any voxel is read: an empty or oversized image is refused, and
+    a NaN or singular sform/qform is passed over (said in ``geometry_warnings``) for the next.
+    """
     path = Path(path)
     try:
         image = nib.load(path)
     except FileNotFoundError as error:
         raise UnreadableScanError(f"{path.name}: no such file") from error
     except Exception as error:  # nibabel raises many types for corrupt headers
-        raise UnreadableScanError(f"{path.name}: not a readable NIfTI file ({error})") from error
+        raise UnreadableScanError(
+            f"{path.name}: not a readable NIfTI file ({strip_paths(str(error))})"
+        ) from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise UnreadableScanError(f"{path.name}: not a NIfTI image")
-    if len(image.shape) < 3:
-        raise UnreadableScanError(f"{path.name}: a {len(image.shape)}D image, not a volume")
+    _declared_size(image, path.name)
+    affine, notes = _trusted_affine(image, path.name)
     try:
         data = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, ValueError) as error:
+    except MemoryError:
+        raise ResourceLimitError(f"{path.name}: its voxels do not fit in memory") from None
+    except Exception as error:  # truncated, corrupt gzip stream, impossible offsets
         raise UnreadableScanError(f"{path.name}: voxel data is truncated or corrupt") from error
-    spatial_zooms = image.header.get_zooms()[:3]
+    data = _finite_voxels(data, notes)
+    thickness = finite_positive(float(image.header.get_zooms()[2]))
+    metadata: dict[str, Any] = {
+        "source_format": f"NIfTI-{2 if isinstance(image, nib.Nifti2Image) else 1}",
+        "geometry_warnings": notes,
+    }
+    if thickness is not None:
+        metadata["slice_thickness"] = thickness
     return Volume(
         voxels=_to_zyx(data),
-        affine=nifti_to_zyx_affine(_best_affine(image)),
+        affine=nifti_to_zyx_affine(affine),
         modality=_modality_from_header(image.header),
-        metadata={
-            "source_format": f"NIfTI-{2 if isinstance(image, nib.Nifti2Image) else 1}",
-            "slice_thickness": float(spatial_zooms[2]),
-        },
+        metadata=metadata,
     )
 
 
@@ -123,6 +186,7 @@ def _atomic_save(image: nib.Nifti1Image, path: Path) -> Path:
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.fchmod(handle, 0o644)  # mkstemp makes it private; outputs get the usual mode
     os.close(handle)
     try:
         nib.save(image, temporary)

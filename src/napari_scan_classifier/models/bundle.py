@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+from scipy.special import softmax
 
 from napari_scan_classifier import limits, outputs
 from napari_scan_classifier.applicability import FeatureDetector
@@ -89,8 +91,10 @@ class BundleMetadata:
     intensity: dict[str, Any]  # preprocess.normalise recipe
     architecture: str  # key of ARCHITECTURES that built it
     parent_version: int | None = None
-    temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature)
+    temperature: float = 1.0  # calibrated probabilities = softmax(logits / temperature + bias)
     gradcam_layer: str = GRADCAM_LAYER
+    # Default saliency map: {"method", "layer", ...figures} measured on validation cases
+    saliency: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data summary and metrics
     # input-check ranges ("checks") and the feature detector's threshold ("detector"), see
     # applicability.py
@@ -101,6 +105,24 @@ class BundleMetadata:
     # file name -> SHA-256 (hex) of every other file of the bundle, written by save_bundle; not
     # part of the model's identity (a saved copy equals the metadata it was saved from)
     files: dict[str, str] = field(default_factory=dict, compare=False)
+    class_bias: list[float] = field(default_factory=list)  # per class; empty: no bias
+    # how a class is called from the calibrated probabilities: {"kind": "argmax"}, or for two
+    # classes {"kind": "threshold", "positive_class": ..., "threshold": ...}; plus a description
+    decision_rule: dict[str, Any] = field(default_factory=lambda: {"kind": "argmax"})
+    calibration: dict[str, Any] = field(default_factory=dict)  # how it was fitted, on what
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (n, classes) of volume logits (n, classes)."""
+        return calibrated(logits, self.temperature, self.class_bias)
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class index per row of calibrated ``probabilities`` (n, classes), by the rule."""
+        p = np.asarray(probabilities, dtype=float)
+        rule = self.decision_rule
+        if rule["kind"] != "threshold":
+            return p.argmax(axis=1)
+        positive = self.classes.index(rule["positive_class"])
+        return np.where(p[:, positive] >= rule["threshold"], positive, 1 - positive)
 
     def __post_init__(self) -> None:
         _check_metadata(self)
@@ -109,11 +131,15 @@ class BundleMetadata:
         self.intensity = copy.deepcopy(dict(self.intensity))
         self.training = copy.deepcopy(self.training)
         self.applicability = copy.deepcopy(dict(self.applicability))
+        self.saliency = copy.deepcopy(self.saliency)
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
         if self.target_spacing_mm is not None:
             self.target_spacing_mm = tuple(float(s) for s in self.target_spacing_mm)  # type: ignore[assignment]
         self.temperature = float(self.temperature)
         self.files = dict(self.files)
+        self.class_bias = [float(b) for b in self.class_bias]
+        self.decision_rule = copy.deepcopy(dict(self.decision_rule))
+        self.calibration = copy.deepcopy(dict(self.calibration))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format version."""
@@ -156,6 +182,16 @@ class Bundle:
     model: keras.Model
     path: Path | None = None
     detector: FeatureDetector | None = None
+
+
+def calibrated(
+    logits: np.ndarray, temperature: float, bias: list[float] | tuple[float, ...] | None = None
+) -> np.ndarray:
+    """``softmax(logits / temperature + bias)`` row by row (no bias: plain temperature)."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    if bias is not None and len(bias):
+        z = z + np.asarray(bias, dtype=float)
+    return softmax(z, axis=-1)
 
 
 def next_version(metadata: BundleMetadata) -> int:
@@ -594,10 +630,39 @@ def _check_metadata(m: BundleMetadata) -> None:
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
     _check_applicability(m.applicability)
+    _expect(
+        isinstance(m.saliency, dict) and _is_text(m.saliency.get("method", "-")),
+        "saliency must be a JSON object naming its method",
+    )
     _expect(_is_iso_time(m.created), "created must be an ISO 8601 date and time")
     _expect(isinstance(m.description, str), "description must be text")
     _expect(isinstance(m.model_card, str), "model_card must be text")
     _check_files(m.files)
+    _expect(
+        isinstance(m.class_bias, (list, tuple))
+        and len(m.class_bias) in (0, len(m.classes))
+        and all(_is_number(b) for b in m.class_bias),
+        "class_bias must list one number per class, or be empty",
+    )
+    _check_decision_rule(m.decision_rule, m.classes)
+    _expect(isinstance(m.calibration, dict), "calibration must be a JSON object")
+
+
+def _check_decision_rule(rule: Any, classes: list[str]) -> None:
+    _expect(
+        isinstance(rule, dict) and rule.get("kind") in ("argmax", "threshold"),
+        "decision_rule must be an object whose kind is 'argmax' or 'threshold'",
+    )
+    if rule["kind"] == "threshold":
+        threshold = rule.get("threshold")
+        _expect(
+            len(classes) == 2
+            and rule.get("positive_class") in classes
+            and _is_number(threshold)
+            and 0 < threshold < 1,
+            "decision_rule: a threshold needs two classes, a positive_class among them and a "
+            "threshold between 0 and 1",
+        )
 
 
 def _check_files(files: Any) -> None:

@@ -60,7 +60,7 @@ from napari_scan_classifier.applicability import (
     summarise,
 )
 from napari_scan_classifier.datasets import LabelledData
-from napari_scan_classifier.evaluation import EvaluationReport, softmax
+from napari_scan_classifier.evaluation import EvaluationReport
 from napari_scan_classifier.models.bundle import Bundle, derive, load_bundle, save_bundle
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.preprocess import prepare
@@ -148,7 +148,7 @@ def sample_lesion_probability(bundle: Bundle) -> float:
     logits = keras.ops.convert_to_numpy(
         bundle.model(array[None, ..., None], training=False)["volume"]
     )
-    probabilities = softmax(logits.astype(float), m.temperature)
+    probabilities = m.probabilities(logits.astype(float))
     return float(probabilities[0, m.classes.index("lesion")])
 
 

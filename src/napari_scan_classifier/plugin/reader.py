@@ -2,7 +2,8 @@
 
 Problems with the input are the user's to fix, not bugs: they are reported in napari's notification
 area (which files were skipped and why, what geometry had to be repaired, or why nothing could be
-read), never as a traceback.
+read), never as a traceback. They name inputs by position (``<input 2>``), never by file or
+folder name (folders are often named after patients; see privacy.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from napari.utils.notifications import show_error, show_warning
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
+from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.volume import Volume
 
 PathOrPaths = str | Sequence[str]
@@ -35,6 +37,7 @@ def get_reader(path: PathOrPaths) -> ReaderFunction:
 def read_scans(path: PathOrPaths) -> list[FullLayerData]:
     """Read every scan under ``path``; report what was skipped or repaired, or why nothing was."""
     paths = [path] if isinstance(path, str) else list(path)
+    redact = Redactor(paths)
     volumes: list[Volume] = []
     problems: list[str] = []
     for p in paths:
@@ -44,8 +47,10 @@ def read_scans(path: PathOrPaths) -> list[FullLayerData]:
             problems.append(str(error))
             continue
         volumes.extend(result.volumes)
-        problems.extend(str(skipped) for skipped in result.skipped)
-    problems.extend(_geometry_notes(volumes))
+        for skipped in result.skipped:
+            redact.found(skipped.path, p)
+            problems.append(f"a file was skipped: {skipped.reason}")
+    problems = [redact(problem) for problem in [*problems, *_geometry_notes(volumes)]]
     _report(len(volumes), problems)
     return [volume_to_layer_data(v) for v in volumes] or NOTHING_READ
 

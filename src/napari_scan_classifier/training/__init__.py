@@ -19,12 +19,16 @@ One pipeline serves the command line, the napari widget and the bundled demo mod
    scale/shift and Gaussian noise, all scaled by ``augment_strength``. Each case knows which of its
    axes is left-right and superior-inferior (from its affine), whatever the acquisition plane.
 5. **Early stopping** on validation AUC (validation loss breaks ties), restoring the best epoch's
-   weights; then a **temperature** is fitted on the validation logits
-   (:func:`~.evaluation.fit_temperature`) and stored in the bundle.
-6. **Evaluation** on the validation cases (AUC, accuracy, sensitivity, specificity, ECE before and
-   after calibration; the base model's figures on the same cases when fine-tuning), written into
-   ``bundle.json`` with the history, and the plots saved as PNG inside the bundle folder. The
-   temperature is fitted on the same cases it is judged on, so the calibrated ECE is optimistic.
+   weights; then a **temperature and a bias per class** are fitted on the validation logits
+   (:mod:`.calibration`): they bring the probabilities back to the training data's class
+   frequencies, which class weighting had moved, so the most probable class is the Bayes
+   decision. The decision rule (that, or a threshold for a target sensitivity) goes into the
+   bundle with the calibration.
+6. **Evaluation** on the validation cases (AUC, accuracy at the decision rule, sensitivity,
+   specificity, ECE before and after calibration, the majority-class rate; the base model's
+   figures on the same cases when fine-tuning), written into ``bundle.json`` with the history,
+   and the plots saved as PNG inside the bundle folder. The calibration is fitted on the same
+   cases it is judged on, so the calibrated ECE is optimistic.
 
 Nothing is written until training has finished: the bundle and its plots are published in one
 atomic step by :func:`~.models.bundle.save_bundle`, so a cancelled or crashed run leaves no half
@@ -51,8 +55,9 @@ Modules
 -------
 :mod:`.config` settings and progress events; :mod:`.data` recipe, loading, classes and split;
 :mod:`.augment`; :mod:`.model` building, copying and running the network; :mod:`.fit` epochs,
-early stopping, BatchNorm refresh; :mod:`.record` what goes into the new bundle;
-:mod:`.pipeline` :func:`train` and :func:`evaluate_bundle` end to end.
+early stopping, BatchNorm refresh; :mod:`.calibration` temperature, class bias, decision rule;
+:mod:`.record` what goes into the new bundle; :mod:`.pipeline` :func:`train`,
+:func:`evaluate_bundle` and :func:`recalibrate_bundle` end to end.
 """
 
 from __future__ import annotations
@@ -67,7 +72,12 @@ from napari_scan_classifier.training.config import (
 )
 from napari_scan_classifier.training.fit import refresh_batchnorm
 from napari_scan_classifier.training.model import data_parallel
-from napari_scan_classifier.training.pipeline import TrainingResult, evaluate_bundle, train
+from napari_scan_classifier.training.pipeline import (
+    TrainingResult,
+    evaluate_bundle,
+    recalibrate_bundle,
+    train,
+)
 
 __all__ = [
     "DEFAULT_INTENSITY",
@@ -79,6 +89,7 @@ __all__ = [
     "augment",
     "data_parallel",
     "evaluate_bundle",
+    "recalibrate_bundle",
     "refresh_batchnorm",
     "train",
 ]

@@ -43,6 +43,8 @@ class TrainingConfig:
     intensity: dict[str, Any] | None = None  # None: DEFAULT_INTENSITY[modality]
     width: int = 16
     classes: tuple[str, ...] | None = None  # output order from scratch; None: normal-like first
+    label_names: tuple[str, ...] | None = None  # an npz's label indices 0, 1, ... by name
+    allow_new_classes: bool = False  # fine-tuning: may the data add classes the base lacks?
     epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -54,6 +56,9 @@ class TrainingConfig:
     seed: int = 0
     name: str | None = None  # bundle name; None: the base's, or "scan-classifier"
     devices: tuple[str, ...] | None = None  # None: every visible GPU when there are several
+    # two classes: call the second one at the threshold that keeps this validation sensitivity
+    # (None: the most probable class after calibration)
+    target_sensitivity: float | None = None
     # share of in-distribution validation scans the applicability check may turn away
     false_abstention_rate: float = 0.05
 
@@ -80,6 +85,10 @@ class TrainingConfig:
         )
         _require(self.augment_strength >= 0, "augment_strength must not be negative")
         _require(self.patience >= 1, "patience must be at least 1 epoch")
+        _require(
+            self.target_sensitivity is None or 0 < self.target_sensitivity < 1,
+            "target_sensitivity must lie between 0 and 1",
+        )
         _require(
             0 < self.false_abstention_rate < 0.5,
             "false_abstention_rate must lie between 0 and 0.5",

@@ -24,6 +24,7 @@ from napari_scan_classifier.training.config import (
     TrainingConfig,
     TrainingEvent,
 )
+from napari_scan_classifier.training.guardrails import refuse_new_classes
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def load_data(
     recipe: Recipe,
     progress: Callable[[TrainingEvent], None] | None,
     stop: Callable[[], bool],
+    class_names: Sequence[str] | None = None,
 ) -> LabelledData:
     if isinstance(source, LabelledData):
         data = source
@@ -74,8 +76,14 @@ def load_data(
             recipe.intensity,
             progress=loaded,
             cancel=stop,
+            class_names=class_names,
         )
     check_data_fits(data, recipe.input_shape, recipe.modality)
+    if "train" not in data.splits and datasets.ALL not in data.splits:
+        raise TrainingError(
+            f"The data ({data.description}) have no training cases (train_images): they can "
+            "evaluate a model but not train one"
+        )
     return data
 
 
@@ -114,6 +122,8 @@ def model_classes(
     new = [name for name in present if name not in known]
     if not new:
         return tuple(known), []
+    if not config.allow_new_classes:
+        refuse_new_classes(new, known, totals, base.metadata.version)
     listing = ", ".join(f"'{name}' ({totals[name]} cases)" for name in new)
     note = (
         f"Classes the base model (version {base.metadata.version}) did not know: {listing}. "

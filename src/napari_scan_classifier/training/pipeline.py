@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -20,16 +21,20 @@ from napari_scan_classifier.errors import (
 from napari_scan_classifier.evaluation import (
     EvaluationReport,
     evaluate,
-    fit_temperature,
     plot_confusion,
     plot_history,
     plot_reliability,
     plot_roc,
     softmax,
 )
-from napari_scan_classifier.models import (
-    Bundle,
-    save_bundle,
+from napari_scan_classifier.models import Bundle, derive, save_bundle
+from napari_scan_classifier.training.calibration import (
+    Calibration,
+    argmax_rule,
+    evaluate_by_rule,
+    fit_calibration,
+    operating_point,
+    prior_correction,
 )
 from napari_scan_classifier.training.config import (
     CancelFlag,
@@ -45,10 +50,16 @@ from napari_scan_classifier.training.data import (
     remap,
     split_cases,
 )
-from napari_scan_classifier.training.fit import fit_model
+from napari_scan_classifier.training.fit import Fitted, fit_model
+from napari_scan_classifier.training.guardrails import (
+    Comparison,
+    compare_with_base,
+    too_few_warning,
+)
 from napari_scan_classifier.training.model import data_parallel, initial_model, volume_logits
 from napari_scan_classifier.training.record import (
     free_bundle_path,
+    metrics_summary,
     new_metadata,
     png,
     training_info,
@@ -59,9 +70,11 @@ from napari_scan_classifier.training.record import (
 class TrainingResult:
     """The new model (saved or not yet: ``bundle.path``) and how it got there.
 
-    ``report`` is the calibrated model on the validation cases, ``uncalibrated`` the same before
-    temperature scaling, ``base_report`` the base model on the same cases (when fine-tuning
-    without new classes). ``notes`` say what the user should know (new classes, early stop).
+    ``report`` is the calibrated model on the validation cases at its decision rule,
+    ``uncalibrated`` the same before calibration, ``base_report`` the base model on the same cases
+    (when fine-tuning without new classes) and ``comparison`` the two side by side with a verdict.
+    ``notes`` say what the user should know (new classes, early stop, calibration), ``warnings``
+    what should make them wary (too few validation cases to tell).
     """
 
     bundle: Bundle
@@ -71,6 +84,8 @@ class TrainingResult:
     base_report: EvaluationReport | None
     class_counts: dict[str, dict[str, int]]
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    comparison: Comparison | None = None
 
     def figures(self) -> dict[str, Figure]:
         """The plots saved with the bundle, by file stem."""
@@ -109,11 +124,11 @@ def train(
     config = config or TrainingConfig()
     stop = cancel_check(cancel)
     recipe = recipe_for(config, base)
-    data = load_data(source, recipe, progress, stop)
+    data = load_data(source, recipe, progress, stop, config.label_names)
     classes, notes = model_classes(data, base, config)
     train_cases, val_cases, split_note = split_cases(data, classes, config)
     counts = {"train": train_cases.counts(classes), "validation": val_cases.counts(classes)}
-    base_report = base_model_report(base, classes, val_cases, config.batch_size)
+    base_probabilities = _base_probabilities(base, classes, val_cases, config.batch_size)
     if stop():
         raise CancelledError("Training was cancelled before it started; nothing was saved")
     keras.utils.set_random_seed(config.seed)
@@ -125,14 +140,29 @@ def train(
             f"Training was cancelled during epoch {fitted.epochs_run + 1}; nothing was saved"
         )
     logits = volume_logits(model, val_cases.x, config.batch_size)
-    temperature = fit_temperature(logits, val_cases.y)
+    calibration, rule = _calibrate(logits, train_cases, val_cases, classes, config, fitted)
     uncalibrated = evaluate(val_cases.y, softmax(logits), classes)
-    report = evaluate(val_cases.y, softmax(logits, temperature), classes)
-    notes = [*notes, *fitted.notes(config)]
+    probabilities = calibration.probabilities(logits)
+    report = evaluate_by_rule(val_cases.y, probabilities, classes, rule)
+    notes = [*notes, *fitted.notes(config), *calibration.notes]
+    base_report, comparison = None, None
+    if base is not None and base_probabilities is not None:
+        m = base.metadata
+        base_report = evaluate_by_rule(val_cases.y, base_probabilities, classes, m.decision_rule)
+        comparison = compare_with_base(
+            val_cases.y, probabilities, base_probabilities, m.version, seed=config.seed
+        )
+    warnings = [w for w in (too_few_warning(counts["validation"]),) if w]
     info = training_info(
         data, config, counts, split_note, fitted, report, uncalibrated, base_report, devices, notes
     )
-    metadata = new_metadata(recipe, base, classes, temperature, info, config, data.description)
+    info.update(
+        warnings=warnings,
+        comparison_with_base=None if comparison is None else comparison.record(),
+    )
+    metadata = new_metadata(
+        recipe, base, classes, calibration, rule, info, config, data.description
+    )
     detector, applicability = fit_applicability(
         model,
         (train_cases.x, train_cases.y),
@@ -151,6 +181,8 @@ def train(
         base_report,
         counts,
         tuple(notes),
+        tuple(warnings),
+        comparison,
     )
     if out is not None:
         result.save(free_bundle_path(Path(out), result))
@@ -163,30 +195,151 @@ def evaluate_bundle(
     *,
     split: str | None = None,
     batch_size: int = 8,
+    class_names: Sequence[str] | None = None,
 ) -> EvaluationReport:
-    """Measure a bundle on labelled data with its calibration: ``split`` of an npz (default
-    test, else val) or every case of a library. Labels must be among the bundle's classes."""
+    """Measure a bundle on labelled data with its calibration and decision rule: ``split`` of an
+    npz (default test, else val) or every case of a library. Labels must be among the bundle's
+    classes; ``class_names`` name an npz's label indices 0, 1, ... (see :mod:`.datasets`)."""
+    m = bundle.metadata
+    data = _bundle_data(bundle, source, class_names)
+    x, y = _cases_in_model_classes(data, data.split(split), m.classes)
+    logits = volume_logits(bundle.model, x, batch_size)
+    return evaluate_by_rule(y, m.probabilities(logits), m.classes, m.decision_rule)
+
+
+def recalibrate_bundle(
+    bundle: Bundle,
+    source: str | Path | LabelledData,
+    *,
+    split: str | None = None,
+    target_sensitivity: float | None = None,
+    batch_size: int = 8,
+    class_names: Sequence[str] | None = None,
+) -> Bundle:
+    """A new version of ``bundle`` (same network, next version, not yet saved: see
+    :func:`~.models.save_bundle`) whose temperature, class bias and decision rule are fitted on
+    the labelled cases of ``source`` (an npz's ``split``, default val; else every case).
+
+    The probabilities are calibrated to the class frequencies of the bundle's own training data
+    (from its ``bundle.json``; the cases' own when it does not record them), with the log-prior
+    correction its imbalance setting implies as the biases' prior (see :mod:`.calibration`).
+    """
+    m = bundle.metadata
+    data = _bundle_data(bundle, source, class_names)
+    chosen = split or next((s for s in ("val", datasets.ALL) if s in data.splits), None)
+    x, y = _cases_in_model_classes(data, data.split(chosen), m.classes)
+    logits = volume_logits(bundle.model, x, batch_size)
+    before = evaluate_by_rule(y, m.probabilities(logits), m.classes, m.decision_rule)
+    prior = _recorded_prior(m.training, m.classes, y)
+    settings = m.training.get("settings", {})
+    weights = m.training.get("class_weights", {})
+    by_index = {k: float(weights[name]) for k, name in enumerate(m.classes) if name in weights}
+    correction = prior_correction(prior, settings.get("imbalance", "none"), by_index)
+    calibration = fit_calibration(logits, y, m.classes, prior, correction)
+    probabilities = calibration.probabilities(logits)
+    rule = (
+        argmax_rule(m.classes, prior)
+        if target_sensitivity is None
+        else operating_point(probabilities, y, m.classes, target_sensitivity)
+    )
+    after = evaluate_by_rule(y, probabilities, m.classes, rule)
+    record = {
+        **calibration.record(),
+        "recalibrated": {
+            "from_version": m.version,
+            "on": data.description,
+            "before": metrics_summary(before),
+            "after": metrics_summary(after),
+        },
+    }
+    card = (
+        f"{m.model_card}\n\n## Recalibrated from version {m.version}\nTemperature "
+        f"{calibration.temperature:.3f} and class bias refitted on {len(y)} cases of "
+        f"{data.description}: accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, ECE "
+        f"{before.ece:.3f} -> {after.ece:.3f}."
+    ).strip()
+    metadata = derive(
+        m,
+        temperature=calibration.temperature,
+        class_bias=list(calibration.bias),
+        decision_rule=rule,
+        calibration=record,
+        model_card=card,
+    )
+    return Bundle(metadata, bundle.model)
+
+
+def _bundle_data(
+    bundle: Bundle, source: str | Path | LabelledData, class_names: Sequence[str] | None
+) -> LabelledData:
     m = bundle.metadata
     data = source
     if not isinstance(data, LabelledData):
-        data = datasets.load_source(source, m.input_shape, m.target_spacing_mm, m.intensity)
+        data = datasets.load_source(
+            source, m.input_shape, m.target_spacing_mm, m.intensity, class_names=class_names
+        )
     check_data_fits(data, m.input_shape, m.modality)
-    cases = data.split(split)
-    y = remap(cases.y, data.class_names, m.classes)
+    return data
+
+
+def _cases_in_model_classes(
+    data: LabelledData, cases: Split, classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cases' volumes and labels as indices into the model's ``classes``."""
+    y = remap(cases.y, data.class_names, classes)
     if np.any(y < 0):
         unknown = sorted({data.class_names[i] for i in cases.y[y < 0]})
+        hint = (
+            "; name an npz file's label indices with --classes"
+            if all(name.isdigit() for name in unknown)
+            else ""
+        )
         raise InvalidInputError(
             f"Cases labelled {', '.join(map(repr, unknown))} are not among the model's classes "
-            f"{m.classes}; evaluate on data with the model's classes only"
+            f"{list(classes)}; evaluate on data with the model's classes only{hint}"
         )
-    logits = volume_logits(bundle.model, cases.x, batch_size)
-    return evaluate(y, softmax(logits, m.temperature), m.classes)
+    return cases.x, y
 
 
-def base_model_report(
+def _recorded_prior(
+    training: Mapping[str, Any], classes: Sequence[str], y: np.ndarray
+) -> np.ndarray:
+    """The class frequencies of the bundle's training data, else of the cases ``y``."""
+    counts = training.get("class_counts", {}).get("train", {})
+    if all(isinstance(counts.get(name), int) for name in classes):
+        values = np.array([counts[name] for name in classes], dtype=float)
+    else:
+        values = np.bincount(y, minlength=len(classes)).astype(float)
+    values = np.maximum(values, 0.5)
+    return values / values.sum()
+
+
+def _base_probabilities(
     base: Bundle | None, classes: tuple[str, ...], val_cases: Split, batch_size: int
-) -> EvaluationReport | None:
+) -> np.ndarray | None:
+    """The base model's calibrated probabilities of the validation cases (None: no base, or
+    one that knows fewer classes and so cannot be compared)."""
     if base is None or len(base.metadata.classes) != len(classes):
         return None
-    logits = volume_logits(base.model, val_cases.x, batch_size)
-    return evaluate(val_cases.y, softmax(logits, base.metadata.temperature), classes)
+    return base.metadata.probabilities(volume_logits(base.model, val_cases.x, batch_size))
+
+
+def _calibrate(
+    logits: np.ndarray,
+    train_cases: Split,
+    val_cases: Split,
+    classes: tuple[str, ...],
+    config: TrainingConfig,
+    fitted: Fitted,
+) -> tuple[Calibration, dict[str, Any]]:
+    """Temperature and class bias for the training data's class frequencies, and the rule."""
+    prior = np.bincount(train_cases.y, minlength=len(classes)).astype(float)
+    prior = np.maximum(prior, 0.5) / np.maximum(prior, 0.5).sum()  # an empty class: half a case
+    correction = prior_correction(prior, config.imbalance, fitted.class_weights)
+    calibration = fit_calibration(logits, val_cases.y, classes, prior, correction)
+    if config.target_sensitivity is None:
+        return calibration, argmax_rule(classes, prior)
+    probabilities = calibration.probabilities(logits)
+    return calibration, operating_point(
+        probabilities, val_cases.y, classes, config.target_sensitivity
+    )

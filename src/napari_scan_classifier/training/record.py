@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from napari_scan_classifier.training.calibration import Calibration
 from napari_scan_classifier.training.config import TrainingConfig
 from napari_scan_classifier.training.data import Recipe
 from napari_scan_classifier.training.fit import Fitted
@@ -54,10 +55,16 @@ def training_info(
         "name",
         "devices",
         "classes",
+        "label_names",
     ):
         settings.pop(key)
     metrics = {
-        "validation": {**metrics_summary(report), "ece_before_calibration": uncalibrated.ece}
+        "validation": {
+            **metrics_summary(report),
+            "ece_before_calibration": uncalibrated.ece,
+            "accuracy_before_calibration": uncalibrated.accuracy,
+            "majority_rate": max(report.class_counts.values()) / max(report.n, 1),
+        }
     }
     if base_report is not None:
         metrics["validation_base_model"] = metrics_summary(base_report)
@@ -88,12 +95,19 @@ def new_metadata(
     recipe: Recipe,
     base: Bundle | None,
     classes: tuple[str, ...],
-    temperature: float,
+    calibration: Calibration,
+    rule: dict[str, Any],
     info: dict[str, Any],
     config: TrainingConfig,
     description: str,
 ) -> BundleMetadata:
     auc = info["metrics"]["validation"]["auc"]
+    calibrated = {
+        "temperature": calibration.temperature,
+        "class_bias": list(calibration.bias),
+        "decision_rule": rule,
+        "calibration": calibration.record(),
+    }
     if base is not None:
         old = base.metadata
         card = (
@@ -104,9 +118,9 @@ def new_metadata(
             old,
             name=config.name or old.name,
             classes=list(classes),
-            temperature=temperature,
             training=info,
             model_card=card,
+            **calibrated,
         )
     return BundleMetadata(
         name=config.name or "scan-classifier",
@@ -118,8 +132,8 @@ def new_metadata(
         target_spacing_mm=recipe.target_spacing_mm,
         intensity=recipe.intensity,
         architecture=recipe.architecture,
-        temperature=temperature,
         training=info,
+        **calibrated,
         description=f"{recipe.architecture} trained on {description}",
         model_card=(
             f"Trained from scratch on {description}; validation AUC {auc}. A research model: "

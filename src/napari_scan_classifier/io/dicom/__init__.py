@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from napari_scan_classifier.errors import (
+    GeometryError,
+    ResourceLimitError,
+    ScanClassifierError,
     UnreadableScanError,
     UnsupportedTransferSyntaxError,
 )
 from napari_scan_classifier.io import LoadResult, SkippedFile
 from napari_scan_classifier.io.dicom.discovery import _scan
-from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.pixels import _decode_stack, _Decoder, _undecodable
 from napari_scan_classifier.io.dicom.records import (
     _DEFAULT_IOP,
@@ -42,22 +45,27 @@ def _orientation_name(normal: np.ndarray) -> str:
 
 
 def _info(stack: _Stack) -> SeriesInfo:
-    plan = _plan(stack)
     file = stack.frames[0].file
+    try:
+        plan = _plan(stack)
+        shape, layers, problem = plan.shape[-3:], len(plan.layers), ""
+    except GeometryError as error:
+        shape, layers, problem = (len(stack.frames), file.rows, file.cols), 1, str(error)
     fields = file.fields
     return SeriesInfo(
         key=stack.key,
         series_number=fields.get("series_number"),
         description=fields.get("series_description", ""),
         modality=fields.get("modality", "OT"),
-        shape=plan.shape[-3:],
+        shape=shape,
         n_frames=len(stack.frames),
-        timepoints=len(plan.layers) if len(plan.layers) > 1 else 1,
+        timepoints=layers,
         image_type=file.image_type,
         orientation=_orientation_name(
             np.cross(*np.reshape(stack.frames[0].orientation or _DEFAULT_IOP, (2, 3)))
         ),
         transfer_syntax=str(file.syntax.name),
+        problem=problem,
     )
 
 
@@ -78,10 +86,26 @@ def list_series(
     return [_info(stack) for stack in stacks]
 
 
+def series_files(
+    path: str | Path,
+    *,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    max_workers: int | None = None,
+) -> tuple[dict[str, list[Path]], list[SkippedFile]]:
+    """Each series key under ``path`` with the files that hold it, and the files left out, from
+    the headers only: so one series can be loaded on its own elsewhere (another process or
+    machine) with ``load_dicom(path, series=[key], files=...)`` without searching ``path``."""
+    with ThreadPoolExecutor(_workers(max_workers)) as pool:
+        stacks, skipped = _scan(Path(path), pool, progress, cancel)
+    return {stack.key: [file.path for file in stack.files] for stack in stacks}, skipped
+
+
 def load_dicom(
     path: str | Path,
     *,
     series: Iterable[str] | None = None,
+    files: Iterable[str | Path] | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     max_workers: int | None = None,
@@ -89,33 +113,34 @@ def load_dicom(
     """Load every DICOM series under ``path`` (a file or a folder, searched recursively).
 
     One Volume per series, split where orientation, pixel grid or image type changes.
-    ``series`` restricts loading to keys from :func:`list_series`. Files that cannot be used
+    ``series`` restricts loading to keys from :func:`list_series`, ``files`` reads only these
+    files instead of searching ``path`` (see :func:`series_files`). Files that cannot be used
     are reported in ``LoadResult.skipped``; if nothing loads, the first problem is raised.
     """
     path = Path(path)
     wanted = set(series) if series is not None else None
     volumes: list[Volume] = []
-    errors: list[UnreadableScanError] = []
+    errors: list[ScanClassifierError] = []
     workers = _workers(max_workers)
     with ThreadPoolExecutor(workers) as pool:
-        stacks, skipped = _scan(path, pool, progress, cancel)
+        stacks, skipped = _scan(path, pool, progress, cancel, files)
         decoder = _Decoder(pool, chunk=2 * workers, cancel=cancel, progress=progress)
         for stack in stacks:
             if wanted is not None and stack.key not in wanted:
                 continue
             problem = _undecodable(stack.files)
             if problem is not None:
-                file, reason = problem
+                _, reason = problem
                 skipped.extend(SkippedFile(f.path, reason) for f in stack.files)
-                errors.append(UnsupportedTransferSyntaxError(f"{file.path.name}: {reason}"))
+                errors.append(UnsupportedTransferSyntaxError(f"{_stack_name(stack)}: {reason}"))
                 continue
             try:
                 volumes.append(_decode_stack(stack, decoder, skipped))
-            except UnreadableScanError as exc:
+            except (UnreadableScanError, ResourceLimitError) as exc:
                 errors.append(exc)
     if not volumes and errors:
         raise errors[0]
     return LoadResult(volumes, skipped)
 
 
-__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom"]
+__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom", "series_files"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -17,6 +18,7 @@ from napari_scan_classifier.errors import (
 from napari_scan_classifier.io import SkippedFile
 from napari_scan_classifier.io.dicom.frames import _read_file
 from napari_scan_classifier.io.dicom.records import Cancel, Progress, _Frame, _SkipFileError, _Stack
+from napari_scan_classifier.limits import special_file_reason
 
 
 def _candidate_files(path: Path) -> list[Path]:
@@ -40,6 +42,9 @@ def _try_file(
 ) -> list[_Frame] | SkippedFile:
     if cancel is not None and cancel():
         raise CancelledError("loading was cancelled")
+    special = special_file_reason(path)  # opening a named pipe would block forever
+    if special is not None:
+        return SkippedFile(path, special)
     try:
         return _read_file(path, known)
     except _SkipFileError as skip:
@@ -57,6 +62,7 @@ def _series_key(frame: _Frame) -> str:
         f"{frame.rows}x{frame.cols}",
         str(f.time_frames),
         str(frame.position is None),
+        *f.variant,
     ]
     parts += [f"{v:.3f}" for v in frame.orientation or ()]
     parts += [f"{v:.4f}" for v in frame.pixel_spacing or ()]
@@ -85,6 +91,8 @@ def _group(frames: Iterable[_Frame]) -> list[_Stack]:
             frame.rows,
             frame.cols,
             f.time_frames,
+            f.flip_rows,
+            f.variant,
             frame.position is None,
         )
         clusters = buckets.setdefault(base, [])
@@ -101,37 +109,78 @@ def _group(frames: Iterable[_Frame]) -> list[_Stack]:
 def _stack_sort_key(stack: _Stack) -> tuple:
     fields = stack.frames[0].file.fields
     number = fields.get("series_number")
-    return (number is None, number or 0, fields.get("series_description", ""), stack.key)
+    variant = stack.frames[0].file.variant
+    return (number is None, number or 0, fields.get("series_description", ""), variant, stack.key)
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fp:
+        return hashlib.file_digest(fp, "sha1").hexdigest()
+
+
+def _without_copies(read: list[list[_Frame]], skipped: list[SkippedFile]) -> list[list[_Frame]]:
+    """Files sharing a series and an instance UID: byte-identical copies are left out (reported);
+    copies whose content differs (another encoding, other pixels) each become a stack of their
+    own, ranked by transfer syntax and content, never by file name."""
+    by_uid: dict[tuple[str, str], list[list[_Frame]]] = {}
+    for frames in read:
+        file = frames[0].file
+        by_uid.setdefault((file.series_uid, file.instance_uid or str(id(file))), []).append(frames)
+    kept = []
+    for group in by_uid.values():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        distinct: dict[str, list[_Frame]] = {}
+        for frames in sorted(group, key=lambda fs: str(fs[0].file.path)):
+            digest = _digest(frames[0].file.path)
+            if digest in distinct:
+                reason = (
+                    f"an identical copy of instance {frames[0].file.instance} "
+                    "(same instance UID and content)"
+                )
+                skipped.append(SkippedFile(frames[0].file.path, reason))
+            else:
+                distinct[digest] = frames
+        ranked = sorted(distinct.items(), key=lambda item: (str(item[1][0].file.syntax), item[0]))
+        for rank, (_, frames) in enumerate(ranked):
+            if rank:
+                frames[0].file.variant += (f"copy {rank}",)
+            kept.append(frames)
+    return kept
 
 
 def _scan(
-    path: Path, pool: Executor, progress: Progress | None, cancel: Cancel | None
+    path: Path,
+    pool: Executor,
+    progress: Progress | None,
+    cancel: Cancel | None,
+    files: Iterable[str | Path] | None = None,
 ) -> tuple[list[_Stack], list[SkippedFile]]:
-    """Read every header under ``path``; the stacks found and the files left out."""
+    """Read every header under ``path`` (only ``files`` where given); the stacks found and the
+    files left out."""
     if not path.exists():
         raise UnreadableScanError(f"{path.name}: no such file or folder")
-    candidates = _candidate_files(path)
-    frames: list[_Frame] = []
+    candidates = _candidate_files(path) if files is None else [Path(f) for f in files]
     skipped: list[SkippedFile] = []
     known: dict[tuple, dict] = {}
-    seen: dict[str, Path] = {}
+    read: list[list[_Frame]] = []
     results = pool.map(lambda p: _try_file(p, known, cancel), candidates)
-    for done, (candidate, result) in enumerate(zip(candidates, results, strict=True), 1):
-        uid = result[0].file.instance_uid if isinstance(result, list) and result else ""
+    for done, result in enumerate(results, 1):
         if isinstance(result, SkippedFile):
             skipped.append(result)
-        elif uid and uid in seen:
-            reason = f"a copy of {seen[uid].name} (same instance UID)"
-            skipped.append(SkippedFile(candidate, reason))
-        else:
-            seen.setdefault(uid, candidate)
-            frames.extend(result)
+        elif result:
+            read.append(result)
         if progress is not None:
             progress(done, len(candidates), "Reading DICOM headers")
+    frames = [frame for kept in _without_copies(read, skipped) for frame in kept]
     if not frames:
         if path.is_file() and len(candidates) == 1 and skipped:
             raise UnreadableScanError(f"{path.name}: {skipped[0].reason}")
+        reasons = Counter(s.reason for s in skipped).most_common(1)
+        common = f"; {reasons[0][1]} skipped: {reasons[0][0]}" if reasons else ""
         raise UnreadableScanError(
-            f"{path.name}: no DICOM images found in this folder ({len(candidates)} files checked)"
+            f"{path.name}: no DICOM images found in this folder "
+            f"({len(candidates)} files checked{common})"
         )
     return _group(frames), skipped

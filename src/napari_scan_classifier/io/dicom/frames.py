@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from napari_scan_classifier.io.checks import (
+    finite_positive,
+    orientation_problem,
+    position_problem,
+    spacing_problem,
+)
 from napari_scan_classifier.io.dicom.headers import (
     _NOT_IMAGES,
+    _acquisition_time,
     _float,
     _floats,
     _frame_group,
@@ -25,9 +34,33 @@ from napari_scan_classifier.io.dicom.headers import (
     _syntax_of,
     _tag,
     _text,
+    _ushort,
 )
-from napari_scan_classifier.io.dicom.mosaic import _mosaic_frames
-from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _File, _Frame, _SkipFileError
+from napari_scan_classifier.io.dicom.luts import value_table
+from napari_scan_classifier.io.dicom.mosaic import _mosaic_frames, _uih_grid_frames, _uih_tiles
+from napari_scan_classifier.io.dicom.records import (
+    _DEFAULT_IOP,
+    _File,
+    _Frame,
+    _SkipFileError,
+    _value_range,
+)
+from napari_scan_classifier.io.dicom.vendors import ge_reverse_phase
+
+MAX_FRAMES_PER_FILE = 100_000  # a 4D enhanced fMRI file holds ~10^4; more is a damaged header
+_BITS_ALLOCATED = (1, 8, 16, 32)
+
+
+def _gzipped(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        return fp.read(2) == b"\x1f\x8b"
+
+
+def _unpacked_size(path: Path) -> int:
+    """A gzip file's uncompressed size, from its trailer (modulo 4 GiB, as gzip records it)."""
+    with open(path, "rb") as fp:
+        fp.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", fp.read(4))[0]
 
 
 def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
@@ -36,7 +69,8 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
     ``known`` caches series-level fields by series UID and number: read once per series.
     """
     try:
-        with open(path, "rb") as fp:
+        gzipped = _gzipped(path)
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as fp:
             ds = _read_dataset(fp)
             if _tag("Rows") not in ds or _tag("Columns") not in ds:
                 raise _SkipFileError(_no_pixels_reason(ds))
@@ -44,13 +78,17 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
             if modality in _NOT_IMAGES:
                 raise _SkipFileError(f"a {modality} object, not an image")
             syntax = _syntax_of(ds)
-            file = _new_file(path, ds, syntax, known)
-            if file.samples != 1:
-                raise _SkipFileError("colour (RGB) images are not supported as scans")
-            size = os.fstat(fp.fileno()).st_size
-            offset = _locate_pixels(fp, ds, size, file.frame_bytes * file.n_frames)
+            reverse, split = ge_reverse_phase(ds)
+            file = _new_file(path, ds, syntax, known, split=split)
+            file.flip_rows, file.gzipped = reverse, gzipped
+            problem = _pixel_format_problem(ds, file)
+            if problem:
+                raise _SkipFileError(problem)
+            size = _unpacked_size(path) if gzipped else os.fstat(fp.fileno()).st_size
+            offset = _locate_pixels(fp, ds, size, file)
             file.pixel_offset = offset if file.bits_allocated in (8, 16, 32) else None
-            return _frames_of(ds, file)
+            file.table = value_table(ds, file)
+            return _checked(_frames_of(ds, file))
     except _SkipFileError:
         raise
     except OSError as exc:
@@ -60,11 +98,66 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
         raise _SkipFileError(reason) from None
 
 
+def _pixel_format_problem(ds: Dataset, file: _File) -> str | None:
+    """Why the declared pixel format cannot be read (checked before anything is allocated)."""
+    if file.samples != 1:
+        if file.samples == 3:
+            return "colour (RGB) images are not supported as scans"
+        return f"SamplesPerPixel is {file.samples}: a scan has one sample per pixel"
+    if file.rows == 0 or file.cols == 0:
+        return f"its image has {file.rows}x{file.cols} pixels (Rows or Columns is 0)"
+    if file.bits_allocated not in _BITS_ALLOCATED:
+        return f"BitsAllocated {file.bits_allocated} is not a pixel size (1, 8, 16 or 32)"
+    if not 0 < file.bits_stored <= file.bits_allocated:
+        return f"BitsStored {file.bits_stored} does not fit BitsAllocated {file.bits_allocated}"
+    representation = _ushort(ds, "PixelRepresentation", 0)
+    if representation not in (0, 1):
+        return f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)"
+    if file.n_frames > MAX_FRAMES_PER_FILE:
+        return (
+            f"it declares {file.n_frames} frames, more than the {MAX_FRAMES_PER_FILE} "
+            "one file may hold"
+        )
+    return None
+
+
+def _frame_problem(frame: _Frame) -> str | None:
+    """Why a frame's geometry or rescale is unusable (NaN, zero, parallel), or None."""
+    frame.thickness = finite_positive(frame.thickness)
+    problem = (
+        position_problem(frame.position)
+        or orientation_problem(frame.orientation)
+        or spacing_problem(frame.pixel_spacing)
+    )
+    if problem:
+        return problem
+    if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
+        return f"its rescale (slope {frame.slope:g}, intercept {frame.intercept:g}) is not finite"
+    if frame.slope == 0:
+        return "its RescaleSlope is 0: every pixel would have the same value"
+    if frame.file.table is None and not np.all(np.isfinite(np.float32(_value_range(frame)))):
+        return "its rescaled values do not fit 32-bit floating point"
+    return None
+
+
+def _checked(frames: list[_Frame]) -> list[_Frame]:
+    """The frames, or the file skipped with the first frame's problem (never a NaN later)."""
+    for frame in frames:
+        problem = _frame_problem(frame)
+        if problem:
+            where = f" (frame {frame.index + 1} of {len(frames)})" if len(frames) > 1 else ""
+            raise _SkipFileError(problem + where)
+    return frames
+
+
 def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
     if _tag("PerFrameFunctionalGroupsSequence") in ds:
         return _enhanced_frames(ds, file)
     if "MOSAIC" in file.image_type and file.n_frames == 1:
         return _mosaic_frames(ds, file)
+    tiles = _uih_tiles(ds) if file.n_frames == 1 else None
+    if tiles:
+        return _uih_grid_frames(ds, file, tiles)
     if file.n_frames > 1:
         return _legacy_frames(ds, file)
     slope, intercept = _rescale(ds, ds)
@@ -80,7 +173,7 @@ def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=_float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness"),
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file.path),
+            order=_order(ds, file),
         )
     ]
 
@@ -89,8 +182,13 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
     """Frames of an enhanced multi-frame image, from its functional groups."""
     frames = []
     per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != file.n_frames:
+        raise _SkipFileError(
+            f"it declares {file.n_frames} frames but describes {len(per_frame)} "
+            "in its per-frame functional groups"
+        )
     for index in range(file.n_frames):
-        item = per_frame[index] if index < len(per_frame) else None
+        item = per_frame[index]
         measures = _frame_group(ds, item, "PixelMeasuresSequence")
         content = _frame_group(ds, item, "FrameContentSequence")
         kind = next(
@@ -126,7 +224,13 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
                 slope=slope,
                 intercept=intercept,
                 kind=tuple(kind),
-                order=(_int(content, "TemporalPositionIndex"), 0, 0, 0, "", index),
+                order=_order(
+                    ds,
+                    file,
+                    index,
+                    temporal=_int(content, "TemporalPositionIndex"),
+                    when=_acquisition_time(content),
+                ),
             )
         )
     return frames
@@ -159,7 +263,7 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=spacing,
             slope=slope,
             intercept=intercept,
-            order=(0, 0, 0, 0, "", k),
+            order=_order(ds, file, k),
         )
         for k in range(file.n_frames)
     ]

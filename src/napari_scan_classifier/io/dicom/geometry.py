@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from napari_scan_classifier.errors import GeometryError
+from napari_scan_classifier.io.checks import affine_problem
 from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _Frame, _Plan, _Stack
 
 # Positions closer than this (mm) are the same slice; a stack is regular when every slice lies
@@ -54,14 +56,26 @@ def _position_groups(frames: list[_Frame], depth: np.ndarray, notes: list[str]) 
     for group in groups:
         group.sort(key=lambda i: frames[i].order)
     if len({len(g) for g in groups}) > 1:
-        times = min(len(g) for g in groups)
-        extra = sum(len(g) - times for g in groups)
-        at = next(depth[g[0]] for g in groups if len(g) > times)
-        notes.append(
-            f"{extra} repeated slice(s) at one position left out (first at {at:.2f} mm "
-            "along the slice normal)"
-        )
+        notes.append(_repeats_note(frames, groups, depth))
     return groups
+
+
+def _repeats_note(frames: list[_Frame], groups: list[list[int]], depth: np.ndarray) -> str:
+    """Which frames are left out where more claim one position than the others have: the last
+    in acquisition order (instance number, then UID), named by instance and position."""
+    times = min(len(g) for g in groups)
+    dropped = [(i, depth[g[0]]) for g in groups for i in g[times:]]
+    named = ", ".join(
+        f"instance {frames[i].file.instance}"
+        + (f" frame {frames[i].index + 1}" if frames[i].file.n_frames > 1 else "")
+        + f" at {at:.2f} mm"
+        for i, at in dropped[:5]
+    )
+    more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+    return (
+        f"{len(dropped)} repeated slice(s) at one position left out ({named}{more} along the "
+        "slice normal; the first in acquisition order is kept)"
+    )
 
 
 def _grid(depth: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -189,6 +203,12 @@ def _spatial_layout(frames: list[_Frame], normal: np.ndarray, notes: list[str]) 
     return layers, weights, step, points[0], mode
 
 
+def _stack_name(stack: _Stack) -> str:
+    """How messages name a stack: its series number and key, never a file or patient field."""
+    number = stack.frames[0].file.fields.get("series_number")
+    return f"series {number if number is not None else '?'} ({stack.key})"
+
+
 def _plan(stack: _Stack) -> _Plan:
     """Order, spacing and affine of a stack, from headers only."""
     notes: list[str] = []
@@ -200,6 +220,16 @@ def _plan(stack: _Stack) -> _Plan:
     if spacing is None:
         notes.append("no pixel spacing in the files: 1 mm pixels assumed")
         spacing = (1.0, 1.0)
+    if any(part.startswith("copy") for part in first.file.variant):
+        notes.append(
+            "these files repeat the instance UIDs of another volume of this series with other "
+            "content (another encoding or other pixels): loaded as a volume of their own"
+        )
+    if first.file.flip_rows:
+        notes.append(
+            "GE reverse phase-encoding volumes: flipped along the phase-encoding (row) axis "
+            "as dcm2niix does, and kept apart from the forward ones"
+        )
     if first.file.time_frames:  # cine: frames are time points of one plane, kept on axis 0
         frames.sort(key=lambda f: f.order)
         origin = first.position if first.position is not None else np.zeros(3)
@@ -212,5 +242,10 @@ def _plan(stack: _Stack) -> _Plan:
     affine[:3, 1] = col_cos * spacing[0]
     affine[:3, 2] = row_cos * spacing[1]
     affine[:3, 3] = origin
+    problem = affine_problem(affine)
+    if problem:
+        raise GeometryError(
+            f"{_stack_name(stack)}: its slices cannot be placed in space: {problem}"
+        )
     frame_axis = "time" if first.file.time_frames or len(layers) > 1 else None
     return _Plan(layers, weights, mode, affine, notes, frame_axis)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -24,21 +26,23 @@ from pydicom.uid import (
 from napari_scan_classifier.io.dicom.records import _File, _SkipFileError
 
 _NATIVE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian}
-
-
 _PIXEL_DATA = (0x7FE0, 0x0010)
-
-
 _FLOAT_PIXEL_DATA = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-
-
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
 _NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "REG", "RWV"}
-
-
 _FRAME_TIME_POINTERS = {0x00181063, 0x00181065}  # Frame Time, Frame Time Vector
+_SPLIT_SERIES_OFFSET = 1000  # dcm2niix's series number for volumes split off a series
+# struct codes of the binary value representations (a raw value of these VRs is not text)
+_BINARY_VRS = {
+    "US": "H",
+    "SS": "h",
+    "UL": "I",
+    "SL": "i",
+    "FL": "f",
+    "FD": "d",
+    "UV": "Q",
+    "SV": "q",
+}
 
 
 @functools.cache
@@ -46,8 +50,31 @@ def _tag(keyword: str) -> BaseTag:
     return Tag(keyword)
 
 
+def _raw_vr(elem: Any) -> str:
+    """The VR of a (possibly raw, implicit-VR) element; ambiguous ones ("US or SS") as the first."""
+    vr = getattr(elem, "VR", None)
+    if not vr or vr == "UN":
+        try:
+            vr = dictionary_VR(elem.tag)
+        except KeyError:
+            return "UN"
+    return str(vr)[:2]
+
+
+def _binary(ds: Dataset, elem: Any, value: bytes) -> list[str] | None:
+    """A binary-VR raw value (US, UL, FL, ...) decoded with the dataset's byte order."""
+    code = _BINARY_VRS.get(_raw_vr(elem))
+    if code is None:
+        return None
+    size = struct.calcsize(code)
+    count = len(value) // size
+    little = getattr(ds, "original_encoding", (None, None))[1] is not False
+    numbers = struct.unpack(f"{'<' if little else '>'}{count}{code}", value[: count * size])
+    return [repr(n) for n in numbers]
+
+
 def _strings(ds: Dataset | None, keyword: str) -> list[str]:
-    """An element's values as strings, split from the raw bytes.
+    """An element's values as strings, split (or, for binary VRs, decoded) from the raw bytes.
 
     pydicom converts a value in ~30 us, which dominates reading hundreds of slice headers;
     string-valued elements (CS, DS, IS, UI) are cheap to split directly.
@@ -57,6 +84,9 @@ def _strings(ds: Dataset | None, keyword: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, bytes):
+        numbers = _binary(ds, elem, value)
+        if numbers is not None:
+            return numbers
         text = value.decode("latin-1").strip(" \0")
         return [v.strip(" \0") for v in text.split("\\")] if text else []
     if isinstance(value, str | int | float):
@@ -86,19 +116,13 @@ def _float(ds: Dataset | None, keyword: str, default: float | None = None) -> fl
 
 def _int(ds: Dataset | None, keyword: str, default: int = 0) -> int:
     number = _float(ds, keyword)
-    return int(number) if number is not None else default
+    return int(number) if number is not None and math.isfinite(number) else default
 
 
 def _ushort(ds: Dataset, keyword: str, default: int) -> int:
     """A US element (Rows, BitsAllocated, ...), decoded from its raw bytes."""
-    elem = ds.get_item(_tag(keyword))
-    value = elem.value if elem is not None else None
-    if isinstance(value, bytes):
-        if len(value) < 2:
-            return default
-        little = ds.original_encoding[1] is not False
-        return struct.unpack("<H" if little else ">H", value[:2])[0]
-    return int(value) if value is not None else default
+    number = _float(ds, keyword)
+    return int(number) if number is not None and math.isfinite(number) else default
 
 
 def _position(ds: Dataset | None) -> np.ndarray | None:
@@ -129,12 +153,13 @@ def _syntax_of(ds: Dataset) -> UID:
     return ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
 
 
-def _locate_pixels(fp, ds: Dataset, size: int, expected: int) -> int | None:
+def _locate_pixels(fp, ds: Dataset, size: int, file: _File) -> int | None:
     """Offset of the Pixel Data value when it can be read directly; rejects files without
     pixels or whose pixels are cut short. ``fp`` stands where pydicom stopped."""
     syntax = _syntax_of(ds)
     if syntax == DeflatedExplicitVRLittleEndian:
         return None
+    expected = file.frame_bytes * file.n_frames
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
@@ -149,12 +174,21 @@ def _locate_pixels(fp, ds: Dataset, size: int, expected: int) -> int | None:
         length, value_at = struct.unpack("<I", head[4:8])[0], start + 8
     else:
         length, value_at = struct.unpack(f"{endian}I", head[8:12])[0], start + 12
-    if length == _UNDEFINED_LENGTH:
+    if length == _UNDEFINED_LENGTH:  # encapsulated: at least one 8-byte item per frame
+        if size - value_at < 8 * file.n_frames:
+            raise _SkipFileError(
+                f"it declares {file.n_frames} frames but its compressed pixel data holds "
+                f"only {max(0, size - value_at)} bytes"
+            )
         return None
     if value_at + min(length, expected) > size:
         raise _SkipFileError("truncated: the file ends inside its pixel data")
     if length < expected:
         raise _SkipFileError("its pixel data is shorter than the image it describes")
+    if syntax == ExplicitVRBigEndian and file.bits_allocated == 8 and head[4:6] == b"OW":
+        if file.frame_bytes % 2:  # words straddle frames: left to pydicom
+            return None
+        file.swap_pairs = True
     return value_at if syntax in _NATIVE_SYNTAXES else None
 
 
@@ -219,17 +253,24 @@ def _frame_pointers(ds: Dataset) -> set[int]:
     )
 
 
-def _new_file(path: Path, ds: Dataset, syntax: UID, known: dict[tuple, dict]) -> _File:
+def _new_file(
+    path: Path, ds: Dataset, syntax: UID, known: dict[tuple, dict], *, split: bool = False
+) -> _File:
+    """The file's record; ``split``: a volume given its own series number + 1000 (GE pepolar)."""
     series_uid = _text(ds, "SeriesInstanceUID")
-    series = (series_uid, _text(ds, "SeriesNumber"))
+    series = (series_uid, _text(ds, "SeriesNumber"), split)
     if series not in known:
         known[series] = _series_fields(ds)
+        if split:
+            number = known[series].get("series_number") or 0
+            known[series]["series_number"] = number + _SPLIT_SERIES_OFFSET
     bits_allocated = _ushort(ds, "BitsAllocated", 16)
     return _File(
         path=path,
         syntax=syntax,
         series_uid=series_uid,
         instance_uid=_text(ds, "SOPInstanceUID"),
+        instance=_int(ds, "InstanceNumber"),
         fields=known[series],
         image_type=tuple(_strings(ds, "ImageType")),
         rows=_ushort(ds, "Rows", 0),
@@ -240,7 +281,14 @@ def _new_file(path: Path, ds: Dataset, syntax: UID, known: dict[tuple, dict]) ->
         signed=_ushort(ds, "PixelRepresentation", 0) == 1,
         n_frames=max(1, _int(ds, "NumberOfFrames", 1)),
         time_frames=bool(_frame_pointers(ds) & _FRAME_TIME_POINTERS),
+        variant=_echo_variant(ds),
     )
+
+
+def _echo_variant(ds: Dataset) -> tuple[str, ...]:
+    """Echoes after the first are stacks of their own (one volume per echo, as dcm2niix)."""
+    echo = _int(ds, "EchoNumbers", 1) if _tag("PerFrameFunctionalGroupsSequence") not in ds else 1
+    return (f"echo {echo}",) if echo > 1 else ()
 
 
 def _no_pixels_reason(ds: Dataset) -> str:
@@ -254,20 +302,38 @@ def _no_pixels_reason(ds: Dataset) -> str:
 
 
 def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
-    slope = _float(item, "RescaleSlope") or 1.0
-    intercept = _float(item, "RescaleIntercept") or 0.0
+    """Slope and intercept as recorded (a slope of 0 stays 0: the frame check refuses it)."""
+    slope = _float(item, "RescaleSlope", 1.0)
+    intercept = _float(item, "RescaleIntercept", 0.0)
     if _text(ds, "Modality") == "RTDOSE":
-        slope *= _float(ds, "DoseGridScaling") or 1.0
+        slope *= _float(ds, "DoseGridScaling", 1.0)
     return slope, intercept
 
 
-def _order(ds: Dataset, path: Path, index: int = 0) -> tuple:
-    """Tie-break for frames at one position (time points, echoes); never used to place slices."""
+def _acquisition_time(ds: Dataset | None) -> float:
+    """When a frame was acquired, as YYYYMMDDHHMMSS.ffffff (0 when the file does not say)."""
+    stamp = _text(ds, "FrameAcquisitionDateTime") or _text(ds, "AcquisitionDateTime")
+    if not stamp:
+        time = _text(ds, "AcquisitionTime") or _text(ds, "ContentTime")
+        stamp = f"{_text(ds, 'AcquisitionDate') or _text(ds, 'ContentDate') or '0'}{time}"
+    try:
+        number = float(stamp.split("+")[0].split("-")[0])
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _order(
+    ds: Dataset, file: _File, index: int = 0, *, temporal: int | None = None, when: float = 0.0
+) -> tuple:
+    """Acquisition order of frames at one position (time points, echoes), then deterministic
+    tie-breaks (instance number, instance UID); never the file name. Not used to place slices."""
     return (
-        _int(ds, "TemporalPositionIdentifier"),
+        _int(ds, "TemporalPositionIdentifier") if temporal is None else temporal,
         _int(ds, "EchoNumbers"),
         _int(ds, "AcquisitionNumber"),
-        _int(ds, "InstanceNumber"),
-        path.name,
+        when or _acquisition_time(ds),
+        file.instance,
+        file.instance_uid,
         index,
     )

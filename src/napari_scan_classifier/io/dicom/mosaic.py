@@ -7,8 +7,10 @@ import warnings
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from napari_scan_classifier.io.dicom.headers import (
+    _acquisition_time,
     _float,
     _floats,
     _order,
@@ -100,9 +102,69 @@ def _mosaic_frames(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=step,
             slope=slope,
             intercept=intercept,
-            order=(*_order(ds, file.path)[:5], k),
+            order=_order(ds, file, k),
         )
         for k in range(count)
+    ]
+
+
+def _uih_tiles(ds: Dataset) -> list[Dataset] | None:
+    """The per-tile items of a United Imaging grid mosaic ((0065,1051): one IPP per tile)."""
+    try:
+        items = ds.get_private_item(0x0065, 0x51, "Image Private Header").value
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not isinstance(items, Sequence) or len(items) < 2:
+        return None
+    return list(items) if all(_position(item) is not None for item in items) else None
+
+
+def _uih_tile_shape(ds: Dataset) -> tuple[int, int] | None:
+    """Tile rows and columns: UIH's "R*C" text (0065,1004), else the acquisition matrix."""
+    try:
+        text = str(ds.get_private_item(0x0065, 0x04, "Image Private Header").value)
+        rows, cols = (int(v) for v in text.split("*"))
+    except (KeyError, ValueError, TypeError):
+        matrix = [int(float(v)) for v in _strings(ds, "AcquisitionMatrix") if float(v)]
+        if len(matrix) != 2:
+            return None
+        rows, cols = (matrix[1], matrix[0])
+    return (rows, cols) if rows > 0 and cols > 0 else None
+
+
+def _uih_grid_frames(ds: Dataset, file: _File, items: list[Dataset]) -> list[_Frame]:
+    """Tiles of a UIH grid mosaic (e.g. 4x5 tiles of 64x64), each placed by its own IPP and
+    ordered in time by its own acquisition time, as dcm2niix reads them."""
+    shape = _uih_tile_shape(ds)
+    if shape is None or file.rows % shape[0] or file.cols % shape[1]:
+        raise _SkipFileError("United Imaging mosaic whose tile size does not fit its image")
+    tile_rows, tile_cols = shape
+    per_row = file.cols // tile_cols
+    if len(items) > per_row * (file.rows // tile_rows):
+        raise _SkipFileError(
+            f"United Imaging mosaic of {len(items)} tiles that do not fit its "
+            f"{file.rows}x{file.cols} pixels (inconsistent header)"
+        )
+    file.mosaic = (tile_rows, tile_cols, per_row)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    step = _float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness")
+    slope, intercept = _rescale(ds, ds)
+    return [
+        _Frame(
+            file,
+            k,
+            tile_rows,
+            tile_cols,
+            position=_position(item),
+            orientation=iop,
+            pixel_spacing=spacing,
+            thickness=step,
+            slope=slope,
+            intercept=intercept,
+            order=_order(ds, file, k, when=_acquisition_time(item)),
+        )
+        for k, item in enumerate(items)
     ]
 
 

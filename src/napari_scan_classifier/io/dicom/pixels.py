@@ -24,7 +24,7 @@ from napari_scan_classifier.errors import (
     UnreadableScanError,
 )
 from napari_scan_classifier.io import SkippedFile
-from napari_scan_classifier.io.dicom.geometry import _plan
+from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.mosaic import _tile
 from napari_scan_classifier.io.dicom.records import (
     Cancel,
@@ -34,7 +34,10 @@ from napari_scan_classifier.io.dicom.records import (
     _OverflowError,
     _Plan,
     _Stack,
+    _value_range,
 )
+from napari_scan_classifier.limits import check_memory
+from napari_scan_classifier.privacy import strip_paths
 from napari_scan_classifier.volume import Volume, lps_to_world
 
 
@@ -49,15 +52,6 @@ def _decoder_packages(syntax: UID) -> str:
     return "pylibjpeg pylibjpeg-openjpeg"
 
 
-def _value_range(frame: _Frame) -> tuple[float, float]:
-    """The rescaled values a frame's stored bits can hold."""
-    f = frame.file
-    bits = min(f.bits_stored, f.bits_allocated)
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.signed else (0, 2**bits - 1)
-    ends = (low * frame.slope + frame.intercept, high * frame.slope + frame.intercept)
-    return min(ends), max(ends)
-
-
 def _output_dtype(frames: list[_Frame], widen: bool) -> tuple[np.dtype, bool]:
     """The voxel type and whether each slice must be checked for overflow.
 
@@ -65,6 +59,10 @@ def _output_dtype(frames: list[_Frame], widen: bool) -> tuple[np.dtype, bool]:
     give int16 (checked per slice when the header allows larger values, int32 after an
     overflow); anything else is float32.
     """
+    tables = [f.file.table for f in frames if f.file.table is not None]
+    if tables:
+        same = len(tables) == len(frames)
+        return (np.result_type(*{t[1].dtype for t in tables}) if same else np.float32), False
     if all(f.slope == 1 and f.intercept == 0 for f in frames):
         return np.result_type(*{f.file.stored_dtype.newbyteorder("=") for f in frames}), False
     integral = all(float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames)
@@ -105,6 +103,8 @@ def _rescale_into(
 
 def _fix_stored(raw: np.ndarray, file: _File) -> np.ndarray:
     """Native-endian values with unused high bits cleared (or sign-extended), as pydicom does."""
+    if file.swap_pairs:  # 8-bit values in big-endian words: each pair of bytes is reversed
+        raw.reshape(-1).view(np.uint16).byteswap(inplace=True)
     if raw.dtype.byteorder == ">":
         raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder("="))
     shift = file.bits_allocated - file.bits_stored
@@ -120,7 +120,7 @@ _Item = tuple[int, np.ndarray, float, float]  # frame/tile index, destination, s
 def _read_native(file: _File, items: list[_Item], checked: bool) -> None:
     """Read uncompressed frames from the file straight into their destination slices."""
     stored = file.stored_dtype
-    with open(file.path, "rb") as fp:
+    with file.open() as fp:
         for index, dest, slope, intercept in items:
             direct = dest.dtype.itemsize == stored.itemsize and dest.flags.c_contiguous
             raw = dest.view(stored) if direct else np.empty(dest.shape, stored)
@@ -138,12 +138,26 @@ def _read_images(file: _File, indices: list[int]) -> Iterator[np.ndarray]:
             _read_native(file, [(index, image, 1.0, 0.0)], False)
             yield image
         return
-    # pydicom reads deflated files only through a full dcmread, not from the raw file
-    source = dcmread(file.path) if file.syntax == DeflatedExplicitVRLittleEndian else file.path
+    source: Any = file.path
+    if file.gzipped or file.syntax == DeflatedExplicitVRLittleEndian:
+        with file.open() as fp:  # pydicom reads these only through a full dcmread
+            source = dcmread(fp)
     yield from iter_pixels(source, indices=indices if file.n_frames > 1 else None)
 
 
 def _decode_file(file: _File, items: list[_Item], checked: bool) -> None:
+    if file.table is None:
+        _decode_values(file, items, checked)
+        return
+    low, table = file.table  # the table replaces the rescale
+    stored = file.stored_dtype.newbyteorder("=")
+    temps = [(index, np.empty(dest.shape, stored), 1.0, 0.0) for index, dest, _, _ in items]
+    _decode_values(file, temps, False)
+    for (_, temp, _, _), (_, dest, _, _) in zip(temps, items, strict=True):
+        dest[...] = table[np.clip(temp.astype(np.int64) - low, 0, len(table) - 1)]
+
+
+def _decode_values(file: _File, items: list[_Item], checked: bool) -> None:
     if file.pixel_offset is not None and file.mosaic is None:
         _read_native(file, items, checked)
         return
@@ -164,12 +178,17 @@ def _decode_job(
         raise CancelledError("loading was cancelled")
     try:
         _decode_file(file, items, checked)
+        if file.flip_rows:  # a reverse phase-encoding volume, turned the right way up
+            for _, dest, _, _ in items:
+                dest[...] = dest[::-1].copy()
     except (_OverflowError, CancelledError):
         raise
     except OSError as exc:
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
-    except Exception as exc:
-        detail = str(exc).replace(str(file.path), file.path.name).splitlines()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # decoders in Rust raise PanicException, a BaseException
+        detail = strip_paths(str(exc)).splitlines()
         return (
             f"pixel data could not be decoded ({detail[0][:160] if detail else type(exc).__name__})"
         )
@@ -270,11 +289,18 @@ def _metadata(stack: _Stack, plan: _Plan) -> dict[str, Any]:
     return metadata
 
 
-def _decode_plan(plan: _Plan, frames: list[_Frame], widen: bool, decoder: _Decoder) -> np.ndarray:
+def _decode_plan(
+    plan: _Plan, frames: list[_Frame], widen: bool, decoder: _Decoder, name: str
+) -> np.ndarray:
     """Allocate the output once and decode into it ((t, z, y, x), t = 1 for a 3D stack)."""
     resample = plan.mode == "resample"
     dtype, checked = (np.dtype(np.float32), False) if resample else _output_dtype(frames, widen)
-    out = np.empty((len(plan.layers), *plan.shape[-3:]), dtype)
+    shape = (len(plan.layers), *plan.shape[-3:])
+    extent = "x".join(map(str, shape if shape[0] > 1 else shape[1:]))
+    check_memory(
+        int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, f"{name} ({extent} voxels)"
+    )
+    out = np.empty(shape, dtype)
     decoder.failures = {}
     if resample:
         decoder.resample(plan, out)
@@ -289,7 +315,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
     while True:
         plan = _plan(_Stack(stack.key, frames))
         try:
-            out = _decode_plan(plan, frames, widen, decoder)
+            out = _decode_plan(plan, frames, widen, decoder, _stack_name(stack))
         except _OverflowError:
             widen = True
             continue
@@ -300,7 +326,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
         frames = [f for f in frames if f.file not in decoder.failures]
         if not frames:
             file, reason = next(iter(decoder.failures.items()))
-            raise UnreadableScanError(f"{file.path.name}: {reason}")
+            raise UnreadableScanError(f"{_stack_name(stack)}: instance {file.instance}: {reason}")
     voxels = out[0] if len(plan.layers) == 1 else out
     modality = str(plan.layers[0][0].file.fields.get("modality", "OT"))
     return Volume(voxels, lps_to_world(plan.affine_lps), modality, _metadata(stack, plan))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom.uid import (
@@ -39,6 +40,7 @@ class SeriesInfo:
     image_type: tuple[str, ...]
     orientation: str
     transfer_syntax: str
+    problem: str = ""  # why it cannot be loaded, found from the headers alone
 
 
 class _SkipFileError(Exception):
@@ -57,6 +59,7 @@ class _File:
     syntax: UID
     series_uid: str
     instance_uid: str
+    instance: int
     fields: dict[str, Any]
     image_type: tuple[str, ...]
     rows: int
@@ -69,6 +72,15 @@ class _File:
     pixel_offset: int | None = None
     mosaic: tuple[int, int, int] | None = None  # tile rows, tile columns, tiles per mosaic row
     time_frames: bool = False
+    flip_rows: bool = False  # reverse phase-encoding volume, shown the right way up
+    variant: tuple[str, ...] = ()  # what else splits its series: an echo, a differing copy
+    gzipped: bool = False  # a .dcm.gz: read through gzip
+    swap_pairs: bool = False  # 8-bit pixels stored as big-endian 16-bit words (OW)
+    table: tuple[int, np.ndarray] | None = None  # (first stored value, values): a LUT to apply
+
+    def open(self) -> BinaryIO:
+        """The file's bytes (decompressed for a .dcm.gz)."""
+        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
 
     @property
     def stored_dtype(self) -> np.dtype:
@@ -128,3 +140,12 @@ class _Plan:
         first = self.layers[0][0]
         spatial = (len(self.weights), first.rows, first.cols)
         return (len(self.layers), *spatial) if len(self.layers) > 1 else spatial
+
+
+def _value_range(frame: _Frame) -> tuple[float, float]:
+    """The rescaled values a frame's stored bits can hold."""
+    f = frame.file
+    bits = min(f.bits_stored, f.bits_allocated)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if f.signed else (0, 2**bits - 1)
+    ends = (low * frame.slope + frame.intercept, high * frame.slope + frame.intercept)
+    return min(ends), max(ends)

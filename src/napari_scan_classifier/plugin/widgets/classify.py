@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -92,11 +93,12 @@ class ClassifyWidget(Container):
         self.saliency = ComboBox(
             label="Saliency",
             choices=[(SALIENCY_TITLES[m], m) for m in SALIENCY_METHODS],
-            value="gradcam",
+            value="default",
         )
         self.passes = SpinBox(label="Uncertainty passes", min=0, max=100, value=DEFAULT_PASSES)
         self.passes.tooltip = "Monte Carlo dropout samples for the ± spread (0: none)"
-        self.check = CheckBox(text="Check the saliency map (deletion curve)", value=True)
+        self.check = CheckBox(text="Check the saliency map (faithfulness)", value=True)
+        self.check.tooltip = "Remove regions by the map's ranking and follow the probability"
         self.run_button = PushButton(text="Classify")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.banner = Label(value="")
@@ -104,12 +106,17 @@ class ClassifyWidget(Container):
         self.banner.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.banner.native.setStyleSheet(BANNER_STYLE)
         self.banner.visible = False
+        self.send_button = PushButton(text="Send to PACS", enabled=False)
+        self.send_button.tooltip = "Store the report and the saliency map beside the scan's series"
+        self._sendable: weakref.WeakKeyDictionary[Layer, tuple] = weakref.WeakKeyDictionary()
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
         self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.chart = ResultChart(get_theme(viewer.theme).text.as_hex())
         buttons = Container(
-            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+            widgets=[self.run_button, self.cancel_button, self.send_button],
+            layout="horizontal",
+            labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
         self.extend([self.scan, self.model, self.saliency, self.passes, self.check, buttons])
@@ -133,6 +140,7 @@ class ClassifyWidget(Container):
         self.scan.changed.connect(self._show_stored)
         self.run_button.changed.connect(self.classify)
         self.cancel_button.changed.connect(self.cancel)
+        self.send_button.changed.connect(self.send)
 
     def _scan_choices(self, _: Any = None) -> list[tuple[str, Layer]]:
         return [
@@ -222,6 +230,7 @@ class ClassifyWidget(Container):
             return
         data = result.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
+        self._sendable[layer] = (volume, result, bundle)
         self._show_saliency(layer, volume, result, data)
         if data["modality_warning"]:
             show_warning(f"{layer.name}: {data['modality_warning']}")
@@ -252,6 +261,21 @@ class ClassifyWidget(Container):
         self._set_running(False)
         self._show_stored()
 
+    def _can_send(self, layer: Layer | None) -> bool:
+        from napari_scan_classifier.plugin.widgets.pacs import PACS_SOURCES
+
+        return layer is not None and layer in self._sendable and layer in PACS_SOURCES
+
+    def send(self) -> Any:
+        """Send the chosen scan's latest result to the PACS it was opened from (a worker)."""
+        from napari_scan_classifier.plugin.widgets.pacs import send_to_pacs
+
+        layer = self.scan.value
+        if layer is None or layer not in self._sendable:
+            show_info("Classify the scan first; then its result can be sent.")
+            return None
+        return send_to_pacs(layer, *self._sendable[layer])
+
     # ----------------------------------------------------------------------------- showing
 
     def _show_stored(self) -> None:
@@ -262,6 +286,7 @@ class ClassifyWidget(Container):
         warning = ood_lines(result) if result else []
         self.banner.value = "\n".join(warning)
         self.banner.visible = bool(warning)
+        self.send_button.enabled = self._can_send(layer)
         self.summary.value = "\n".join(lines)
         self.chart.show(result)
         self._show_slice()

@@ -31,7 +31,7 @@ from magicgui.widgets import (
 from napari.utils import progress
 from napari.utils.notifications import show_info
 from napari.utils.theme import get_theme
-from qtpy.QtWidgets import QTabWidget
+from qtpy.QtWidgets import QMessageBox, QTabWidget
 from superqt.utils import FunctionWorker
 
 from napari_scan_classifier.cases import default_root
@@ -126,6 +126,8 @@ class TrainWidget(Container):
         self.grid.tooltip = "Scans are resampled to a cube of this many voxels a side"
         self.net_width = SpinBox(label="Width", min=1, max=128, value=16)
         self.net_width.tooltip = "Filters of the first layer; the network doubles them per block"
+        self.new_classes = CheckBox(text="Allow new classes (labels the base model lacks)")
+        self.new_classes.tooltip = "Else a fine-tune whose cases bring unknown labels is refused"
         return [
             self.base,
             self.base_path,
@@ -133,6 +135,7 @@ class TrainWidget(Container):
             self.modality,
             self.grid,
             self.net_width,
+            self.new_classes,
         ]
 
     def _option_widgets(self) -> list[Any]:
@@ -183,6 +186,7 @@ class TrainWidget(Container):
         self.base_path.visible = base == DISK
         for widget in (self.architecture, self.modality, self.grid, self.net_width):
             widget.visible = base == SCRATCH
+        self.new_classes.visible = base != SCRATCH
 
     # ------------------------------------------------------------------------------ running
 
@@ -199,6 +203,7 @@ class TrainWidget(Container):
             validation_fraction=self.validation.value,
             imbalance=self.imbalance.value,
             augment=self.augment.value,
+            allow_new_classes=self.new_classes.value,
         )
 
     def start(self) -> FunctionWorker | None:
@@ -309,10 +314,31 @@ class TrainWidget(Container):
         """Make the classify widget (opened if needed) use the newly trained model."""
         if self.result is None:
             return None
+        box = self.confirmation()
+        if box is not None and box.exec() != QMessageBox.StandardButton.Yes:
+            return None
         widget = self._classify_widget()
         widget.set_bundle(self.result.bundle)
         show_info(f"The classifier now uses {_model_name(self.result.bundle)}.")
         return widget
+
+    def confirmation(self) -> QMessageBox | None:
+        """The question asked before a new version replaces the classifier's model when it did
+        not measure better than its base (None: nothing to ask)."""
+        comparison = None if self.result is None else self.result.comparison
+        if comparison is None or comparison.verdict == "better":
+            return None
+        box = QMessageBox(self.native)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Use a model that did not measure better?")
+        box.setText(
+            f"Against its base on the same validation cases, {_model_name(self.result.bundle)} "
+            f"measured: {comparison.verdict}. Use it in the classifier anyway?"
+        )
+        box.setInformativeText(comparison.message)
+        box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        return box
 
     def _classify_widget(self) -> ClassifyWidget:
         for widget in self._viewer.window.dock_widgets.values():
@@ -361,6 +387,9 @@ def result_lines(result: TrainingResult) -> list[str]:
     for split, counts in result.class_counts.items():
         listing = ", ".join(f"{name} {n}" for name, n in counts.items())
         lines.append(f"{split.capitalize()} cases: {listing}")
+    if result.comparison is not None:
+        lines.append(f"Verdict: {result.comparison.message}")
+    lines += [f"Warning: {warning}" for warning in result.warnings]
     lines += [f"Note: {note}" for note in result.notes]
     return lines
 

@@ -1,0 +1,570 @@
+"""Cohorts: classify every series of many inputs, in this process or on a Dask cluster.
+
+The client finds the series from headers only and sends each out as one task; the task reads its
+series where it runs (memory per worker stays one series), classifies it with the bundle that
+worker process loaded once, writes its saliency map and returns its row. Rows are appended to a
+JSON Lines journal as they arrive (one line per series, flushed and synced), so the results file
+is valid after every append and a rerun of the same command skips every series already in it
+(by series key): an interrupted cohort finishes without duplicates. A summary in the format of
+``--out`` (JSON or CSV) is written from the journal at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from napari_scan_classifier.errors import (
+    InvalidBundleError,
+    InvalidInputError,
+    ScanClassifierError,
+    UnreadableScanError,
+)
+from napari_scan_classifier.limits import special_file_reason
+from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.models.bundled import bundled_model_path
+from napari_scan_classifier.privacy import Redactor
+from napari_scan_classifier.results import (
+    BatchReport,
+    check_output,
+    classify_series,
+    json_safe,
+    resolve_bundle,
+    write_report,
+)
+
+JOURNAL_SUFFIX = ".jsonl"
+IN_PROCESS = "in-process"  # the "worker" of a row classified without a cluster
+PROGRESS_INTERVAL_S = 10.0  # plain progress lines when the output is not a terminal
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """What a worker needs to load the client's bundle and prove it has the same one: its path
+    (None: the bundled model of the worker's own installation) and the SHA-256 of its files."""
+
+    path: str | None
+    name: str
+    version: int
+    sha256: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """One series to classify: ``index`` counts series over the cohort, ``number`` is the input's
+    position on the command line; ``files`` are its DICOM files (None: a NIfTI file)."""
+
+    index: int
+    number: int
+    key: str
+    path: str
+    files: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    saliency: str = "none"
+    passes: int = 10
+    faithfulness: bool = False
+    saliency_dir: str | None = None
+
+
+@dataclass
+class CohortResult:
+    """How the run went: the summary written, series in the cohort, rows found from an earlier
+    run, rows added now and how many of all rows failed."""
+
+    out: Path
+    journal: Path
+    total: int
+    resumed: int
+    added: int
+    failed: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The inputs, with each ``@list.txt`` replaced by the paths it lists (one per line; blank
+    lines and ``#`` comments ignored; relative paths are relative to the list's folder)."""
+    inputs: list[Path] = []
+    for given in map(str, paths):
+        if not given.startswith("@"):
+            inputs.append(Path(given))
+            continue
+        listing = Path(given[1:])
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UnreadableScanError(f"{given}: cannot read the list of inputs") from error
+        for line in (line.strip() for line in lines):
+            if line and not line.startswith("#"):
+                inputs.append(listing.parent / Path(line).expanduser())
+    missing = [f"input {n}" for n, p in enumerate(inputs, start=1) if not p.exists()]
+    if missing:
+        raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
+    if not inputs:
+        raise UnreadableScanError("no inputs given (the list is empty)")
+    return inputs
+
+
+def discover(
+    inputs: Sequence[Path], redact: Redactor
+) -> tuple[list[SeriesTask], list[dict[str, Any]]]:
+    """The series under every input, from headers only (NIfTI: its file hash is its key), and
+    the files left out (by input number, reasons redacted). A series given twice is kept once."""
+    from napari_scan_classifier.io import is_nifti
+    from napari_scan_classifier.io.dicom import series_files
+
+    tasks: list[SeriesTask] = []
+    skipped: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, path in enumerate(inputs, start=1):
+        special = special_file_reason(path)
+        if special is not None:
+            skipped.append({"input": number, "reason": special})
+            continue
+        if path.is_file() and is_nifti(path):
+            found = {file_key(path): None}
+        else:
+            try:
+                stacks, left_out = series_files(path)
+            except ScanClassifierError as error:
+                skipped.append({"input": number, "reason": redact(str(error))})
+                continue
+            for file in left_out:
+                redact.found(file.path, path)
+            skipped += [{"input": number, "reason": redact(s.reason)} for s in left_out]
+            found = {key: tuple(map(str, files)) for key, files in stacks.items()}
+        for key, files in found.items():
+            if key not in seen:
+                seen.add(key)
+                tasks.append(SeriesTask(len(tasks) + 1, number, key, str(path), files))
+    return tasks, skipped
+
+
+def file_key(path: Path) -> str:
+    """A NIfTI file's series key: a hash of its bytes, so the same scan keeps its key wherever it
+    is copied (streamed; the file is never held in memory)."""
+    digest = hashlib.sha1()
+    with path.open("rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------ bundle
+
+
+def bundle_ref(bundle: Bundle) -> BundleRef:
+    """The bundle as workers find it; the bundled model travels as None (each installation has
+    its own copy, checked by hash)."""
+    source = bundle.path or bundled_model_path()
+    bundled = Path(source).resolve() == bundled_model_path().resolve()
+    meta = bundle.metadata
+    return BundleRef(
+        None if bundled else str(Path(source).resolve()),
+        meta.name,
+        meta.version,
+        files_hash(source),
+    )
+
+
+def files_hash(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a bundle: of the .zip, or of every file of the folder (names and bytes)."""
+    source = Path(path)
+    digest = hashlib.sha256()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for file in files:
+        if source.is_dir():
+            digest.update(file.relative_to(source).as_posix().encode() + b"\0")
+        with file.open("rb") as stream:
+            while block := stream.read(_HASH_BLOCK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+_BUNDLES: dict[str, Bundle] = {}
+_BUNDLE_LOCK = threading.Lock()
+
+
+def worker_bundle(ref: BundleRef) -> Bundle:
+    """The bundle of ``ref``, loaded once per process (a worker serves many series with it)."""
+    with _BUNDLE_LOCK:
+        if ref.sha256 not in _BUNDLES:
+            _limit_threads()
+            source = ref.path or bundled_model_path()
+            found = files_hash(source)
+            if found != ref.sha256:
+                raise InvalidBundleError(
+                    f"the model bundle {ref.name} v{ref.version} here differs from the client's "
+                    f"(SHA-256 {found[:12]} instead of {ref.sha256[:12]})"
+                )
+            _BUNDLES[ref.sha256] = resolve_bundle(ref.path)
+        return _BUNDLES[ref.sha256]
+
+
+def _limit_threads() -> None:
+    """On a Dask worker, let TensorFlow use as many threads as the worker runs tasks: worker
+    processes share the machine's cores, and oversubscribing them slows every worker."""
+    threads = _worker_threads()
+    if threads is None:
+        return
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already ran something in this process
+            pass
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return None
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return IN_PROCESS
+
+
+# ------------------------------------------------------------------------------- one series
+
+
+def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[str, Any]:
+    """Read, classify and explain one series where this runs; its row, or the reason it failed.
+
+    What the data or the model refuse becomes a failed row; anything else (a bug, no memory)
+    raises, so Dask retries the task once.
+    """
+    try:
+        volume = _load_series(task)
+        row = classify_series(
+            task.index,
+            task.number,
+            volume,
+            worker_bundle(ref),
+            saliency=options.saliency,
+            passes=options.passes,
+            faithfulness=options.faithfulness,
+            saliency_dir=options.saliency_dir,
+        )
+    except ScanClassifierError as error:
+        row = failed_row(task, str(error))
+    row["series_key"] = task.key
+    row["worker"] = _worker_address()
+    row["bundle"] = ref.summary()
+    return json_safe(row)
+
+
+def _load_series(task: SeriesTask) -> Any:
+    if task.files is None:
+        from napari_scan_classifier.io.nifti import load_nifti
+
+        return load_nifti(task.path)
+    from napari_scan_classifier.io.dicom import load_dicom
+
+    volumes = load_dicom(task.path, series=[task.key], files=task.files).volumes
+    if len(volumes) != 1:
+        raise InvalidInputError(f"series {task.key} was not found again in its files")
+    return volumes[0]
+
+
+def failed_row(task: SeriesTask, reason: str) -> dict[str, Any]:
+    """A row for a series that could not be read or run: its key stands for it."""
+    return {
+        "index": task.index,
+        "input": task.number,
+        "series": f"{task.index:03d} [{task.key}]",
+        "series_key": task.key,
+        "modality": None,
+        "series_number": None,
+        "description": None,
+        "shape": None,
+        "spacing_mm": None,
+        "geometry_warnings": [],
+        "status": "failed",
+        "error": reason,
+    }
+
+
+# ----------------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """The JSON Lines results file: read what an earlier run wrote, append one row at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows already written; a last line cut short by a kill is dropped (and cut off)."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            with self.path.open("r+b") as stream:
+                stream.truncate(len(complete))
+        try:
+            return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ScanClassifierError(
+                f"{self.path.name} is not a results journal of this program ({error}); "
+                "choose another --out"
+            ) from None
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(json_safe(row), allow_nan=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(line)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+
+def journal_path(out: Path) -> Path:
+    """``results.json`` / ``results.csv`` -> ``results.jsonl`` beside it."""
+    return out.with_suffix(JOURNAL_SUFFIX)
+
+
+def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef, journal: Path) -> None:
+    other = {row.get("bundle", {}).get("sha256") for row in rows} - {ref.sha256}
+    if other:
+        raise ScanClassifierError(
+            f"{journal.name} holds results of another model (SHA-256 "
+            f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with "
+            f"{ref.name} v{ref.version}"
+        )
+
+
+# ---------------------------------------------------------------------------------- progress
+
+
+class CohortProgress:
+    """A progress bar (tqdm) on a terminal; a plain line every ``interval`` seconds elsewhere.
+    Both show series done of the total, rate, time left and failures so far."""
+
+    def __init__(
+        self, total: int, done: int, stream: TextIO | None = None, interval: float = 0.0
+    ) -> None:
+        from tqdm import tqdm
+
+        self.stream = stream or sys.stderr
+        self.total, self.done, self.failed = total, done, 0
+        self.interval = interval or PROGRESS_INTERVAL_S
+        self.start = self.last = time.monotonic()
+        self.added = 0
+        terminal = self.stream.isatty()
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            unit="series",
+            file=self.stream,
+            disable=not terminal,
+            dynamic_ncols=True,
+        )
+
+    def note(self, text: str) -> None:
+        if self.bar.disable:
+            print(text, file=self.stream, flush=True)
+        else:
+            self.bar.write(text, file=self.stream)
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        self.added += 1
+        if row["status"] != "classified":
+            self.failed += 1
+        if not self.bar.disable:
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(1)
+        elif time.monotonic() - self.last >= self.interval or self.done == self.total:
+            self.last = time.monotonic()
+            print(self.line(), file=self.stream, flush=True)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.added / elapsed * 60.0
+        left = self.total - self.done
+        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate * 60.0)) if rate else "?"
+        return (
+            f"{self.done}/{self.total} series ({self.failed} failed), "
+            f"{rate:.1f} series/min, {eta} left"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------------- executors
+
+
+def _run_in_process(
+    tasks: Sequence[SeriesTask], bundle: Bundle, ref: BundleRef, options: Options
+) -> Iterator[dict[str, Any]]:
+    _BUNDLES.setdefault(ref.sha256, bundle)
+    for task in tasks:
+        yield classify_task(task, ref, options)
+
+
+def _run_on_dask(
+    tasks: Sequence[SeriesTask],
+    ref: BundleRef,
+    options: Options,
+    workers: int,
+    scheduler: str | None,
+    announce: Callable[[str], None],
+) -> Iterator[dict[str, Any]]:
+    """Tasks out one per series, rows back as they finish. A task whose worker dies is retried
+    once on another (the scheduler's allowed-failures; 1 on the clusters started here)."""
+    import dask
+    from distributed import Client, KilledWorker, LocalCluster, as_completed
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = (
+            None
+            if scheduler
+            else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+        )
+        client = Client(scheduler or cluster)
+    try:
+        announce(f"Dask dashboard: {client.dashboard_link}")
+        futures = {
+            client.submit(
+                classify_task,
+                task,
+                ref,
+                options,
+                key=f"classify-{task.index}-{task.key}",
+                retries=1,
+                pure=False,
+            ): task
+            for task in tasks
+        }
+        for future in as_completed(futures):
+            task = futures.pop(future)
+            try:
+                row = future.result()
+            except KilledWorker:
+                row = failed_row(task, "the worker running it died twice (out of memory?)")
+                row.update(worker=None, bundle=ref.summary())
+            except Exception as error:  # a bug or a resource limit: recorded, cohort goes on
+                row = failed_row(task, f"{type(error).__name__}: {error}")
+                row.update(worker=None, bundle=ref.summary())
+            future.release()
+            yield row
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ------------------------------------------------------------------------------------- a run
+
+
+def classify_cohort(
+    paths: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    *,
+    options: Options | None = None,
+    workers: int = 0,
+    scheduler: str | None = None,
+    stream: TextIO | None = None,
+) -> CohortResult:
+    """Classify every series under ``paths`` (folders, files, ``@list.txt``) into ``out``'s
+    journal and then ``out`` itself, skipping series the journal already holds.
+
+    ``workers`` > 0 starts a local Dask cluster of that many processes; ``scheduler`` uses an
+    existing one; neither: this process. Progress goes to ``stream`` (stderr by default).
+    """
+    options = options or Options()
+    target = check_output(out)
+    inputs = expand_inputs(paths)
+    redact = Redactor(inputs)
+    tasks, skipped = discover(inputs, redact)
+    if not tasks:
+        reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
+        raise UnreadableScanError(f"no scan found to classify ({reasons})")
+    bundle = resolve_bundle(model)
+    ref = bundle_ref(bundle)
+    journal = Journal(journal_path(target))
+    earlier = journal.rows()
+    _check_same_bundle(earlier, ref, journal.path)
+    done = {row["series_key"] for row in earlier}
+    pending = [task for task in tasks if task.key not in done]
+    progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)
+    for left_out in skipped:
+        progress.note(f"skipped a file of input {left_out['input']}: {left_out['reason']}")
+    rows = (
+        _run_on_dask(pending, ref, options, workers, scheduler, progress.note)
+        if pending and (workers or scheduler)
+        else _run_in_process(pending, bundle, ref, options)
+    )
+    try:
+        for row in rows:
+            _redact_row(row, redact)
+            journal.append(row)
+            progress.update(row)
+            for note in filter(None, [row["error"], row.get("modality_warning")]):
+                progress.note(f"warning: {row['series']}: {note}")
+    finally:
+        progress.close()
+    return _summarise(target, journal, ref, bundle, len(earlier), skipped)
+
+
+def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
+    """No input's path or name in what a worker wrote (third-party errors quote paths)."""
+    row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
+    for key in ("error", "modality_warning"):
+        if row.get(key):
+            row[key] = redact(row[key])
+
+
+def _summarise(
+    out: Path,
+    journal: Journal,
+    ref: BundleRef,
+    bundle: Bundle,
+    resumed: int,
+    skipped: list[dict[str, Any]],
+) -> CohortResult:
+    rows = sorted(journal.rows(), key=lambda row: row["index"])
+    meta = bundle.metadata
+    model = {
+        "name": meta.name,
+        "version": meta.version,
+        "sha256": ref.sha256,
+        "classes": list(meta.classes),
+        "modality": meta.modality,
+    }
+    report = BatchReport(model, rows, skipped)
+    write_report(report, out)
+    failed = len(rows) - report.classified
+    return CohortResult(out, journal.path, len(rows), resumed, len(rows) - resumed, failed, skipped)

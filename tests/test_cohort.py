@@ -1,0 +1,333 @@
+"""Cohorts: ``classify`` in this process and on real Dask clusters (local processes, and a
+scheduler and worker started as separate commands), resumed after a kill, surviving a dead worker.
+
+A tiny untrained model and small generated CT series keep it quick: the checks are about where the
+work runs and that every series ends up in the results exactly once, with the same numbers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import CLASSES, tiny_bundle
+
+import napari_scan_classifier
+from napari_scan_classifier.cli import main
+from napari_scan_classifier.cohort import (
+    CohortProgress,
+    Journal,
+    Options,
+    classify_cohort,
+    expand_inputs,
+    files_hash,
+)
+from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
+from napari_scan_classifier.io.dicom import list_series
+from napari_scan_classifier.io.dicom_write import write_series
+from napari_scan_classifier.io.nifti import save_nifti
+from napari_scan_classifier.models import save_bundle
+from napari_scan_classifier.phantoms import make_ct_phantom
+
+SERIES = 6
+SRC = str(Path(napari_scan_classifier.__file__).parents[1])  # workers import this copy
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bundle(tiny_bundle(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SERIES CT series (their own UIDs), one folder each, under one folder."""
+    root = tmp_path_factory.mktemp("cohort")
+    for number in range(1, SERIES + 1):
+        volume = make_ct_phantom(number, shape=(12, 32, 32), spacing=(5.0, 5.0, 5.0)).volume
+        write_series(volume, root / f"study{number:02d}", series_number=number)
+    return root
+
+
+@pytest.fixture(scope="module")
+def broken_nifti(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scan the model refuses: a NaN voxel."""
+    volume = make_ct_phantom(0, shape=(8, 16, 16)).volume
+    voxels = volume.voxels.astype(np.float32)
+    voxels[0, 0, 0] = np.nan
+    return save_nifti(volume.with_voxels(voxels), tmp_path_factory.mktemp("bad") / "b.nii.gz")
+
+
+def _journal(out: Path) -> list[dict]:
+    return [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+
+
+def _keys(cohort_dir: Path) -> set[str]:
+    return {info.key for info in list_series(cohort_dir)}
+
+
+def _probabilities(rows: list[dict]) -> dict[str, dict[str, float]]:
+    return {r["series_key"]: r["probabilities"] for r in rows if r["status"] == "classified"}
+
+
+def _dask(*argv: str) -> subprocess.Popen:
+    """``dask ...`` (the command of this interpreter), dashboard off, quiet."""
+    command = [sys.executable, "-m", "dask", *argv, "--no-dashboard"]
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _cli(*argv: object) -> int:
+    return main([str(a) for a in argv])
+
+
+# ------------------------------------------------------------------------------- fast parts
+
+
+def test_journal_drops_a_line_cut_short_by_a_kill(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"series_key": "a", "index": 1}\n{"series_key": "b", "ind')
+    journal = Journal(path)
+
+    assert journal.rows() == [{"series_key": "a", "index": 1}]
+    journal.append({"series_key": "c", "index": 3})
+    assert [row["series_key"] for row in journal.rows()] == ["a", "c"]
+    assert path.read_text().count("\n") == 2
+
+
+def test_list_file_paths_are_relative_to_it_and_missing_ones_named(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b.nii").write_bytes(b"")
+    listing = tmp_path / "cohort.txt"
+    listing.write_text(f"# query of 2026-12-01\na\n\n{tmp_path / 'b.nii'}\n")
+
+    assert expand_inputs([f"@{listing}", tmp_path / "a"]) == [
+        tmp_path / "a",
+        tmp_path / "b.nii",
+        tmp_path / "a",
+    ]
+    listing.write_text("a\nno_such_study\n")
+    with pytest.raises(UnreadableScanError, match=r"^input 2: no such file or folder$"):
+        expand_inputs([f"@{listing}"])
+
+
+def test_plain_progress_lines_count_done_failures_rate_and_time_left() -> None:
+    stream = io.StringIO()  # not a terminal: lines, no bar
+    progress = CohortProgress(total=4, done=1, stream=stream, interval=1e-9)
+    progress.update({"status": "classified"})
+    progress.update({"status": "failed"})
+    progress.close()
+
+    first, second = stream.getvalue().splitlines()
+    assert first.startswith("2/4 series (0 failed), ") and first.endswith(" left")
+    assert second.startswith("3/4 series (1 failed), ") and " series/min, " in second
+
+
+@pytest.mark.slow
+def test_list_input_and_resume_in_process(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run with more inputs classifies only the new series; rows say where they ran
+    and with which bundle (hash of its files)."""
+    folders = sorted(cohort_dir.iterdir())
+    listing = tmp_path / "cohort.txt"
+    listing.write_text("\n".join(str(f) for f in folders[:3]) + "\n")
+    out = tmp_path / "results.json"
+
+    assert _cli("classify", f"@{listing}", "--model", bundle_dir, "--out", out, "--passes", 0) == 0
+    first = _journal(out)
+    assert [row["index"] for row in first] == [1, 2, 3]
+    assert {row["worker"] for row in first} == {"in-process"}
+    assert {json.dumps(row["bundle"]) for row in first} == {
+        json.dumps({"name": "sphere-test", "version": 1, "sha256": files_hash(bundle_dir)})
+    }
+
+    more = [f"@{listing}", *folders[3:]]
+    assert _cli("classify", *more, "--model", bundle_dir, "--out", out, "--passes", 0) == 0
+
+    rows = _journal(out)
+    assert rows[:3] == first
+    assert [row["index"] for row in rows] == list(range(1, SERIES + 1))
+    assert {row["series_key"] for row in rows} == _keys(cohort_dir)
+    summary = json.loads(out.read_text())
+    assert [row["series_key"] for row in summary["series"]] == [r["series_key"] for r in rows]
+    assert summary["model"]["sha256"] == files_hash(bundle_dir)
+    assert f"wrote {out} ({SERIES} of {SERIES} series classified; 3 from an earlier run)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.slow
+def test_resuming_with_another_model_is_refused(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+) -> None:
+    out = tmp_path / "results.csv"
+    other = save_bundle(tiny_bundle(name="other"), tmp_path / "other")
+    first = sorted(cohort_dir.iterdir())[0]
+    classify_cohort([first], bundle_dir, out, options=Options(passes=0))
+
+    with pytest.raises(ScanClassifierError, match=r"results.jsonl holds results of another model"):
+        classify_cohort([first], other, out, options=Options(passes=0))
+
+
+# ---------------------------------------------------------------------- on Dask clusters
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_in_process_probabilities_and_record_a_broken_series(
+    tmp_path: Path, cohort_dir: Path, broken_nifti: Path, bundle_dir: Path
+) -> None:
+    local, dask = tmp_path / "local.json", tmp_path / "dask.csv"
+    inputs = [broken_nifti, cohort_dir]
+
+    assert _cli("classify", *inputs, "--model", bundle_dir, "--out", local, "--passes", 0) == 0
+    code = _cli(
+        "classify", *inputs, "--model", bundle_dir, "--out", dask, "--passes", 0, "--workers", 2
+    )
+
+    assert code == 0
+    rows = _journal(dask)
+    assert len(rows) == SERIES + 1
+    (broken,) = [row for row in rows if row["status"] != "classified"]
+    assert broken["index"] == 1 and broken["status"] == "failed" and "NaN" in broken["error"]
+    assert {row["series_key"] for row in rows} - {broken["series_key"]} == _keys(cohort_dir)
+    workers = {row["worker"] for row in rows}
+    assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+    expected = _probabilities(_journal(local))
+    found = _probabilities(rows)
+    assert found.keys() == expected.keys() and len(found) == SERIES
+    for key, probabilities in found.items():
+        for name in CLASSES:
+            assert probabilities[name] == pytest.approx(expected[key][name], abs=1e-6)
+    csv_lines = dask.read_text().splitlines()
+    assert len(csv_lines) == 1 + SERIES + 1 and "worker" in csv_lines[0].split(",")
+
+
+@pytest.mark.slow
+def test_killed_client_resumes_without_duplicates(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+) -> None:
+    """SIGKILL the command once some rows are written; the same command then finishes."""
+    out = tmp_path / "results.json"
+    journal = out.with_suffix(".jsonl")
+    command = [sys.executable, "-m", "napari_scan_classifier.cli", "classify", str(cohort_dir)]
+    command += ["--model", str(bundle_dir), "--out", str(out), "--saliency-dir", str(tmp_path)]
+    run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while run.poll() is None and (not journal.exists() or not journal.read_bytes()):
+            time.sleep(0.01)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    written = journal.read_text().count("\n")
+    assert run.returncode == -signal.SIGKILL and 1 <= written < SERIES
+    assert not out.exists()
+
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+
+    assert done.returncode == 0, done.stderr
+    rows = _journal(out)
+    assert sorted(row["series_key"] for row in rows) == sorted(_keys(cohort_dir))
+    assert [row["index"] for row in json.loads(out.read_text())["series"]] == list(
+        range(1, SERIES + 1)
+    )
+    assert f"{written} from an earlier run" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_task_is_survived(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+) -> None:
+    """Kill the process of a worker busy with series; they are run again on another worker."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "results.json"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    killed: dict[str, object] = {}
+
+    def kill_a_busy_worker() -> None:
+        with Client(cluster.scheduler_address) as client:
+            pids = client.run(os.getpid)
+            while not killed and out.with_suffix(".jsonl").stat().st_size == 0:
+                time.sleep(0.01)
+            for address, keys in client.processing().items():
+                if keys:
+                    os.kill(pids[address], signal.SIGKILL)
+                    killed.update(address=address, keys=[str(k) for k in keys])
+                    return
+
+    out.with_suffix(".jsonl").touch()
+    killer = threading.Thread(target=kill_a_busy_worker)
+    try:
+        killer.start()
+        classify_cohort(
+            [cohort_dir],
+            bundle_dir,
+            out,
+            options=Options(saliency="gradcam", saliency_dir=str(tmp_path)),
+            scheduler=cluster.scheduler_address,
+        )
+        killer.join()
+    finally:
+        cluster.close()
+
+    rows = _journal(out)
+    assert sorted(row["series_key"] for row in rows) == sorted(_keys(cohort_dir))
+    assert all(row["status"] == "classified" for row in rows)
+    assert killed["keys"]
+    rerun = [r for r in rows if any(k.endswith(r["series_key"]) for k in killed["keys"])]
+    assert rerun and all(row["worker"] != killed["address"] for row in rerun)
+
+
+@pytest.mark.slow
+def test_scheduler_and_worker_started_as_commands(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The path a cluster user takes: `dask scheduler`, `dask worker`, then `--scheduler`."""
+    from distributed import Client
+
+    address_file = tmp_path / "scheduler.json"
+    scheduler = ["--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(address_file)]
+    worker = ["--scheduler-file", str(address_file), "--host", "127.0.0.1", "--nthreads", "1"]
+    started = [_dask("scheduler", *scheduler)]
+    try:
+        while not address_file.exists():
+            assert started[0].poll() is None, "the scheduler did not start"
+            time.sleep(0.1)
+        started.append(_dask("worker", *worker))
+        with Client(scheduler_file=str(address_file), timeout=120) as client:
+            client.wait_for_workers(1, timeout=300)
+            address = client.scheduler.address
+        out = tmp_path / "results.json"
+
+        code = _cli(
+            "classify", cohort_dir, "--model", bundle_dir, "--out", out, "--scheduler", address
+        )
+
+        assert code == 0
+        rows = _journal(out)
+        assert sorted(row["series_key"] for row in rows) == sorted(_keys(cohort_dir))
+        assert all(row["status"] == "classified" for row in rows)
+        assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in rows)
+        assert "Dask dashboard: " in capsys.readouterr().err
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
