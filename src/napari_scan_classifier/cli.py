@@ -98,7 +98,12 @@ def _classify_cohort(args: argparse.Namespace) -> int:
     )
     classified = result.total - result.failed
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
-    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    outside = f", {result.out_of_distribution} out of distribution" * bool(
+        result.out_of_distribution
+    )
+    print(
+        f"wrote {result.out} ({classified} of {result.total} series classified{outside}{resumed})"
+    )
     if not classified:
         raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
     return 0
