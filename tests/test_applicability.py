@@ -292,7 +292,8 @@ def test_the_command_line_reports_out_of_distribution_series(tmp_path: Path, cap
     assert rows["sample"]["ood"]["reasons"] == []
     assert "(4 of 4 series classified, 3 out of distribution)" in stdout
 
-    table = tmp_path / "results.csv"
+    (tmp_path / "second").mkdir()
+    table = tmp_path / "second" / "results.csv"  # beside no journal of the first run
     assert main(["classify", str(folder / "mr"), "--out", str(table), "--passes", "0"]) == 0
     (row,) = csv.DictReader(table.read_text().splitlines())
     assert row["status"] == "out_of_distribution" and float(row["p_lesion"]) >= 0
