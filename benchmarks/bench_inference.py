@@ -10,6 +10,7 @@ Peer, timed in the same runs: the naive path, ``scipy.ndimage.zoom`` (linear) to
 the CT window, then ``model.predict``, against our resample + predict (no uncertainty).
 
     python benchmarks/bench_inference.py [--slices 300] [--size 512] [--grid 128] [--runs 5]
+    KERAS_BACKEND=jax python benchmarks/bench_inference.py --gpu   # GPU figures, or a skip line
 """
 
 from __future__ import annotations
@@ -109,7 +110,13 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--passes", type=int, default=10, help="MC dropout passes")
+    parser.add_argument(
+        "--gpu", action="store_true", help="measure on a GPU; skip (exit 0) where none is visible"
+    )
     args = parser.parse_args()
+    if args.gpu and not device_name().startswith("GPU"):
+        print(f"skipped: no GPU visible to Keras' {keras.backend.backend()} backend")
+        return
     bundle = make_bundle(args.grid)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -253,6 +253,9 @@ def test_classify_by_address_stores_a_report_and_an_aligned_saliency_map(
     assert saliency.SOPClassUID == ParametricMapStorage
     assert saliency.StudyInstanceUID == study.study_uid
     assert saliency.NumberOfFrames == SLICES
+    (map_source,) = saliency.ReferencedSeriesSequence
+    assert map_source.SeriesInstanceUID == study.series_uid
+    assert len(map_source.ReferencedInstanceSequence) == SLICES
     sources = sorted(
         (pydicom.dcmread(p, stop_before_pixels=True) for p in ct_folder.glob("*.dcm")),
         key=lambda ds: ds.InstanceNumber,

@@ -30,6 +30,7 @@ from napari_scan_classifier.errors import (
 )
 from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.models.bundle import MODEL_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.results import (
@@ -175,28 +176,25 @@ def file_key(path: Path) -> str:
 def bundle_ref(bundle: Bundle) -> BundleRef:
     """The bundle as workers find it; the bundled model travels as None (each installation has
     its own copy, checked by hash)."""
-    source = bundle.path or bundled_model_path()
-    bundled = Path(source).resolve() == bundled_model_path().resolve()
+    source = Path(bundle.path or bundled_model_path()).resolve()
+    bundled = source == bundled_model_path().resolve()
     meta = bundle.metadata
     return BundleRef(
-        None if bundled else str(Path(source).resolve()),
-        meta.name,
-        meta.version,
-        files_hash(source),
+        None if bundled else str(source), meta.name, meta.version, model_sha256(bundle)
     )
 
 
-def files_hash(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a bundle: of the .zip, or of every file of the folder (names and bytes)."""
-    source = Path(path)
+def model_sha256(bundle: Bundle) -> str:
+    """SHA-256 of the model file: as ``bundle.json`` records it (checked on load), else of
+    ``model.keras`` in the folder or of the .zip."""
+    recorded = bundle.metadata.files.get(MODEL_FILE)
+    if recorded:
+        return recorded
+    source = Path(bundle.path or bundled_model_path())
     digest = hashlib.sha256()
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    for file in files:
-        if source.is_dir():
-            digest.update(file.relative_to(source).as_posix().encode() + b"\0")
-        with file.open("rb") as stream:
-            while block := stream.read(_HASH_BLOCK):
-                digest.update(block)
+    with (source if source.is_file() else source / MODEL_FILE).open("rb") as stream:
+        while block := stream.read(_HASH_BLOCK):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -209,14 +207,14 @@ def worker_bundle(ref: BundleRef) -> Bundle:
     with _BUNDLE_LOCK:
         if ref.sha256 not in _BUNDLES:
             _limit_threads()
-            source = ref.path or bundled_model_path()
-            found = files_hash(source)
+            bundle = resolve_bundle(ref.path)
+            found = model_sha256(bundle)
             if found != ref.sha256:
                 raise InvalidBundleError(
                     f"the model bundle {ref.name} v{ref.version} here differs from the client's "
                     f"(SHA-256 {found[:12]} instead of {ref.sha256[:12]})"
                 )
-            _BUNDLES[ref.sha256] = resolve_bundle(ref.path)
+            _BUNDLES[ref.sha256] = bundle
         return _BUNDLES[ref.sha256]
 
 
@@ -265,8 +263,10 @@ def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[st
     What the data or the model refuse becomes a failed row; anything else (a bug, no memory)
     raises, so Dask retries the task once.
     """
+    start = time.perf_counter()
     try:
         volume = _load_series(task)
+        loaded = time.perf_counter() - start
         row = classify_series(
             task.index,
             task.number,
@@ -277,6 +277,8 @@ def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[st
             faithfulness=options.faithfulness,
             saliency_dir=options.saliency_dir,
         )
+        if row["status"] == "classified":
+            row["timings"]["load"] = loaded  # reading and decoding the series where it ran
     except ScanClassifierError as error:
         row = failed_row(task, str(error))
     row["series_key"] = task.key

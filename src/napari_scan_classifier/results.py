@@ -36,7 +36,7 @@ from napari_scan_classifier.inference import Cancel, Prediction, Progress, Repor
 from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
-from napari_scan_classifier.models.bundled import load_default_bundle
+from napari_scan_classifier.models.bundled import load_default_bundle, named_bundle_path
 from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.saliency import TITLES, SaliencyMap, method_key, saliency_map
 from napari_scan_classifier.volume import Volume
@@ -79,10 +79,14 @@ class ScanResult:
 
 def resolve_bundle(path: str | os.PathLike[str] | None) -> Bundle:
     """The bundle at ``path`` (validated): a folder, its bundle.json (what a file picker gives)
-    or a .zip; the bundled model for ``None`` or ``""``."""
+    or a .zip; a shipped model by its name (``"demo_ct_lesion"``) unless a folder of that name
+    exists here; the bundled model for ``None`` or ``""``."""
     if path is None or str(path) == "":
         return load_default_bundle()
     source = Path(path).expanduser()
+    shipped = named_bundle_path(str(path))
+    if shipped is not None and not source.exists():
+        return load_bundle(shipped)
     return load_bundle(source.parent if source.name == METADATA_FILE else source)
 
 

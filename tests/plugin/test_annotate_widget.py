@@ -243,7 +243,7 @@ def test_the_ranking_is_the_cores_and_a_click_selects_the_scan(qtbot, viewer, wi
     assert [text.split(" · ")[0] for text in shown] == [
         f"{r.rank}. {layers[r.item].name}" for r in expected
     ]
-    assert [float(text.split(" · ")[1]) for text in shown] == pytest.approx(
+    assert [float(text.split(" · ")[1].split()[-1]) for text in shown] == pytest.approx(
         [r.score for r in expected], abs=1e-3
     )
     assert "lesion" in widget.class_label.choices  # the ranking model's classes are offered
@@ -277,6 +277,7 @@ def test_scans_in_a_folder_are_ranked_and_opened_on_click(
     (opened,) = viewer.layers
     (seed,) = [i for i, v in enumerate(volumes) if np.array_equal(opened.data, v.voxels)]
     assert first.startswith(f"1. scan{seed}.nii.gz: CT · ")
+    assert " · entropy 0." in first and " · predicted " in first and "(p = 0." in first
     assert opened.name == "#1 CT"  # layer names never carry file names
     np.testing.assert_allclose(opened.affine.affine_matrix, volumes[seed].affine, atol=1e-4)
     assert viewer.layers.selection.active is opened
@@ -435,7 +436,9 @@ def test_library_exchange_errors_are_one_line(qtbot, viewer, widget, tmp_path, n
 
     widget.import_library(not_a_zip)
     finish(qtbot, widget)
-    assert notifications[-1].message == "notes.zip is not a readable zip file."
+    assert (
+        notifications[-1].message == "notes.zip is not a readable zip file (File is not a zip file)"
+    )
     assert widget.import_button.enabled and widget.export_button.enabled
 
 

@@ -7,6 +7,8 @@ Readers call these before anything reaches a :class:`~napari_scan_classifier.vol
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MAX_COORDINATE_MM = 1e6  # a kilometre: anything further from the scanner's origin is damage
@@ -16,7 +18,7 @@ ORTHONORMAL_TOL = 1e-3  # direction cosines in real headers agree to ~1e-6
 
 def finite_positive(value: float | None, limit: float = MAX_SPACING_MM) -> float | None:
     """``value`` when it is a usable length in mm, else None."""
-    if value is None or not np.isfinite(value) or not 0 < value <= limit:
+    if value is None or not math.isfinite(value) or not 0 < value <= limit:
         return None
     return float(value)
 
@@ -24,25 +26,28 @@ def finite_positive(value: float | None, limit: float = MAX_SPACING_MM) -> float
 def position_problem(position: np.ndarray | None) -> str | None:
     if position is None:
         return None
-    if not np.all(np.isfinite(position)):
+    position = position.tolist() if isinstance(position, np.ndarray) else position
+    if not all(math.isfinite(v) for v in position):
         return "its image position (ImagePositionPatient) is not a finite number"
-    if np.max(np.abs(position)) > MAX_COORDINATE_MM:
+    if max(abs(v) for v in position) > MAX_COORDINATE_MM:
         return "its image position (ImagePositionPatient) lies over a kilometre from the origin"
     return None
 
 
 def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
-    """Why two direction cosines are not perpendicular unit vectors, or None."""
+    """Why two direction cosines are not perpendicular unit vectors, or None (plain floats:
+    this runs once per slice, where numpy's call overhead would dominate)."""
     if orientation is None:
         return None
-    row, col = np.reshape(np.asarray(orientation, float), (2, 3))
-    if not (np.all(np.isfinite(row)) and np.all(np.isfinite(col))):
+    if not all(math.isfinite(v) for v in orientation):
         return "its image orientation (ImageOrientationPatient) is not a finite number"
-    norms = np.linalg.norm(row), np.linalg.norm(col)
-    if max(abs(n - 1) for n in norms) > ORTHONORMAL_TOL or abs(row @ col) > ORTHONORMAL_TOL:
+    row, col = orientation[:3], orientation[3:]
+    norms = math.hypot(*row), math.hypot(*col)
+    cosine = sum(a * b for a, b in zip(row, col, strict=True))
+    if max(abs(n - 1) for n in norms) > ORTHONORMAL_TOL or abs(cosine) > ORTHONORMAL_TOL:
         return (
             "its image orientation (ImageOrientationPatient) is not two perpendicular unit "
-            f"vectors (lengths {norms[0]:.3g} and {norms[1]:.3g}, cosine {row @ col:.3g})"
+            f"vectors (lengths {norms[0]:.3g} and {norms[1]:.3g}, cosine {cosine:.3g})"
         )
     return None
 

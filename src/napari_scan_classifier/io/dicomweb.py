@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -35,6 +35,9 @@ from pydicom.dataset import Dataset
 
 from napari_scan_classifier.errors import CancelledError, DicomWebError, UnreadableScanError
 from napari_scan_classifier.io import LoadResult, SkippedFile
+
+if TYPE_CHECKING:
+    from napari_scan_classifier.io.dicom import SeriesInfo
 
 ENV_USER = "NSC_DICOMWEB_USER"
 ENV_PASSWORD = "NSC_DICOMWEB_PASSWORD"
@@ -447,7 +450,7 @@ def load_url(
 
 def list_series_url(
     url: str, *, credentials: Credentials | None = None, timeout: float = DEFAULT_TIMEOUT
-) -> list[Any]:
+) -> list[SeriesInfo]:
     """What :func:`~napari_scan_classifier.io.dicom.list_series` tells, for a DICOMweb address."""
     from napari_scan_classifier.io.dicom import list_series
 

@@ -25,6 +25,7 @@ from napari_scan_classifier.errors import InvalidInputError
 from napari_scan_classifier.volume import SAFE_METADATA_KEYS, WORLD_AXES, Volume
 
 VOLUME_KEY = "volume"
+SLICE_AXIS_LABEL = "slice (S→I)"
 # A result layer (a saliency map) names the layer it was computed from by its unique_id, so a new
 # classification finds and updates it whatever the user has renamed either layer to.
 SOURCE_KEY = "scan_classifier_source"
@@ -301,7 +302,8 @@ def _labels_layer_data(voxels: np.ndarray, affine: np.ndarray, name: str) -> Ful
 
 
 def _axis_labels(ndim: int) -> tuple[str, ...]:
-    return ("t",) * (ndim - 3) + WORLD_AXES
+    """The slider walks world axis 0 (inferior, mm): its left end is the top of the scan."""
+    return ("t",) * (ndim - 3) + (SLICE_AXIS_LABEL, *WORLD_AXES[1:])
 
 
 def _units(ndim: int) -> tuple[str, ...]:

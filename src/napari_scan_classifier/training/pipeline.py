@@ -119,7 +119,8 @@ def train(
     From scratch with ``config.architecture``, or fine-tuning a copy of ``base``. With ``out``,
     the new bundle is saved as ``out/<name>-v<version>`` (see :meth:`TrainingResult.save`).
     Raises TrainingError when the data cannot train a model (one class, too few cases, wrong
-    grid or modality, unreadable), CancelledError when cancelled; nothing is written then.
+    grid or modality, unreadable, or, fine-tuning, labels the base lacks without
+    ``config.allow_new_classes``), CancelledError when cancelled; nothing is written then.
     """
     config = config or TrainingConfig()
     stop = cancel_check(cancel)
@@ -145,13 +146,9 @@ def train(
     probabilities = calibration.probabilities(logits)
     report = evaluate_by_rule(val_cases.y, probabilities, classes, rule)
     notes = [*notes, *fitted.notes(config), *calibration.notes]
-    base_report, comparison = None, None
-    if base is not None and base_probabilities is not None:
-        m = base.metadata
-        base_report = evaluate_by_rule(val_cases.y, base_probabilities, classes, m.decision_rule)
-        comparison = compare_with_base(
-            val_cases.y, probabilities, base_probabilities, m.version, seed=config.seed
-        )
+    base_report, comparison = _against_base(
+        base, base_probabilities, probabilities, val_cases.y, classes, config.seed
+    )
     warnings = [w for w in (too_few_warning(counts["validation"]),) if w]
     info = training_info(
         data, config, counts, split_note, fitted, report, uncalibrated, base_report, devices, notes
@@ -322,6 +319,22 @@ def _base_probabilities(
     if base is None or len(base.metadata.classes) != len(classes):
         return None
     return base.metadata.probabilities(volume_logits(base.model, val_cases.x, batch_size))
+
+
+def _against_base(
+    base: Bundle | None,
+    base_probabilities: np.ndarray | None,
+    probabilities: np.ndarray,
+    y: np.ndarray,
+    classes: tuple[str, ...],
+    seed: int,
+) -> tuple[EvaluationReport | None, Comparison | None]:
+    """The base model's report on the validation cases and its comparison with the new one."""
+    if base is None or base_probabilities is None:
+        return None, None
+    m = base.metadata
+    report = evaluate_by_rule(y, base_probabilities, classes, m.decision_rule)
+    return report, compare_with_base(y, probabilities, base_probabilities, m.version, seed=seed)
 
 
 def _calibrate(

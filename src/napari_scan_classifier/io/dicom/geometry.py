@@ -48,8 +48,9 @@ def _position_groups(frames: list[_Frame], depth: np.ndarray, notes: list[str]) 
     """Frame indices sorted along the normal, one list per distinct position (time points or
     echoes at one position share a list, in acquisition order)."""
     groups: list[list[int]] = []
-    for i in sorted(range(len(frames)), key=lambda i: (depth[i], frames[i].order)):
-        if groups and depth[i] - depth[groups[-1][0]] <= _DUPLICATE_TOL:
+    depths = depth.tolist()  # plain floats: this loop runs once per frame
+    for i in sorted(range(len(frames)), key=lambda i: (depths[i], frames[i].order)):
+        if groups and depths[i] - depths[groups[-1][0]] <= _DUPLICATE_TOL:
             groups[-1].append(i)
         else:
             groups.append([i])

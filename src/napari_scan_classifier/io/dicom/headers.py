@@ -32,6 +32,27 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "REG", "RWV"}
 _FRAME_TIME_POINTERS = {0x00181063, 0x00181065}  # Frame Time, Frame Time Vector
 _SPLIT_SERIES_OFFSET = 1000  # dcm2niix's series number for volumes split off a series
+_TEXT_VRS = frozenset(
+    [
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    ]
+)
 # struct codes of the binary value representations (a raw value of these VRs is not text)
 _BINARY_VRS = {
     "US": "H",
@@ -63,6 +84,9 @@ def _raw_vr(elem: Any) -> str:
 
 def _binary(ds: Dataset, elem: Any, value: bytes) -> list[str] | None:
     """A binary-VR raw value (US, UL, FL, ...) decoded with the dataset's byte order."""
+    vr = getattr(elem, "VR", None)
+    if vr in _TEXT_VRS:  # the common case: no dictionary lookup
+        return None
     code = _BINARY_VRS.get(_raw_vr(elem))
     if code is None:
         return None
@@ -121,6 +145,11 @@ def _int(ds: Dataset | None, keyword: str, default: int = 0) -> int:
 
 def _ushort(ds: Dataset, keyword: str, default: int) -> int:
     """A US element (Rows, BitsAllocated, ...), decoded from its raw bytes."""
+    elem = ds.get_item(_tag(keyword))
+    value = elem.value if elem is not None else None
+    if isinstance(value, bytes) and len(value) == 2:  # the common case, kept fast
+        little = ds.original_encoding[1] is not False
+        return struct.unpack("<H" if little else ">H", value)[0]
     number = _float(ds, keyword)
     return int(number) if number is not None and math.isfinite(number) else default
 

@@ -17,6 +17,7 @@ from napari_scan_classifier.io.dicom.headers import (
     _position,
     _rescale,
     _strings,
+    _text,
     _ushort,
 )
 from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _File, _Frame, _SkipFileError
@@ -110,6 +111,8 @@ def _mosaic_frames(ds: Dataset, file: _File) -> list[_Frame]:
 
 def _uih_tiles(ds: Dataset) -> list[Dataset] | None:
     """The per-tile items of a United Imaging grid mosaic ((0065,1051): one IPP per tile)."""
+    if _text(ds, "Manufacturer").upper() != "UIH":
+        return None
     try:
         items = ds.get_private_item(0x0065, 0x51, "Image Private Header").value
     except (KeyError, ValueError, TypeError):

@@ -70,6 +70,7 @@ from napari_scan_classifier.plugin.layers import (
     scan_volume,
     volume_to_layer_data,
 )
+from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.classify import BUNDLE_FILTER, CLASSIFICATION_KEY
 from napari_scan_classifier.plugin.widgets.plots import Relay, notify_error, run_in_thread
 from napari_scan_classifier.results import resolve_bundle
@@ -112,6 +113,7 @@ class AnnotateWidget(Container):
         self._connect()
         self._follow_active()
         self.show_library()
+        scroll_when_docked(self)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -862,9 +864,11 @@ def _case_text(record: CaseRecord) -> str:
 
 
 def _ranked_text(ranked: Ranked, name: str) -> str:
+    """``"1. name · entropy 0.302 · predicted lesion (p = 0.61)"``: every number named."""
+    measure = ranked.measure.replace("_", " ")
     text = (
-        f"{ranked.rank}. {name} · {ranked.score:.3f} · "
-        f"{ranked.predicted_class} {ranked.probabilities[ranked.predicted_class]:.2f}"
+        f"{ranked.rank}. {name} · {measure} {ranked.score:.3f} · predicted "
+        f"{ranked.predicted_class} (p = {ranked.probabilities[ranked.predicted_class]:.2f})"
     )
     return text if ranked.in_distribution else f"{text} · out of distribution"
 

@@ -36,12 +36,14 @@ from superqt.utils import GeneratorWorker
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
+    find_result_layer,
     is_result_layer,
     map_to_layer_data,
     put_result_layer,
     remove_result_layer,
     scan_volume,
 )
+from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.results import (
     DEFAULT_PASSES,
     SALIENCY_METHODS,
@@ -50,10 +52,10 @@ from napari_scan_classifier.results import (
     classify_scan,
     ood_lines,
     resolve_bundle,
-    saliency_title,
     slice_text,
     summary_lines,
 )
+from napari_scan_classifier.saliency import method_key
 from napari_scan_classifier.volume import Volume
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
     from napari.components.overlays import TextOverlay
 
 CLASSIFICATION_KEY = "classification"  # scan layer metadata: the latest result, JSON types
+SCAN_NAME_KEY = "scan"  # result layer metadata: the name of the scan it was made from
+PEAK_KEY = "saliency_peak_mm"  # saliency layer metadata: world (z, y, x) of its maximum
 SALIENCY_KIND = "saliency"
 BUNDLE_FILTER = "Model bundles (bundle.json *.zip)"
 MIN_CHART_WIDTH = 220  # px
@@ -113,6 +117,8 @@ class ClassifyWidget(Container):
         self.summary.native.setWordWrap(True)
         self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.chart = ResultChart(get_theme(viewer.theme).text.as_hex())
+        self.goto_button = PushButton(text="Go to the most salient slice", visible=False)
+        self.goto_button.tooltip = "Show the slice where the saliency map peaks, map visible"
         buttons = Container(
             widgets=[self.run_button, self.cancel_button, self.send_button],
             layout="horizontal",
@@ -120,10 +126,17 @@ class ClassifyWidget(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         self.extend([self.scan, self.model, self.saliency, self.passes, self.check, buttons])
-        for view in (self.banner.native, self.summary.native, self.chart.canvas):  # full width
+        views = (
+            self.goto_button.native,
+            self.banner.native,
+            self.summary.native,
+            self.chart.canvas,
+        )
+        for view in views:  # full width, no label column
             self.native.layout().addWidget(view)
         self._connect()
         self._follow_active()
+        scroll_when_docked(self)
         self._show_stored()
 
     def _connect(self) -> None:
@@ -140,6 +153,7 @@ class ClassifyWidget(Container):
         self.scan.changed.connect(self._show_stored)
         self.run_button.changed.connect(self.classify)
         self.cancel_button.changed.connect(self.cancel)
+        self.goto_button.changed.connect(self.go_to_salient_slice)
         self.send_button.changed.connect(self.send)
 
     def _scan_choices(self, _: Any = None) -> list[tuple[str, Layer]]:
@@ -222,8 +236,10 @@ class ClassifyWidget(Container):
         bar.set_description(message)
         bar.update(done - bar.n)
 
-    def _on_result(self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any]) -> None:
-        model, bundle, result = outcome
+    def _on_result(
+        self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any]
+    ) -> None:
+        model, bundle, result, peak = outcome
         self._bundles[model] = bundle
         if layer not in self._viewer.layers:
             show_info(f"'{layer.name}' was closed before its classification finished.")
@@ -231,20 +247,28 @@ class ClassifyWidget(Container):
         data = result.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
         self._sendable[layer] = (volume, result, bundle)
-        self._show_saliency(layer, volume, result, data)
+        self._show_saliency(layer, volume, result, data, peak)
         if data["modality_warning"]:
             show_warning(f"{layer.name}: {data['modality_warning']}")
 
     def _show_saliency(
-        self, layer: Layer, volume: Volume, result: ScanResult, data: dict[str, Any]
+        self,
+        layer: Layer,
+        volume: Volume,
+        result: ScanResult,
+        data: dict[str, Any],
+        peak: tuple[float, ...] | None,
     ) -> None:
+        """Add or update (in place) the scan's saliency layer: a short name, the scan's name in
+        its metadata, and where the map peaks (found by the worker: no scan of the map here)."""
         if result.saliency is None:
             remove_result_layer(self._viewer.layers, layer, SALIENCY_KIND)
             return
-        name = f"{layer.name} · {saliency_title(data['saliency'])}"
-        layer_data = map_to_layer_data(
-            volume, result.saliency.values, name, {CLASSIFICATION_KEY: data}
-        )
+        method = data["saliency"]["method"]
+        title = SALIENCY_TITLES.get(method_key(method), method)
+        name = f"{title} · {data['saliency']['target_class']}"
+        metadata = {CLASSIFICATION_KEY: data, SCAN_NAME_KEY: layer.name, PEAK_KEY: peak}
+        layer_data = map_to_layer_data(volume, result.saliency.values, name, metadata)
         put_result_layer(self._viewer.layers, layer, SALIENCY_KIND, layer_data)
 
     def _on_error(self, error: BaseException) -> None:
@@ -288,15 +312,39 @@ class ClassifyWidget(Container):
         self.banner.visible = bool(warning)
         self.send_button.enabled = self._can_send(layer)
         self.summary.value = "\n".join(lines)
+        self.goto_button.visible = self._salient_point() is not None
         self.chart.show(result)
         self._show_slice()
 
+    def _salient_point(self) -> tuple[float, ...] | None:
+        """World mm (z, y, x) of the chosen scan's saliency peak, if it has a map."""
+        layer = self.scan.value
+        if layer is None or layer not in self._viewer.layers:
+            return None
+        saliency = find_result_layer(self._viewer.layers, layer, SALIENCY_KIND)
+        return None if saliency is None else saliency.metadata.get(PEAK_KEY)
+
+    def go_to_salient_slice(self) -> tuple[float, ...] | None:
+        """Move the viewer to the slice where the chosen scan's saliency map peaks, with the map
+        visible; returns the world point (mm), or None when the scan has no map."""
+        point = self._salient_point()
+        if point is None:
+            return None
+        saliency = find_result_layer(self._viewer.layers, self.scan.value, SALIENCY_KIND)
+        saliency.visible = True
+        dims = self._viewer.dims
+        dims.set_point(range(dims.ndim - 3, dims.ndim), point)
+        return point
+
     def _show_slice(self) -> None:
-        """Per-slice scores of the slice on screen: cursor in the chart, text on the canvas."""
+        """On the canvas, the per-slice scores of the slice on screen (with the chart's cursor
+        there), or the prediction where the model scores the whole scan."""
         layer = self.scan.value
         result = layer.metadata.get(CLASSIFICATION_KEY) if layer is not None else None
         k = self._slice_on_screen(layer) if result and result.get("per_slice") else None
         text = slice_text(result, k) if result and k is not None else None
+        if result and text is None:
+            text = prediction_text(result)
         self.chart.move_cursor(k)
         overlay = _text_overlay(self._viewer)
         if text is not None:
@@ -320,6 +368,12 @@ class ClassifyWidget(Container):
         self.model.value = bundle.path
 
 
+def prediction_text(result: dict[str, Any]) -> str:
+    """``"Predicted: lesion (p = 0.85)"``: the answer, on the canvas where the user looks."""
+    predicted = result["predicted_class"]
+    return f"Predicted: {predicted} (p = {result['probabilities'][predicted]:.2f})"
+
+
 def _text_overlay(viewer: napari.viewer.Viewer) -> TextOverlay:
     """The canvas text overlay (``viewer.canvas`` since napari 0.9; ``text_overlay`` before)."""
     canvas = getattr(viewer, "canvas", None)
@@ -333,7 +387,7 @@ def _classification(
     bundles: dict[str, Bundle],
     options: dict[str, Any],
     cancel: threading.Event,
-) -> Generator[Report, None, tuple[str, Bundle, ScanResult]]:
+) -> Generator[Report, None, tuple[str, Bundle, ScanResult, tuple[float, ...] | None]]:
     """Load the model (unless loaded before) and classify; yields progress reports.
 
     superqt's GeneratorWorker, not napari's: napari's would also report every error with its
@@ -343,7 +397,16 @@ def _classification(
     bundle = bundles.get(model) or resolve_bundle(model or None)
     step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
     result = yield from _reporting(step, cancel)
-    return model, bundle, result
+    return model, bundle, result, saliency_peak(volume, result)
+
+
+def saliency_peak(volume: Volume, result: ScanResult) -> tuple[float, ...] | None:
+    """World mm (z, y, x) of the voxel where the saliency map peaks: found in the worker, as a
+    scan of a 512x512x300 map would stall the viewer."""
+    if result.saliency is None:
+        return None
+    index = np.unravel_index(int(np.argmax(result.saliency.values)), volume.shape)
+    return tuple(float(v) for v in volume.index_to_world(np.asarray(index, dtype=float))[0])
 
 
 def _reporting(step: Callable[..., T], cancel: threading.Event) -> Generator[Report, None, T]:

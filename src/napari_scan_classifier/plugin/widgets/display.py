@@ -14,6 +14,7 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_info
 
 from napari_scan_classifier.plugin.layers import CT_WINDOWS, Window, dicom_window, scan_of
+from napari_scan_classifier.plugin.layout import scroll_when_docked
 
 if TYPE_CHECKING:
     import napari
@@ -37,6 +38,7 @@ class DisplayWidget(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         self.append(self.status)
+        scroll_when_docked(self)
 
     def _button(self, text: str, preset: str) -> PushButton:
         button = PushButton(text=text, name=preset.replace(" ", "_"))

@@ -184,7 +184,10 @@ class TrainingCurves:
 
     def _on_drawn(self, figure: Figure, rgba: np.ndarray) -> None:
         self.figure = figure
-        self.canvas.show_rgba(rgba)
+        try:
+            self.canvas.show_rgba(rgba)
+        except RuntimeError:  # the dock was closed while the figure was being drawn
+            self._painter.drawn.disconnect(self._on_drawn)
 
     @property
     def loss_axes(self) -> Any:

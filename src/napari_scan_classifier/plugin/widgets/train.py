@@ -38,6 +38,7 @@ from napari_scan_classifier.cases import default_root
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.evaluation import EvaluationReport
 from napari_scan_classifier.models import ARCHITECTURES, Bundle
+from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.classify import BUNDLE_FILTER, ClassifyWidget
 from napari_scan_classifier.plugin.widgets.plots import (
     PLOT_HEIGHT,
@@ -109,6 +110,7 @@ class TrainWidget(Container):
         self.native.layout().addStretch(1)  # keep the rows together at the top
         self._connect()
         self._on_base_changed(self.base.value)
+        scroll_when_docked(self)
 
     def _model_widgets(self) -> list[Any]:
         self.base = ComboBox(
