@@ -201,7 +201,7 @@ def test_the_shipped_model_passes_its_check_on_the_sample_ct(
     (row,) = json.loads(out.read_text())["series"]
     assert row["predicted_class"] == "lesion"
     assert row["saliency"]["faithfulness"]["passed"] is True
-    assert row["saliency"]["faithfulness"]["gap"] > 0.5
+    assert row["saliency"]["faithfulness"]["gap"] > 0.3
 
 
 def _assert_one_clean_line(code: int, stdout: str, stderr: str, *words: str) -> None:

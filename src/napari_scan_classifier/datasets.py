@@ -285,6 +285,9 @@ def _indices(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    special = limits.special_file_reason(path)
+    if special is not None:  # reading a named pipe would block forever
+        raise TrainingError(f"Training data '{path.name}' cannot be read: {special}")
     _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
