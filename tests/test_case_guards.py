@@ -196,3 +196,16 @@ def test_training_npz_declaring_huge_arrays_is_refused_before_loading(tmp_path):
         "Training data 'bomb.npz': train_images.npy expands to 100.0 MiB, more than the limit of "
         "64.0 MiB (set NAPARI_SCAN_CLASSIFIER_MEMORY_BUDGET to change it)"
     )
+
+
+@pytest.mark.timeout(60)
+def test_training_data_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
+    from napari_scan_classifier.datasets import load_npz
+    from napari_scan_classifier.errors import TrainingError
+
+    os.mkfifo(tmp_path / "cases.npz")
+    with pytest.raises(TrainingError) as caught:
+        load_npz(tmp_path / "cases.npz")
+    assert str(caught.value) == (
+        "Training data 'cases.npz' cannot be read: it is a named pipe, not a file"
+    )

@@ -271,7 +271,8 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
 
     assert code == 0, stderr
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
-    assert "Model: demo_ct_lesion v3 on " in stdout
+    assert "Model: demo_ct_lesion v4 on " in stdout
+    assert "OUT OF DISTRIBUTION" not in stdout
     assert "Saliency: Integrated gradients of 'lesion'" in stdout
     assert "Saliency check passed: removing the regions the map marks" in stdout
 
@@ -284,5 +285,7 @@ def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:
     report = json.loads(out.read_text())
     assert report["model"]["name"] == "demo_ct_lesion"
     (row,) = report["series"]
+    assert row["status"] == "classified" and row["ood"]["in_distribution"]
+    assert row["ood"]["score"] < row["ood"]["threshold"] and row["ood"]["reasons"] == []
     assert row["predicted_class"] == "lesion"
     assert row["probabilities"]["lesion"] > 0.5
