@@ -99,6 +99,15 @@ def test_each_input_check_names_what_is_wrong(shipped):
 def test_noise_correlates_like_noise_and_anatomy_like_anatomy():
     assert summarise(noise())["neighbour_correlation"] == pytest.approx(0.0, abs=0.02)
     assert summarise(ct())["neighbour_correlation"] > 0.95
+    # Without training ranges, only the fixed floor applies: a coarse scan (0.6-0.9) passes.
+    coarse = summarise(phantoms.make_ct_phantom(1, (12, 24, 24), (5.0, 4.0, 4.0)).volume)
+    assert 0.5 < coarse["neighbour_correlation"] < 0.9
+    assert check_reasons(coarse, {"modality": "CT"}) == []
+    assert check_reasons(summarise(noise()), {"modality": "CT"})[-1] == (
+        f"neighbouring voxels correlate at {summarise(noise())['neighbour_correlation']:.2f} "
+        "(anatomy like the training scans' gives at least 0.50): the data look like noise "
+        "rather than anatomy"
+    )
 
 
 def test_scanner_padding_below_the_hu_range_is_not_counted(shipped):

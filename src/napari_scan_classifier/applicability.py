@@ -222,16 +222,16 @@ def _ct_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> list[s
 
 
 def _texture_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> list[str]:
-    floor = max(
-        MIN_NEIGHBOUR_CORRELATION,
-        checks.get("neighbour_correlation_min", 1.0) - CORRELATION_MARGIN,
-    )
+    trained = checks.get("neighbour_correlation_min")
+    floor = MIN_NEIGHBOUR_CORRELATION
+    if trained is not None:
+        floor = max(floor, trained - CORRELATION_MARGIN)
     r = summary["neighbour_correlation"]
     if r >= floor:
         return []
     return [
-        f"neighbouring voxels correlate at {r:.2f} (at least {floor:.2f} in the training scans): "
-        "the data look like noise rather than anatomy"
+        f"neighbouring voxels correlate at {r:.2f} (anatomy like the training scans' gives at "
+        f"least {floor:.2f}): the data look like noise rather than anatomy"
     ]
 
 
