@@ -145,7 +145,7 @@ def test_list_input_and_resume_in_process(
     folders = sorted(cohort_dir.iterdir())
     listing = tmp_path / "cohort.txt"
     listing.write_text("\n".join(str(f) for f in folders[:3]) + "\n")
-    out = tmp_path / "results.json"
+    out = tmp_path / "new_folder" / "results.json"
 
     assert _cli("classify", f"@{listing}", "--model", bundle_dir, "--out", out, "--passes", 0) == 0
     first = _journal(out)
