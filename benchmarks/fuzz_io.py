@@ -5,8 +5,8 @@ pixel data or byte range damaged), loads each through the public API in a worker
 (``list_series`` then ``load_scans``) and tallies the outcomes:
 
 - clean: a documented error (the package's error family) or volumes with finite, non-singular
-  affines, finite voxels and every dimension non-empty (and, for damage that must be noticed,
-  a warning or a skipped file saying so);
+  affines, every dimension non-empty and finite voxels (NaN voxels, and damage that must be
+  noticed, only with a warning or a skipped file saying so);
 - uncaught: any other exception;
 - hang: no answer within ``--timeout`` seconds;
 - crash: the worker process died (segfault, killed for memory, ...);
@@ -291,7 +291,7 @@ def _check_volume(volume, notice: bool, noticed: bool) -> str | None:
     voxels = np.asarray(volume.voxels)
     if voxels.size == 0 or 0 in voxels.shape:
         return "empty volume"
-    if voxels.dtype.kind == "f" and not np.all(np.isfinite(voxels)):
+    if voxels.dtype.kind == "f" and not np.all(np.isfinite(voxels)) and not noticed:
         return "non-finite voxels"
     if notice and not noticed:
         return "damage not reported"

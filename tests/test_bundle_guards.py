@@ -206,6 +206,7 @@ def test_a_truncated_zip_is_a_bundle_error(tmp_path, model_bytes):
         ('{"name": "x", ', "bundle.json is not valid JSON (Expecting property name enclosed"),
         ("\udcff", "bundle.json is not valid JSON ('utf-8' codec can't decode byte 0xff"),
     ],
+    ids=["deep", "invalid", "not utf-8"],
 )
 def test_unreadable_bundle_json_is_a_bundle_error(tmp_path, model_bytes, text, message):
     path = bundle_zip(

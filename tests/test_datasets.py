@@ -70,6 +70,24 @@ def test_npz_class_names_come_from_the_file_or_the_caller_never_the_file_name(tm
         datasets.load_npz(renamed, class_names=("only",))
 
 
+def test_an_npz_of_mostly_background_is_not_taken_for_a_zip_bomb(tmp_path):
+    images = np.zeros((8, 64, 64, 64), dtype=np.uint8)  # 2 MiB, compresses ~1000-fold
+    images[:, 30:34, 30:34, 30:34] = 200
+    labels = np.array([[0], [1]] * 4, dtype=np.uint8)
+    np.savez_compressed(tmp_path / "sparse.npz", train_images=images, train_labels=labels)
+
+    data = datasets.load_npz(tmp_path / "sparse.npz")
+
+    assert data.splits["train"].x.shape == (8, 64, 64, 64)
+    assert float(data.splits["train"].x.max()) == pytest.approx(200 / 255)
+
+
+def test_class_names_do_not_apply_to_a_case_library(tmp_path):
+    (tmp_path / "library").mkdir()
+    with pytest.raises(TrainingError, match=r"^Class names \(--classes\) name an npz file's"):
+        datasets.load_source(tmp_path / "library", (8, 8, 8), None, CT_WINDOW, class_names=["a"])
+
+
 def test_an_npz_with_only_a_test_split_loads_for_evaluation(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "test_only.npz"

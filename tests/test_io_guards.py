@@ -22,9 +22,10 @@ from napari_scan_classifier.errors import (
     UnreadableScanError,
 )
 from napari_scan_classifier.io.dicom import list_series, load_dicom
-from napari_scan_classifier.io.dicom_write import SeriesUIDs, slice_dataset
-from napari_scan_classifier.io.nifti import load_nifti
+from napari_scan_classifier.io.dicom_write import SeriesUIDs, slice_dataset, write_series
+from napari_scan_classifier.io.nifti import load_nifti, save_nifti
 from napari_scan_classifier.limits import BUDGET_ENV
+from napari_scan_classifier.volume import Volume
 
 POSITIONS = stack_positions(4, (0.0, 0.0, 2.5))
 
@@ -311,7 +312,7 @@ def test_nifti_with_no_usable_geometry_is_refused(tmp_path):
     )
 
 
-def test_nifti_nan_voxels_become_zero_with_a_warning(tmp_path):
+def test_nifti_nan_voxels_are_reported(tmp_path):
     voxels = np.ones((4, 3, 2), np.float32)
     voxels[1, 2, 0] = np.nan
     voxels[0, 0, 1] = np.inf
@@ -319,12 +320,8 @@ def test_nifti_nan_voxels_become_zero_with_a_warning(tmp_path):
 
     volume = load_nifti(tmp_path / "map.nii")
 
-    assert volume.voxels[0, 2, 1] == 0 and volume.voxels[1, 0, 0] == 0
-    assert np.isfinite(volume.voxels).all()
-    assert volume.voxels.sum() == 4 * 3 * 2 - 2
-    assert volume.metadata["geometry_warnings"] == [
-        "2 voxel(s) hold NaN or infinity in the file: set to 0"
-    ]
+    assert np.isnan(volume.voxels[0, 2, 1]) and np.isinf(volume.voxels[1, 0, 0])
+    assert volume.metadata["geometry_warnings"] == ["2 voxel(s) hold NaN or infinity in the file"]
 
 
 def test_undecodable_series_is_named_by_series_and_instance_never_by_file(tmp_path):
@@ -340,3 +337,24 @@ def test_undecodable_series_is_named_by_series_and_instance_never_by_file(tmp_pa
         f"series 5 ({info.key}): instance 1: pixel data could not be decoded ("
     )
     assert path.name not in message and str(tmp_path) not in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.0])
+def test_writers_refuse_an_affine_that_cannot_place_voxels(tmp_path, bad):
+    affine = np.diag([2.5, 0.8, 0.6, 1.0])
+    affine[1, 1] = bad
+    volume = Volume(np.zeros((3, 4, 5), np.int16), affine, "CT")
+    problem = (
+        "its affine is not finite"
+        if np.isnan(bad)
+        else ("its affine is singular (voxel axes of zero length or parallel)")
+    )
+
+    with pytest.raises(GeometryError) as nifti:
+        save_nifti(volume, tmp_path / "out.nii.gz")
+    with pytest.raises(GeometryError) as dicom:
+        write_series(volume, tmp_path / "series")
+
+    assert str(nifti.value) == f"out.nii.gz: not written: {problem}"
+    assert str(dicom.value) == f"the series cannot be written: {problem}"
+    assert not any(tmp_path.iterdir())

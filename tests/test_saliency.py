@@ -122,29 +122,29 @@ def test_matrix_upsampling_equals_to_source_grid():
             np.testing.assert_allclose(fast, to_source_grid(values, coarse, volume), atol=1e-6)
 
 
-def test_faithfulness_curves_run_from_the_plain_probability_to_all_regions_filled():
+def test_faithfulness_curves_run_over_region_counts_spaced_in_log():
     bundle = tiny_bundle()
     volume, _ = sphere_case(5, 1, shape=(30, 36, 36))
     saliency = grad_cam(volume, bundle, target_class=1)
     curve = measure_faithfulness(volume, bundle, saliency, steps=4)
 
+    # 30x36x36 voxels of 2 mm on a 32^3 grid (1.875 x 2.25 x 2.25 mm): 12 mm cubes are 6x5x5
+    # voxels, 6x7x7 of them, all with noise to remove; 294^(0, 1/4, 1/2, 3/4, 1)
+    assert curve.region_voxels == (6, 5, 5) and curve.regions == 6 * 7 * 7
+    np.testing.assert_array_equal(curve.counts, [1, 4, 17, 71, 294])
+    np.testing.assert_allclose(curve.scale, np.log(curve.counts) / np.log(294))
     plain = classify(volume, bundle, method="none").probabilities["lesion"]
-    np.testing.assert_allclose(curve.fractions, [0, 0.25, 0.5, 0.75, 1])
-    for name in ("deletion", "random"):
-        assert getattr(curve, name)[0] == pytest.approx(plain, abs=1e-5)
-    assert curve.insertion[-1] == pytest.approx(plain, abs=1e-5)
-    assert curve.insertion[0] == pytest.approx(curve.deletion[-1], abs=1e-6)
-    assert curve.random[-1] == pytest.approx(curve.deletion[-1], abs=1e-6)
+    assert curve.plain == pytest.approx(plain, abs=1e-5)
+    assert curve.insertion[-1] == pytest.approx(plain, abs=1e-5)  # all kept
+    assert curve.random[-1] == pytest.approx(curve.deletion[-1], abs=1e-6)  # all filled
     assert curve.target_class == "lesion"
-    expected_area = np.sum((curve.deletion[1:] + curve.deletion[:-1]) / 2) / 4
+    expected_area = np.sum((curve.deletion[1:] + curve.deletion[:-1]) / 2 * np.diff(curve.scale))
     assert curve.auc_deletion == pytest.approx(expected_area)
     assert curve.gap == pytest.approx(curve.auc_insertion - curve.auc_deletion)
     assert curve.passed == (curve.gap >= FAITHFUL_MARGIN)
-    # 30x36x36 voxels of 2 mm on a 32^3 grid (1.875 x 2.25 x 2.25 mm): 12 mm cubes are 6x5x5
-    # voxels, 6x7x7 of them, all with noise to remove
-    assert curve.region_voxels == (6, 5, 5) and curve.regions == 6 * 7 * 7
     summary = curve.to_dict()
     assert summary["passed"] is curve.passed and summary["gap"] == pytest.approx(curve.gap)
+    assert summary["counts"] == [1, 4, 17, 71, 294]
 
 
 def test_a_removed_region_is_filled_from_the_tissue_around_it():
@@ -234,6 +234,18 @@ def test_integrated_gradients_peak_in_the_lesion_and_pass_the_check(trained):
 
 
 @pytest.mark.slow
+def test_random_maps_fail_the_check(trained):
+    volume, _ = lesion_cases()[0]
+    for seed in range(3):
+        noise = np.random.default_rng(seed).random(volume.shape)
+        values = ndimage.gaussian_filter(noise, 3).astype(np.float32)
+        random_map = SaliencyMap(values, volume.affine, "random", "lesion")
+        check = measure_faithfulness(volume, trained, random_map, seed=seed)
+        # keeping a random handful of regions loses the sphere; removing them does not
+        assert not check.passed and check.gap < -0.2, check.reason
+
+
+@pytest.mark.slow
 def test_occlusion_peaks_near_the_lesion_and_passes_the_check(trained):
     for volume, mask in lesion_cases()[:2]:
         saliency = occlusion(
@@ -309,7 +321,8 @@ def test_the_most_faithful_method_becomes_the_bundles_default(trained, tmp_path)
     chosen = Bundle(with_saliency_choice(trained.metadata, choice), trained.model)
     loaded = load_bundle(save_bundle(chosen, tmp_path / "chosen"))
     assert default_method(loaded) == (choice.method, choice.layer)
-    assert loaded.metadata.gradcam_layer == choice.gradcam_layer
+    assert loaded.metadata.gradcam_layer == trained.metadata.gradcam_layer
+    assert record["best_gradcam_layer"] == choice.gradcam_layer
     assert loaded.metadata.saliency == record
     assert saliency_map(volumes[0], loaded).method == (
         "grad_cam" if choice.method == "gradcam" else choice.method

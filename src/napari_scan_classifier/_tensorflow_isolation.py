@@ -6,6 +6,12 @@ binds to TensorFlow's LLVM instead of its own and crashes the viewer (a segfault
 ``swrast_dri.so``, or "free(): invalid pointer" at exit). Importing TensorFlow with
 ``RTLD_DEEPBIND`` and without ``RTLD_GLOBAL`` keeps each library on its own LLVM. The only thing
 given up is ``tf.load_op_library`` for custom ops, which this package does not use.
+
+It also loads TensorFlow quietly unless ``NAPARI_SCAN_CLASSIFIER_VERBOSE`` is set (the command
+line's ``--verbose``): its C++ log level and Python loggers are set before it loads. Some native
+lines (absl's "before InitializeLog" notice, oneDNN, CUDA probing) are written to file
+descriptor 2 before any setting can apply; :class:`NativeLogFilter` drops those from the
+command line's stderr and passes everything else through.
 """
 
 from __future__ import annotations
@@ -13,10 +19,22 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
+import re
 import sys
-from types import ModuleType
+import threading
+from types import ModuleType, TracebackType
 from typing import Any
+
+VERBOSE_VARIABLE = "NAPARI_SCAN_CLASSIFIER_VERBOSE"
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
+# absl/glog lines: "I0000 00:00:1796520072.680267    9597 port.cc:153] ...", and absl's notice.
+NATIVE_LOG_LINE = re.compile(
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ :]+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
+_MAYBE_NATIVE = re.compile(rb"^(?:[IWEF]\d{0,4}|W(?:A(?:R(?:N(?:I(?:N(?:G(?::.*)?)?)?)?)?)?)?)$")
 
 
 class _PrivateSymbolsLoader(importlib.abc.Loader):
@@ -49,6 +67,67 @@ class _PrivateTensorFlowFinder(importlib.abc.MetaPathFinder):
         if spec is not None and spec.loader is not None:
             spec.loader = _PrivateSymbolsLoader(spec.loader)
         return spec
+
+
+def verbose() -> bool:
+    """Whether TensorFlow may log (``NAPARI_SCAN_CLASSIFIER_VERBOSE`` set, not 0)."""
+    return os.environ.get(VERBOSE_VARIABLE, "0") not in ("", "0")
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ and Python logging unless :func:`verbose`; call before it
+    loads (the environment is read once). Settings the user made stay."""
+    if verbose():
+        return
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class NativeLogFilter:
+    """While active, file descriptor 2 goes through a pipe that drops native log lines
+    (:data:`NATIVE_LOG_LINE`) and passes everything else on at once, partial lines included
+    (a progress bar's ``\\r`` updates)."""
+
+    def __init__(self) -> None:
+        self._saved: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> NativeLogFilter:
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # the pipe's last writer closes: the pump reads its end
+        self._thread.join(timeout=5)
+        os.close(self._saved)
+
+    def _pump(self, read: int) -> None:
+        pending = b""
+        while chunk := os.read(read, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not NATIVE_LOG_LINE.match(line):
+                    os.write(self._saved, line + b"\n")
+            if pending and not _MAYBE_NATIVE.match(pending) and not NATIVE_LOG_LINE.match(pending):
+                os.write(self._saved, pending)  # e.g. a progress bar's "\r 40%|####"
+                pending = b""
+        if pending and not NATIVE_LOG_LINE.match(pending):
+            os.write(self._saved, pending)
+        os.close(read)
 
 
 def isolate_tensorflow() -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_scan_classifier import outputs
+from napari_scan_classifier._tensorflow_isolation import VERBOSE_VARIABLE, NativeLogFilter
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.privacy import RedactingStream, Redactor
 
@@ -32,10 +35,53 @@ def _series_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(info) for info in series], indent=2))
         return 0
-    for info in series:
-        shape = "x".join(str(n) for n in info.shape)
-        number = f"#{info.series_number}"
-        print(f"{info.key}  {info.modality:<3} {number:<6} {shape:<13} {info.description}")
+    rows = [
+        (
+            info.key,
+            info.modality,
+            f"#{info.series_number}",
+            "x".join(str(n) for n in info.shape),
+            info.description,
+        )
+        for info in series
+    ]
+    header = ("series key", "modality", "number", "voxels", "description")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
+    _print_table(header, rows, widths)
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: list[int]) -> None:
+    """Columns padded to ``widths`` (the last one as it is), under a header row."""
+    for row in [header, *rows]:
+        padded = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*padded, row[-1]]))
+
+
+def _models_command(args: argparse.Namespace) -> int:
+    """The shipped models (usable by name) and the versions trained into the models folder."""
+    from napari_scan_classifier.models import load_bundle
+    from napari_scan_classifier.models.bundled import bundled_names, named_bundle_path
+
+    found = [(name, named_bundle_path(name)) for name in bundled_names()]
+    folder = Path(args.folder) if args.folder else None
+    if folder is not None and folder.is_dir():
+        found += [(p.name, p) for p in sorted(folder.iterdir()) if (p / "bundle.json").is_file()]
+    if not found:
+        print("no models installed")
+        return 0
+    header = ("name", "version", "modality", "grid", "classes")
+    rows = []
+    for name, path in found:
+        try:
+            m = load_bundle(path).metadata
+        except ScanClassifierError as error:
+            rows.append((name, "-", "-", "-", f"unusable: {error}"))
+            continue
+        grid = "x".join(str(n) for n in m.input_shape)
+        rows.append((name, str(m.version), m.modality, grid, ", ".join(m.classes)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    _print_table(header, rows, widths)
     return 0
 
 
@@ -102,7 +148,12 @@ def _classify_cohort(args: argparse.Namespace) -> int:
         return 130
     classified = result.total - result.failed
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
-    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    outside = f", {result.out_of_distribution} out of distribution" * bool(
+        result.out_of_distribution
+    )
+    print(
+        f"wrote {result.out} ({classified} of {result.total} series classified{outside}{resumed})"
+    )
     if not classified:
         raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
     return 0
@@ -132,15 +183,22 @@ def _classify_here(args: argparse.Namespace) -> int:
     for skipped in report.skipped:
         print(f"skipped a file of input {skipped['input']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
-    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    outside = f", {report.out_of_distribution} out of distribution" * bool(
+        report.out_of_distribution
+    )
+    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified{outside})")
     return 0
 
 
 def _print_row(row: dict[str, Any]) -> None:
     """One line per series on stdout as it is done; its problems on stderr."""
-    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
+    outcome = row.get("predicted_class") or "not classified"
+    if row["status"] == "out_of_distribution":
+        outcome = f"out of distribution (the model would say {outcome})"
     print(f"{row['series']}: {outcome}", flush=True)
-    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
+    reasons = (row.get("ood") or {}).get("reasons", [])
+    modality = None if reasons else row.get("modality_warning")  # the reasons say it too
+    notes = [row["error"], modality, *reasons, *row["geometry_warnings"]]
     for note in filter(None, notes):
         print(f"warning: {row['series']}: {note}", file=sys.stderr)
 
@@ -175,7 +233,7 @@ def _train_command(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from napari_scan_classifier.models import load_bundle
+    from napari_scan_classifier.results import resolve_bundle
     from napari_scan_classifier.training import TrainingConfig, train
 
     scratch_only = {
@@ -210,14 +268,15 @@ def _train_command(args: argparse.Namespace) -> int:
     config = TrainingConfig(**{k: v for k, v in settings.items() if v is not None})
     if args.name is not None:
         outputs.check_name(args.name, "--name", MAX_MODEL_NAME_CHARS)
-    base = load_bundle(args.base) if args.base else None
+    base = resolve_bundle(args.base) if args.base else None
     name = args.name or (base.metadata.name if base else "scan-classifier")
     out = outputs.check_folder(args.out, len(f"{name}-v999999"), "--out")
     outputs.clean_stale(out)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     try:
-        result = train(args.cases, config, base=base, out=out, progress=_print_event, cancel=cancel)
+        with TrainingProgress() as progress:
+            result = train(args.cases, config, base=base, out=out, progress=progress, cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, previous)
     _print_training_summary(result)
@@ -227,9 +286,55 @@ def _train_command(args: argparse.Namespace) -> int:
 MAX_MODEL_NAME_CHARS = 100  # the name is part of the saved folder's name
 
 
-def _print_event(event: TrainingEvent) -> None:
-    if event.kind == "epoch" or (event.kind == "load" and event.batch == event.total):
-        print(event.message, flush=True)
+class TrainingProgress:
+    """Training reports for a person: on a terminal, a bar with an ETA for loading the cases
+    and one per epoch over its batches; otherwise (a log file, a pipe) plain lines: loading at
+    every tenth of the cases, and each epoch's figures."""
+
+    def __init__(self) -> None:
+        self.terminal = sys.stderr.isatty()
+        self._bar: Any = None
+        self._stage = ""
+
+    def __enter__(self) -> TrainingProgress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._close()
+
+    def __call__(self, event: TrainingEvent) -> None:
+        stage = "loading cases" if event.kind == "load" else f"epoch {event.epoch}/{event.epochs}"
+        if event.kind == "epoch":
+            self._close()
+            print(event.message, flush=True)
+            return
+        if not self.terminal:
+            if event.kind == "load" and _tenth(event.batch, event.total):
+                print(event.message, flush=True)
+            return
+        if stage != self._stage:
+            self._close()
+            self._stage = stage
+            self._bar = _bar(event.total, stage, "case" if event.kind == "load" else "batch")
+        self._bar.update(event.batch - self._bar.n)
+        if event.loss is not None:
+            self._bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, ""
+
+
+def _tenth(done: int, total: int) -> bool:
+    """Whether ``done`` of ``total`` crosses a tenth (or is the last): plain-line progress."""
+    return done == total or (10 * done) // total != (10 * (done - 1)) // total
+
+
+def _bar(total: int, description: str, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, leave=False)
 
 
 def _print_training_summary(result: TrainingResult) -> None:
@@ -272,11 +377,11 @@ def _metrics_line(report: EvaluationReport) -> str:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from napari_scan_classifier.models import load_bundle
+    from napari_scan_classifier.results import resolve_bundle
     from napari_scan_classifier.training import evaluate_bundle
 
     report = evaluate_bundle(
-        load_bundle(args.model), args.cases, split=args.split, class_names=args.classes
+        resolve_bundle(args.model), args.cases, split=args.split, class_names=args.classes
     )
     if args.json:
         print(json.dumps(report.to_dict()))
@@ -288,6 +393,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO = "demo_ct_lesion"
+MODEL_HELP = f"model bundle folder or .zip, or a shipped model's name ({DEMO})"
 CLASSES_HELP = (
     "names of an npz file's label indices 0, 1, ... in order (a file's own class_names win)"
 )
@@ -298,7 +405,9 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--cases", required=True, help="case library folder or MedMNIST-style npz")
     train.add_argument("--out", required=True, help="folder to save the new model version in")
     start = train.add_mutually_exclusive_group()
-    start.add_argument("--base", help="model bundle to fine-tune")
+    start.add_argument(
+        "--base", help=f"model bundle to fine-tune, or a shipped model's name ({DEMO})"
+    )
     start.add_argument("--architecture", choices=("cnn3d", "slice_gru"), help="train from scratch")
     train.add_argument("--input-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     train.add_argument("--modality", choices=("CT", "MR"))
@@ -326,7 +435,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(run=_train_command)
 
     evaluate = commands.add_parser("evaluate", help="measure a model on labelled cases")
-    evaluate.add_argument("--model", required=True, help="model bundle folder or .zip")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--cases", required=True, help="case library folder or MedMNIST npz")
     evaluate.add_argument("--split", help="npz split (default: test if present, else val)")
     evaluate.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
@@ -366,7 +475,7 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
     )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
-    classify.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
+    classify.add_argument("--model", help=MODEL_HELP + " (default: the bundled one)")
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
         "--method",
@@ -394,10 +503,32 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
     classify.set_defaults(run=_classify_command)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default where it has a value worth showing (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parsers(argparse._SubParsersAction):
+    """Every command's parser shows defaults (the formatter is not inherited otherwise)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["formatter_class"] = HelpFormatter
+        return super().add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-scan-classifier",
         description="Load, classify and fine-tune on CT/MRI scans without a viewer.",
+        formatter_class=HelpFormatter,
+    )
+    parser.register("action", "parsers", _Parsers)
+    parser.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow log (device probing, oneDNN, CUDA)"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -411,18 +542,49 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(run=_convert_command)
 
+    models = commands.add_parser("models", help="list the installed models: versions, classes")
+    models.add_argument(
+        "--folder", default=str(default_models_folder()), help="trained models folder to list too"
+    )
+    models.set_defaults(run=_models_command)
+
     _add_classify_command(commands)
     demo = commands.add_parser("demo", help="open napari with the sample scan, classified")
     demo.add_argument("--headless", action="store_true", help="print the result, open no window")
-    demo.add_argument("--model", help="model bundle folder or .zip (default: the bundled one)")
+    demo.add_argument("--model", help=MODEL_HELP + " (default: the bundled one)")
     demo.set_defaults(run=_demo_command)
 
     _add_training_commands(commands)
     return parser
 
 
+def default_models_folder() -> Path:
+    """Where the Train dock saves new model versions unless told otherwise."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-scan-classifier")) / "models"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        _let_tensorflow_log()
+        return _run(args)
+    with NativeLogFilter():
+        return _run(args)
+
+
+def _let_tensorflow_log() -> None:
+    """Undo the quiet defaults before TensorFlow loads (it loads when a command needs it)."""
+    import logging
+
+    os.environ[VERBOSE_VARIABLE] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _run(args: argparse.Namespace) -> int:
     chosen = ("out", "saliency_dir", "model", "base")
     redact = Redactor(
         _inputs(args), keep=[getattr(args, a) for a in chosen if getattr(args, a, None)]

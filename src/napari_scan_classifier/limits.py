@@ -128,9 +128,14 @@ def open_zip(source: Path | IO[bytes], what: str, error: type[ScanClassifierErro
 
 
 def check_member(
-    info: zipfile.ZipInfo, what: str, error: type[ScanClassifierError], limit: int
+    info: zipfile.ZipInfo,
+    what: str,
+    error: type[ScanClassifierError],
+    limit: int,
+    max_ratio: float | None = MAX_ZIP_RATIO,
 ) -> None:
-    """Refuse a member that is encrypted, oddly compressed, too large or expands suspiciously."""
+    """Refuse a member that is encrypted, oddly compressed, too large or expands suspiciously
+    (more than ``max_ratio``-fold; None: a caller that bounds the expanded size otherwise)."""
     if info.flag_bits & 0x1:
         raise error(f"{what} is encrypted")
     if info.compress_type not in SUPPORTED_COMPRESSION:
@@ -141,10 +146,10 @@ def check_member(
             f"{format_bytes(limit)} (set {BUDGET_ENV} to change it)"
         )
     ratio = info.file_size / max(info.compress_size, 1)
-    if info.file_size > RATIO_EXEMPT_BYTES and ratio > MAX_ZIP_RATIO:
+    if max_ratio is not None and info.file_size > RATIO_EXEMPT_BYTES and ratio > max_ratio:
         raise error(
             f"{what} expands {ratio:.0f}-fold ({format_bytes(info.compress_size)} to "
-            f"{format_bytes(info.file_size)}), more than the {MAX_ZIP_RATIO}-fold a real file "
+            f"{format_bytes(info.file_size)}), more than the {max_ratio:g}-fold a real file "
             "reaches: refused as a zip bomb"
         )
 

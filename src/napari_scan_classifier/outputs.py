@@ -40,7 +40,9 @@ def check_folder(folder: str | os.PathLike[str], longest_name: int, what: str) -
     existing = next((p for p in (target, *target.parents) if p.exists()), Path.cwd())
     if not existing.is_dir():
         raise OutputError(f"{what}: '{existing.name}' is a file, not a folder")
-    probe = existing / ("." + "p" * max(longest_name + STAGING_EXTRA_CHARS - 1, 1))
+    # Named like our staging files, so a probe left by a kill is cleaned like them.
+    filler = max(longest_name + STAGING_EXTRA_CHARS - 1 - len(STAGING_SUFFIX), 1)
+    probe = existing / ("." + "p" * filler + STAGING_SUFFIX)
     try:
         handle = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
     except OSError as error:

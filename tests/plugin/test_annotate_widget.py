@@ -436,7 +436,9 @@ def test_library_exchange_errors_are_one_line(qtbot, viewer, widget, tmp_path, n
 
     widget.import_library(not_a_zip)
     finish(qtbot, widget)
-    assert notifications[-1].message == "notes.zip is not a readable zip file (File is not a zip file)"
+    assert (
+        notifications[-1].message == "notes.zip is not a readable zip file (File is not a zip file)"
+    )
     assert widget.import_button.enabled and widget.export_button.enabled
 
 

@@ -118,3 +118,34 @@ def test_widget_docks_from_the_manifest(make_napari_viewer) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-scan-classifier", "Display")
 
     assert isinstance(widget, DisplayWidget)
+
+
+def test_open_reads_in_a_worker_and_adds_the_readers_layer(
+    viewer: ViewerModel, qtbot, ct_series
+) -> None:
+    widget = DisplayWidget(viewer)
+    (expected,) = viewer.open(str(ct_series.folder), plugin="napari-scan-classifier")
+    viewer.layers.clear()
+
+    assert widget.open(ct_series.folder) is not None
+    assert not widget.open_folder_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+
+    (layer,) = viewer.layers
+    assert layer.name == expected.name
+    np.testing.assert_array_equal(layer.data, expected.data)
+    np.testing.assert_allclose(layer.affine.affine_matrix, expected.affine.affine_matrix)
+    assert widget.open_folder_button.enabled and not widget.cancel_button.enabled
+
+
+def test_cancelled_open_adds_nothing(
+    viewer: ViewerModel, qtbot, ct_series, notifications: list[Notification]
+) -> None:
+    widget = DisplayWidget(viewer)
+    widget._relay.received.connect(lambda _: widget.cancel())  # at the first report
+
+    widget.open(ct_series.folder)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+
+    assert len(viewer.layers) == 0
+    assert "cancel" in notifications[-1].message.lower()

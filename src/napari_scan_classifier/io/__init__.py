@@ -3,6 +3,7 @@ in the package's world convention; nothing here imports napari or Qt."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +37,15 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def load_scans(path: str | Path) -> LoadResult:
+def load_scans(
+    path: str | Path,
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> LoadResult:
     """Load every scan under ``path``: a NIfTI file, a DICOM file, a folder of DICOM series, or
-    a DICOMweb study or series address (``http(s)://.../studies/UID[/series/UID]``)."""
+    a DICOMweb study or series address (``http(s)://.../studies/UID[/series/UID]``).
+    ``progress`` and ``cancel`` reach the DICOM loader (reports; a stop between files)."""
     if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
         from napari_scan_classifier.io.dicomweb import load_url
 
@@ -52,7 +59,7 @@ def load_scans(path: str | Path) -> LoadResult:
         return LoadResult([load_nifti(path)])
     from napari_scan_classifier.io.dicom import load_dicom
 
-    return load_dicom(path)
+    return load_dicom(path, progress=progress, cancel=cancel)
 
 
 __all__ = ["LoadResult", "SkippedFile", "is_nifti", "load_scans"]

@@ -69,17 +69,13 @@ def _declared_size(image: nib.Nifti1Image | nib.Nifti2Image, name: str) -> None:
     check_memory(count * itemsize, f"{name} ({'x'.join(map(str, shape))} voxels)")
 
 
-def _finite_voxels(data: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Float voxels with NaN or infinity set to 0, saying how many (nothing NaN goes on)."""
-    if data.dtype.kind != "f":
-        return data
-    bad = ~np.isfinite(data)
-    count = int(np.count_nonzero(bad))
-    if count:
-        data = np.array(data, copy=True)
-        data[bad] = 0
-        notes.append(f"{count} voxel(s) hold NaN or infinity in the file: set to 0")
-    return data
+def _note_non_finite(data: np.ndarray, notes: list[str]) -> None:
+    """Say how many float voxels are NaN or infinite. They are the file's values (a masked
+    statistics map, or damage): kept, so a classifier refuses them rather than guess."""
+    if data.dtype.kind == "f":
+        count = data.size - int(np.count_nonzero(np.isfinite(data)))
+        if count:
+            notes.append(f"{count} voxel(s) hold NaN or infinity in the file")
 
 
 def _modality_from_header(header: nib.Nifti1Header) -> str:
@@ -102,7 +98,8 @@ def load_nifti(path: str | Path) -> Volume:
     """Read a .nii/.nii.gz file (NIfTI-1 or -2, 3D or 4D) as a Volume in world coordinates.
 
     The header is checked before any voxel is read: an empty or oversized image is refused, and
-    a NaN or singular sform/qform is passed over (said in ``geometry_warnings``) for the next.
+    a NaN or singular sform/qform is passed over (said in ``geometry_warnings``) for the next,
+    and NaN voxels are reported there.
     """
     path = Path(path)
     try:
@@ -123,7 +120,7 @@ def load_nifti(path: str | Path) -> Volume:
         raise ResourceLimitError(f"{path.name}: its voxels do not fit in memory") from None
     except Exception as error:  # truncated, corrupt gzip stream, impossible offsets
         raise UnreadableScanError(f"{path.name}: voxel data is truncated or corrupt") from error
-    data = _finite_voxels(data, notes)
+    _note_non_finite(data, notes)
     thickness = finite_positive(float(image.header.get_zooms()[2]))
     metadata: dict[str, Any] = {
         "source_format": f"NIfTI-{2 if isinstance(image, nib.Nifti2Image) else 1}",
@@ -148,6 +145,9 @@ def save_nifti(volume: Volume, path: str | Path) -> Path:
     path = Path(path)
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"{path.name}: a NIfTI file name must end in .nii or .nii.gz")
+    problem = affine_problem(volume.affine)
+    if problem:  # nibabel would fail with "Could not decompose affine", or write nonsense
+        raise GeometryError(f"{path.name}: not written: {problem}")
     voxels = volume.voxels
     data = voxels.transpose(2, 1, 0) if voxels.ndim == 3 else voxels.transpose(3, 2, 1, 0)
     image = nib.Nifti1Image(_nifti_storable(np.asarray(data)), volume.nifti_affine())

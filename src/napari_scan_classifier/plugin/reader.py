@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from napari.types import FullLayerData
 from napari.utils.notifications import show_error, show_warning
 
-from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
 from napari_scan_classifier.privacy import Redactor
@@ -36,13 +36,27 @@ def get_reader(path: PathOrPaths) -> ReaderFunction:
 
 def read_scans(path: PathOrPaths) -> list[FullLayerData]:
     """Read every scan under ``path``; report what was skipped or repaired, or why nothing was."""
+    layers, problems = load_layer_data(path)
+    report_problems(len(layers), problems)
+    return layers or NOTHING_READ
+
+
+def load_layer_data(
+    path: PathOrPaths,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[list[FullLayerData], list[str]]:
+    """The layers of every scan under ``path`` and the problems to tell the user (any thread:
+    nothing here touches Qt). CancelledError when ``cancel`` turns true between files."""
     paths = [path] if isinstance(path, str) else list(path)
     redact = Redactor(paths)
     volumes: list[Volume] = []
     problems: list[str] = []
     for p in paths:
         try:
-            result = load_scans(p)
+            result = load_scans(p, progress=progress, cancel=cancel)
+        except CancelledError:
+            raise
         except ScanClassifierError as error:
             problems.append(str(error))
             continue
@@ -51,8 +65,7 @@ def read_scans(path: PathOrPaths) -> list[FullLayerData]:
             redact.found(skipped.path, p)
             problems.append(f"a file was skipped: {skipped.reason}")
     problems = [redact(problem) for problem in [*problems, *_geometry_notes(volumes)]]
-    _report(len(volumes), problems)
-    return [volume_to_layer_data(v) for v in volumes] or NOTHING_READ
+    return [volume_to_layer_data(v) for v in volumes], problems
 
 
 def _geometry_notes(volumes: list[Volume]) -> list[str]:
@@ -64,7 +77,8 @@ def _geometry_notes(volumes: list[Volume]) -> list[str]:
     ]
 
 
-def _report(loaded: int, problems: list[str]) -> None:
+def report_problems(loaded: int, problems: list[str]) -> None:
+    """Tell the user what was skipped or repaired, or why nothing could be read."""
     if not loaded:
         show_error(_message("No scan could be read.", problems or ["no images found"]))
     elif problems:

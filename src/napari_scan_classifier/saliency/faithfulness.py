@@ -10,19 +10,23 @@ keeps the scan plausible for the network (in the spirit of ROAD, Rong et al. 202
 voxels set to a constant, as a voxel-level deletion curve does, are themselves out of
 distribution, which is why such curves can make a random order look as good as the map.
 
-Three orders give three curves of the target probability over the fraction of cubes removed:
-most relevant first (**deletion**), least relevant first, and random (for reference). The
-**insertion** curve starts from every cube filled and restores the most relevant first; with one
-fill it is the least-relevant-first curve read backwards, so deletion and insertion together
-hold both MoRF and LeRF. Both curves share their ends (the scan as it is, and every cube filled),
-so the difference of their areas depends on the ranking alone.
+Curves follow the target probability as the number n of regions grows **on a log scale**, from
+one region to all N (``steps`` equal steps of log n): **deletion** fills the n regions the map
+ranks highest, **insertion** fills all but those n (it restores the most relevant first), and a
+random order is kept for reference. Areas are over that axis (log n / log N, 0..1).
 
 **Rule**: the map passes when the insertion area exceeds the deletion area by at least
-:data:`FAITHFUL_MARGIN` (0.1): averaged over the removal fractions, removing what the map calls
-least important keeps p(class) at least 0.1 higher than removing what it calls most important.
-A map no better than chance gives a gap near 0 (the two orders are then exchangeable), an
-inverted one a negative gap; a model whose decision does not depend on any region (nothing to
-remove changes it) cannot pass whatever its map, and the result says so.
+:data:`FAITHFUL_MARGIN` (0.1). On the log axis a map only does so when the few regions it ranks
+first carry the decision: keeping only them keeps p(class), removing them removes it. A random
+map sits well below: its first regions are a random handful, so keeping only them loses the
+answer and removing them does not. Where the decision rests on a lesion that covers a few of N
+regions, a random ranking passes only when it happens to put them among the first ~N^0.45
+(about 1 % of rankings for N = 3000). Measured: eight random smooth maps on the sample CT with
+the demo model gave gaps of -0.41 to -0.02 (mean -0.21), ten per sphere case with the test
+model -0.86 to -0.09; integrated gradients gave 0.55 and 0.74 to 0.89. (On a uniform axis the
+same random maps passed half the time on the sphere cases.) An inverted map gives a negative
+gap, and a model whose answer no region changes cannot pass, whatever its map: the result says
+so.
 """
 
 from __future__ import annotations
@@ -51,30 +55,36 @@ STEPS = 10
 class Faithfulness:
     """Region deletion/insertion curves of one map (see the module docstring for the rule).
 
-    ``fractions``: of the candidate regions removed (deletion, random) or restored (insertion);
-    areas are over 0..1 (trapezoid rule).
+    ``counts``: regions removed (deletion, random) or kept (insertion) at each point, equally
+    spaced in log from 1 to ``regions``; areas are over that log axis scaled to 0..1.
     """
 
     target_class: str
-    fractions: np.ndarray
-    deletion: np.ndarray  # p(class) with the most relevant regions filled first
-    insertion: np.ndarray  # p(class) from all filled, the most relevant restored first
-    random: np.ndarray  # p(class) with regions filled in random order
+    counts: np.ndarray
+    deletion: np.ndarray  # p(class) with the n most relevant regions filled
+    insertion: np.ndarray  # p(class) with all but the n most relevant regions filled
+    random: np.ndarray  # p(class) with n regions, drawn at random, filled
+    plain: float  # p(class) of the scan as it is
     regions: int  # candidate regions
     region_voxels: tuple[int, int, int]
     margin: float = FAITHFUL_MARGIN
 
     @property
+    def scale(self) -> np.ndarray:
+        """Where each point lies on the log axis, 0 (one region) to 1 (all)."""
+        return np.log(self.counts) / np.log(self.regions) if self.regions > 1 else self.counts * 0.0
+
+    @property
     def auc_deletion(self) -> float:
-        return _area(self.fractions, self.deletion)
+        return _area(self.scale, self.deletion)
 
     @property
     def auc_insertion(self) -> float:
-        return _area(self.fractions, self.insertion)
+        return _area(self.scale, self.insertion)
 
     @property
     def auc_random(self) -> float:
-        return _area(self.fractions, self.random)
+        return _area(self.scale, self.random)
 
     @property
     def gap(self) -> float:
@@ -95,10 +105,10 @@ class Faithfulness:
         )
         if self.passed:
             return f"removing the regions the map marks lowers p({cls}) first ({figures})"
-        if abs(self.deletion[0] - self.deletion[-1]) < self.margin:
+        if abs(self.plain - self.deletion[-1]) < self.margin:
             return (
                 f"p({cls}) hardly changes when every region is removed "
-                f"({self.deletion[0]:.2f} -> {self.deletion[-1]:.2f}): no region carries this "
+                f"({self.plain:.2f} -> {self.deletion[-1]:.2f}): no region carries this "
                 f"decision, so no map can show one ({figures})"
             )
         return f"the map does not rank the regions p({cls}) depends on first ({figures})"
@@ -113,9 +123,10 @@ class Faithfulness:
             "auc_random": self.auc_random,
             "gap": self.gap,
             "reason": self.reason,
+            "plain": self.plain,
             "regions": self.regions,
             "region_voxels": list(self.region_voxels),
-            "fractions": [float(f) for f in self.fractions],
+            "counts": [int(n) for n in self.counts],
             "deletion": [float(p) for p in self.deletion],
             "insertion": [float(p) for p in self.insertion],
             "random": [float(p) for p in self.random],
@@ -134,8 +145,8 @@ def measure_faithfulness(
     batch_size: int = 8,
 ) -> Faithfulness:
     """Deletion, insertion and random-order curves of ``saliency`` for ``target_class``
-    (default: the map's own class), in ``steps`` equal fractions of the regions:
-    ``3 * steps - 1`` forward passes on the region the map was made for (``saliency.box``)."""
+    (default: the map's own class), at ``steps + 1`` region counts spaced in log: about
+    ``3 * steps + 2`` forward passes on the region the map was made for (``saliency.box``)."""
     if saliency.values.shape != volume.shape:
         raise ValueError(
             f"the map {saliency.values.shape} is not on this scan's {volume.shape} grid"
@@ -145,33 +156,46 @@ def measure_faithfulness(
     x, grid = prepare_input(volume, bundle, saliency.box)
     k = class_index(bundle, saliency.target_class if target_class is None else target_class)
     regions = _Regions(x, grid, region_mm, seed)
-    model_map = resample_to_grid(saliency.values, grid, 0.0)
     rng = np.random.default_rng(seed)
-    ranked = regions.ranked(model_map, rng)
-    orders = {"deletion": ranked, "least": ranked[::-1], "random": rng.permutation(ranked)}
-    fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.round(fractions * len(ranked)).astype(int)
-    inputs = [ranked[:0], ranked] + [order[:n] for order in orders.values() for n in counts[1:-1]]
-    probabilities = np.concatenate(
+    ranked = regions.ranked(resample_to_grid(saliency.values, grid, 0.0), rng)
+    shuffled = rng.permutation(ranked)
+    total = max(len(ranked), 1)
+    counts = np.unique(np.round(total ** np.linspace(0.0, 1.0, steps + 1)).astype(int))
+    removals = {
+        "deletion": [ranked[:n] for n in counts],
+        "insertion": [ranked[n:] for n in counts],
+        "random": [shuffled[:n] for n in counts],
+    }
+    sets = [ranked[:0], *(chosen for curve in removals.values() for chosen in curve)]
+    p = _probabilities(bundle, regions, sets, k, batch_size)
+    curves = np.asarray(p[1:]).reshape(3, len(counts))
+    return Faithfulness(
+        target_class=bundle.metadata.classes[k],
+        counts=counts,
+        deletion=curves[0],
+        insertion=curves[1],
+        random=curves[2],
+        plain=float(p[0]),
+        regions=len(ranked),
+        region_voxels=regions.size,
+    )
+
+
+def _probabilities(
+    bundle: Bundle, regions: _Regions, sets: list[np.ndarray], k: int, batch_size: int
+) -> list[float]:
+    """p(class k) with each set of regions filled; a set seen before is not run again."""
+    keys = [tuple(sorted(chosen.tolist())) for chosen in sets]
+    unique = list(dict.fromkeys(keys))
+    inputs = [np.asarray(key, dtype=np.int64) for key in unique]
+    found = np.concatenate(
         [
             softmax(logits_of(bundle.model, batch), bundle.metadata.temperature)[:, k]
             for batch in _batches(regions, inputs, batch_size)
         ]
     )
-    plain, empty, inner = probabilities[0], probabilities[1], probabilities[2:]
-    curves = {
-        name: np.concatenate([[plain], part, [empty]])
-        for name, part in zip(orders, inner.reshape(3, steps - 1), strict=True)
-    }
-    return Faithfulness(
-        target_class=bundle.metadata.classes[k],
-        fractions=fractions,
-        deletion=curves["deletion"],
-        insertion=curves["least"][::-1].copy(),
-        random=curves["random"],
-        regions=len(ranked),
-        region_voxels=regions.size,
-    )
+    by_key = dict(zip(unique, found, strict=True))
+    return [float(by_key[key]) for key in keys]
 
 
 class _Regions:
@@ -226,5 +250,5 @@ def _batches(regions: _Regions, inputs: list[np.ndarray], size: int) -> Iterator
         yield np.stack([regions.removed(chosen) for chosen in inputs[start : start + size]])
 
 
-def _area(fractions: np.ndarray, values: np.ndarray) -> float:
-    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(fractions)))
+def _area(positions: np.ndarray, values: np.ndarray) -> float:
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(positions)))

@@ -9,8 +9,6 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 
-import numpy as np
-
 from napari_scan_classifier.errors import (
     CancelledError,
     UnreadableScanError,
@@ -70,8 +68,15 @@ def _series_key(frame: _Frame) -> str:
 
 
 def _same_stack(a: _Frame, b: _Frame) -> bool:
+    """Same orientation and pixel spacing within header rounding (plain floats: this runs for
+    every frame, where numpy's call overhead would dominate)."""
+
     def close(x, y, tol):
-        return (x is None) == (y is None) and (x is None or np.allclose(x, y, rtol=0, atol=tol))
+        if x is y:  # frames of one file share these
+            return True
+        if x is None or y is None:
+            return x is y
+        return all(abs(p - q) <= tol for p, q in zip(x, y, strict=True))
 
     return close(a.orientation, b.orientation, 1e-3) and close(
         a.pixel_spacing, b.pixel_spacing, 1e-4

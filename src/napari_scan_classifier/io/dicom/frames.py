@@ -122,13 +122,8 @@ def _pixel_format_problem(ds: Dataset, file: _File) -> str | None:
 
 
 def _frame_problem(frame: _Frame) -> str | None:
-    """Why a frame's geometry or rescale is unusable (NaN, zero, parallel), or None."""
-    frame.thickness = finite_positive(frame.thickness)
-    problem = (
-        position_problem(frame.position)
-        or orientation_problem(frame.orientation)
-        or spacing_problem(frame.pixel_spacing)
-    )
+    """Why a frame's orientation, spacing or rescale is unusable (NaN, zero, parallel)."""
+    problem = orientation_problem(frame.orientation) or spacing_problem(frame.pixel_spacing)
     if problem:
         return problem
     if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
@@ -141,9 +136,16 @@ def _frame_problem(frame: _Frame) -> str | None:
 
 
 def _checked(frames: list[_Frame]) -> list[_Frame]:
-    """The frames, or the file skipped with the first frame's problem (never a NaN later)."""
+    """The frames, or the file skipped with the first frame's problem (never a NaN later).
+    Frames of one file mostly share orientation, spacing and rescale: those are checked once."""
+    checked: set[tuple] = set()
     for frame in frames:
-        problem = _frame_problem(frame)
+        frame.thickness = finite_positive(frame.thickness)
+        shared = (frame.orientation, frame.pixel_spacing, frame.slope, frame.intercept)
+        problem = position_problem(frame.position)
+        if problem is None and shared not in checked:
+            problem = _frame_problem(frame)
+            checked.add(shared)
         if problem:
             where = f" (frame {frame.index + 1} of {len(frames)})" if len(frames) > 1 else ""
             raise _SkipFileError(problem + where)
@@ -251,6 +253,8 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
         elif spacing:
             positions = [origin + k * spacing * normal for k in range(file.n_frames)]
     slope, intercept = _rescale(ds, ds)
+    order = _order(ds, file)
+    pixel_spacing = _floats(ds, "PixelSpacing", 2)
     return [
         _Frame(
             file,
@@ -259,11 +263,11 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
             file.cols,
             position=positions[k],
             orientation=iop,
-            pixel_spacing=_floats(ds, "PixelSpacing", 2),
+            pixel_spacing=pixel_spacing,
             thickness=spacing,
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file, k),
+            order=(*order[:-1], k),
         )
         for k in range(file.n_frames)
     ]

@@ -13,11 +13,7 @@ from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _Frame, _Plan,
 # Positions closer than this (mm) are the same slice; a stack is regular when every slice lies
 # within max(_GRID_ABS_TOL, _GRID_REL_TOL * step) of a regular grid.
 _DUPLICATE_TOL = 0.01
-
-
 _GRID_ABS_TOL = 0.005
-
-
 _GRID_REL_TOL = 0.02
 
 
@@ -48,8 +44,9 @@ def _position_groups(frames: list[_Frame], depth: np.ndarray, notes: list[str]) 
     """Frame indices sorted along the normal, one list per distinct position (time points or
     echoes at one position share a list, in acquisition order)."""
     groups: list[list[int]] = []
-    for i in sorted(range(len(frames)), key=lambda i: (depth[i], frames[i].order)):
-        if groups and depth[i] - depth[groups[-1][0]] <= _DUPLICATE_TOL:
+    depths = depth.tolist()  # plain floats: this loop runs once per frame
+    for i in sorted(range(len(frames)), key=lambda i: (depths[i], frames[i].order)):
+        if groups and depths[i] - depths[groups[-1][0]] <= _DUPLICATE_TOL:
             groups[-1].append(i)
         else:
             groups.append([i])

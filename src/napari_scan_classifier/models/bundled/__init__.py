@@ -16,6 +16,17 @@ def bundled_model_path() -> Path:
     return Path(__file__).parent / DEFAULT_MODEL
 
 
+def bundled_names() -> list[str]:
+    """Names of the models shipped inside the package (their folder names)."""
+    root = Path(__file__).parent
+    return sorted(p.name for p in root.iterdir() if (p / "bundle.json").is_file())
+
+
+def named_bundle_path(name: str) -> Path | None:
+    """The folder of the shipped model called ``name``, or None when none is called so."""
+    return Path(__file__).parent / name if name in bundled_names() else None
+
+
 def load_default_bundle() -> Bundle:
     """The default shipped model, loaded safely and validated like any other bundle."""
     if not bundled_model_path().is_dir():
