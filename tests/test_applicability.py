@@ -29,7 +29,7 @@ from napari_scan_classifier.models.bundle import DETECTOR_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path, load_default_bundle
 from napari_scan_classifier.models.train_demo import PHANTOM_SHAPES, SPACING, clear_cases
 from napari_scan_classifier.samples import sample_ct_path
-from napari_scan_classifier.training import TrainingConfig, train
+from napari_scan_classifier.training import TrainingConfig, recalibrate_bundle, train
 from napari_scan_classifier.volume import Volume
 
 GRID = (16, 16, 16)
@@ -315,3 +315,18 @@ def test_the_headless_demo_prints_the_banner(tmp_path: Path, capsys):
     )
     assert lines[banner + 1].strip() == "- the scan is CT but the model was trained on MR scans"
     assert lines[banner + 2].strip().startswith("Predicted: ")
+
+
+def test_recalibrating_keeps_the_detector(shipped, tmp_path: Path):
+    m = shipped.metadata
+    cases = clear_cases(8, HELD_OUT_SEED + 1, PHANTOM_SHAPES)
+    data = datasets.from_volumes(
+        cases, m.input_shape, None, m.intensity, class_names=phantoms.CLASS_NAMES
+    )
+
+    new = recalibrate_bundle(shipped, data)
+    loaded = load_bundle(save_bundle(new, tmp_path / "recalibrated"))
+
+    assert loaded.metadata.version == m.version + 1
+    assert loaded.metadata.applicability == m.applicability
+    np.testing.assert_array_equal(loaded.detector.means, shipped.detector.means)

@@ -263,7 +263,7 @@ def recalibrate_bundle(
         calibration=record,
         model_card=card,
     )
-    return Bundle(metadata, bundle.model)
+    return Bundle(metadata, bundle.model, detector=bundle.detector)  # same weights, same features
 
 
 def _bundle_data(
