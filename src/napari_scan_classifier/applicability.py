@@ -230,8 +230,8 @@ def _texture_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> l
     if r >= floor:
         return []
     return [
-        f"neighbouring voxels correlate at {r:.2f} (anatomy like the training scans' gives at "
-        f"least {floor:.2f}): the data look like noise rather than anatomy"
+        f"neighbouring voxels correlate at {r:.2f}, below the {floor:.2f} that anatomy gives: "
+        "the data look like noise rather than anatomy"
     ]
 
 
