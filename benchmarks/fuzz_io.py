@@ -41,11 +41,13 @@ import numpy as np
 from pydicom import config as pydicom_config
 from pydicom import dcmwrite
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     RLELossless,
@@ -213,6 +215,83 @@ def _encapsulated(fragment: bytes) -> bytes:
     return item + b"\0" * 4 + item + struct.pack("<I", len(fragment)) + fragment + end
 
 
+def _enhanced_dataset(rng: random.Random, uids: SeriesUIDs, time: int) -> Dataset:
+    """An Enhanced CT file of 4 frames, geometry and rescale in its functional groups."""
+    values = np.random.default_rng(rng.randrange(2**32))
+    frames = values.integers(-100, 1000, size=(4, 12, 10), dtype=np.int16)
+    ds = slice_dataset(
+        frames[0],
+        position=(0, 0, 0),
+        orientation=(1, 0, 0, 0, 1, 0),
+        pixel_spacing=(0.8, 0.6),
+        uids=uids,
+        instance_number=time,
+    )
+    ds.set_pixel_data(frames, "MONOCHROME2", 16)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        delattr(ds, keyword)
+    measures, orientation, shared = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.8, 0.6], 2.5
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    items = []
+    for k in range(4):
+        plane, content, rescale, item = Dataset(), Dataset(), Dataset(), Dataset()
+        plane.ImagePositionPatient = [-40.0, -30.0, 12.5 + 2.5 * k]
+        content.TemporalPositionIndex = time
+        rescale.RescaleSlope, rescale.RescaleIntercept = 1, -1024
+        item.PlanePositionSequence, item.FrameContentSequence = [plane], [content]
+        item.PixelValueTransformationSequence = [rescale]
+        items.append(item)
+    ds.PerFrameFunctionalGroupsSequence = items
+    return ds
+
+
+ENHANCED_VALUES: list[tuple[str, str, str, list]] = [
+    ("frame", "ImagePositionPatient", "DS", ["nan\\0\\0", "1e300\\0\\0", "", "0\\0"]),
+    (
+        "shared-orientation",
+        "ImageOrientationPatient",
+        "DS",
+        ["1\\0\\0\\1\\0\\0", "nan\\0\\0\\0\\1\\0"],
+    ),
+    ("shared-measures", "PixelSpacing", "DS", ["0\\0", "-1\\-1", "inf\\1"]),
+    ("frame-rescale", "RescaleSlope", "DS", ["0", "nan", "1e308"]),
+    ("frame-content", "TemporalPositionIndex", "UL", [0, 3, 4294967295]),
+    ("top", "NumberOfFrames", "IS", ["3", "5", "100000", "0"]),
+]
+
+
+def dicom_enhanced(rng: random.Random, folder: Path) -> str:
+    uids = SeriesUIDs()
+    datasets = [_enhanced_dataset(rng, uids, t) for t in (1, 2)]
+    where, keyword, vr, values = rng.choice(ENHANCED_VALUES)
+    value = rng.choice(values)
+    ds = rng.choice(datasets)
+    frame = rng.randrange(4)
+    target = {
+        "frame": lambda: ds.PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0],
+        "shared-orientation": lambda: ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[
+            0
+        ],
+        "shared-measures": lambda: ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0],
+        "frame-rescale": lambda: ds.PerFrameFunctionalGroupsSequence[
+            frame
+        ].PixelValueTransformationSequence[0],
+        "frame-content": lambda: ds.PerFrameFunctionalGroupsSequence[frame].FrameContentSequence[0],
+        "top": lambda: ds,
+    }[where]()
+    if isinstance(value, int):  # a valid binary value, but one that breaks the order
+        setattr(target, keyword, value)
+    else:
+        _set_raw(target, keyword, vr, value, True)
+    for k, dataset in enumerate(datasets):
+        dcmwrite(folder / f"{k}.dcm", dataset, enforce_file_format=True)
+    return f"{where} {keyword}={value!r}"
+
+
 def _damage_bytes(rng: random.Random, data: bytes, start: int) -> tuple[bytes, str]:
     data = bytearray(data)
     how = rng.choice(["flip", "truncate", "insert"])
@@ -271,6 +350,7 @@ CATEGORIES: dict[str, Callable[[random.Random, Path], str]] = {
     "dicom-header": dicom_header,
     "dicom-pixels": dicom_pixels,
     "dicom-bytes": dicom_bytes,
+    "dicom-enhanced": dicom_enhanced,
     "nifti-header": nifti_header,
     "nifti-bytes": nifti_bytes,
 }

@@ -21,6 +21,7 @@ from napari_scan_classifier.errors import CancelledError
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io.nifti import save_nifti
 from napari_scan_classifier.models import Bundle, build_cnn3d
+from napari_scan_classifier.phantoms import make_ct_phantom, make_mr_phantom
 from napari_scan_classifier.volume import Volume
 
 SHAPES = [(20, 40, 36), (40, 30, 30), (32, 32, 32), (24, 28, 28), (30, 36, 30)]
@@ -147,3 +148,18 @@ def test_bad_settings_are_refused(fixed_bundle):
         rank_by_uncertainty(scans(1), fixed_bundle, measure="variance")
     with pytest.raises(ValueError, match="passes"):
         rank_by_uncertainty(scans(1), fixed_bundle, passes=0)
+
+
+def test_out_of_distribution_scans_are_ranked_apart_after_the_others(fixed_bundle):
+    """Anatomy-like CT phantoms pass the input checks; an MR given to this CT model does not,
+    and goes last whatever its uncertainty."""
+    cts = [make_ct_phantom(seed, (20, 32, 32), (6.0, 5.0, 5.0)).volume for seed in range(3)]
+    mr = make_mr_phantom(1, (20, 32, 32), (6.0, 5.0, 5.0)).volume
+
+    ranking = rank_by_uncertainty([mr, *cts], fixed_bundle, passes=1)
+
+    assert [r.item for r in ranking][-1] == 0 and [r.rank for r in ranking] == [1, 2, 3, 4]
+    assert [r.in_distribution for r in ranking] == [True, True, True, False]
+    scores = [r.score for r in ranking[:3]]
+    assert scores == sorted(scores, reverse=True)
+    assert "the scan is MR but the model was trained on CT scans" in ranking[-1].ood_reasons

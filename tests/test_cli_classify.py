@@ -23,6 +23,7 @@ from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
 from napari_scan_classifier.saliency import integrated_gradients, measure_faithfulness
 from napari_scan_classifier.samples import sample_ct_path
+from napari_scan_classifier.volume import Volume
 
 PATIENT = "DOE^JANE"
 SERIES = {"Abdomen 5mm": 3, "Abdomen soft": 4}  # description -> series number
@@ -136,14 +137,14 @@ def test_csv_has_a_row_per_series_and_per_skipped_file(
 def test_unusable_series_fails_alone(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, dicom_dir: Path, bundle_dir: Path
 ) -> None:
-    """A scan the model cannot take (here a NIfTI with NaN voxels) gets its reason; the other
+    """A scan the model cannot take (here a NIfTI of one slice) gets its reason; the other
     inputs of the run are still classified."""
     from napari_scan_classifier.io.nifti import save_nifti
 
     volume = make_ct_phantom(0, shape=(8, 16, 16)).volume
-    voxels = volume.voxels.astype(np.float32)
-    voxels[0, 0, 0] = np.nan
-    broken = save_nifti(volume.with_voxels(voxels), tmp_path / "broken.nii.gz")
+    broken = save_nifti(
+        Volume(volume.voxels[:1], volume.affine, modality="CT"), tmp_path / "broken.nii.gz"
+    )
     out = tmp_path / "results.json"
 
     code, _, stderr = _run(
@@ -153,7 +154,8 @@ def test_unusable_series_fails_alone(
     assert code == 0
     rows = json.loads(out.read_text())["series"]
     assert [row["status"] for row in rows] == ["failed", "classified", "classified"]
-    assert "NaN" in rows[0]["error"] and "NaN" in stderr
+    assert "is a single 2D image, not 3D" in rows[0]["error"]
+    assert "is a single 2D image, not 3D" in stderr
 
 
 def test_faithfulness_gives_a_pass_or_fail_equal_to_the_core(
@@ -271,7 +273,8 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
 
     assert code == 0, stderr
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
-    assert "Model: demo_ct_lesion v3 on " in stdout
+    assert "Model: demo_ct_lesion v4 on " in stdout
+    assert "OUT OF DISTRIBUTION" not in stdout
     assert "Saliency: Integrated gradients of 'lesion'" in stdout
     assert "Saliency check passed: removing the regions the map marks" in stdout
 
@@ -284,5 +287,7 @@ def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:
     report = json.loads(out.read_text())
     assert report["model"]["name"] == "demo_ct_lesion"
     (row,) = report["series"]
+    assert row["status"] == "classified" and row["ood"]["in_distribution"]
+    assert row["ood"]["score"] < row["ood"]["threshold"] and row["ood"]["reasons"] == []
     assert row["predicted_class"] == "lesion"
     assert row["probabilities"]["lesion"] > 0.5

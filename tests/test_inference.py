@@ -279,7 +279,11 @@ def test_to_dict_is_plain_json_without_arrays_or_patient_fields(gru):
         "device",
         "timings",
         "modality_warning",
+        "ood",
     }
+    # A bundle without a feature detector still gets the input checks, and no score.
+    assert data["ood"]["score"] is None and data["ood"]["threshold"] is None
+    assert data["ood"]["in_distribution"] == (data["ood"]["reasons"] == [])
     assert len(data["per_slice"]["lesion"]) == 40 and data["per_slice"]["lesion"][0] is None
     assert set(data["uncertainty"]["std"]) == set(CLASSES)
     assert {"preprocess", "predict", "uncertainty", "total"} <= set(data["timings"])

@@ -272,6 +272,7 @@ def test_uih_grid_mosaics_match_dcm2niix_per_time_point():
     assert_timepoints_match_nifti(volume, MORE / "uih_dti_ap/Ref/dti_tra_dir16_AP_9_134431.nii.gz")
 
 
+@pytest.mark.slow
 def test_ge_pepolar_volumes_split_and_flipped_as_dcm2niix():
     forward, reverse = load_more("polar_fm/In")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from dicom_helpers import AXIAL, slice_pixels, stack_positions
+from dicom_helpers import AXIAL, enhanced_dataset, slice_pixels, stack_positions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmwrite
@@ -160,6 +160,38 @@ def test_damaged_dicom_pixel_data_keeps_the_contract(cut, noise, syntax):
         for where, byte in noise:
             data[start + int(where * (len(data) - start - 1))] = byte
         paths[1].write_bytes(bytes(data[: start + int(cut * (len(data) - start))]))
+        assert_contract(Path(tmp))
+
+
+ENHANCED_DAMAGE = [
+    ("PlanePositionSequence", "ImagePositionPatient", "DS", "nan\\0\\0"),
+    ("PlanePositionSequence", "ImagePositionPatient", "DS", "1e300\\0\\0"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient", "DS", "1\\0\\0\\1\\0\\0"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient", "DS", "nan\\0\\0\\0\\1\\0"),
+    ("PixelValueTransformationSequence", "RescaleSlope", "DS", "0"),
+    ("PixelValueTransformationSequence", "RescaleSlope", "DS", "nan"),
+    ("PixelValueTransformationSequence", "RescaleIntercept", "DS", "inf"),
+]
+
+
+@FUZZ
+@given(
+    damage=st.sampled_from(ENHANCED_DAMAGE),
+    frame=st.integers(0, 3),
+    frames_declared=st.sampled_from([None, 3, 5, 100_000]),
+)
+def test_damaged_enhanced_functional_groups_keep_the_contract(damage, frame, frames_declared):
+    sequence, keyword, vr, value = damage
+    positions = stack_positions(4, (0.0, 0.0, 2.5))
+    pixels = np.stack([slice_pixels(k) for k in range(4)])
+    ds = enhanced_dataset(pixels, positions, [AXIAL] * 4, [(1.0, -1024.0)] * 4)
+    item = ds.PerFrameFunctionalGroupsSequence[frame][sequence][0]
+    raw = value.encode() + b" " * (len(value) % 2)
+    item._dict[Tag(keyword)] = RawDataElement(Tag(keyword), vr, len(raw), raw, 0, False, True)
+    if frames_declared is not None:
+        ds.NumberOfFrames = frames_declared
+    with tempfile.TemporaryDirectory() as tmp:
+        dcmwrite(Path(tmp) / "enhanced.dcm", ds, enforce_file_format=True)
         assert_contract(Path(tmp))
 
 

@@ -22,9 +22,10 @@ from napari_scan_classifier.errors import (
     UnreadableScanError,
 )
 from napari_scan_classifier.io.dicom import list_series, load_dicom
-from napari_scan_classifier.io.dicom_write import SeriesUIDs, slice_dataset
-from napari_scan_classifier.io.nifti import load_nifti
+from napari_scan_classifier.io.dicom_write import SeriesUIDs, slice_dataset, write_series
+from napari_scan_classifier.io.nifti import load_nifti, save_nifti
 from napari_scan_classifier.limits import BUDGET_ENV
+from napari_scan_classifier.volume import Volume
 
 POSITIONS = stack_positions(4, (0.0, 0.0, 2.5))
 
@@ -336,3 +337,24 @@ def test_undecodable_series_is_named_by_series_and_instance_never_by_file(tmp_pa
         f"series 5 ({info.key}): instance 1: pixel data could not be decoded ("
     )
     assert path.name not in message and str(tmp_path) not in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.0])
+def test_writers_refuse_an_affine_that_cannot_place_voxels(tmp_path, bad):
+    affine = np.diag([2.5, 0.8, 0.6, 1.0])
+    affine[1, 1] = bad
+    volume = Volume(np.zeros((3, 4, 5), np.int16), affine, "CT")
+    problem = (
+        "its affine is not finite"
+        if np.isnan(bad)
+        else ("its affine is singular (voxel axes of zero length or parallel)")
+    )
+
+    with pytest.raises(GeometryError) as nifti:
+        save_nifti(volume, tmp_path / "out.nii.gz")
+    with pytest.raises(GeometryError) as dicom:
+        write_series(volume, tmp_path / "series")
+
+    assert str(nifti.value) == f"out.nii.gz: not written: {problem}"
+    assert str(dicom.value) == f"the series cannot be written: {problem}"
+    assert not any(tmp_path.iterdir())

@@ -17,6 +17,7 @@ from napari_scan_classifier.phantoms import (
     make_case,
     make_cases,
     make_ct_phantom,
+    make_head_ct_phantom,
     make_mr_phantom,
     sample_ct_phantom,
     sample_mr_phantom,
@@ -117,6 +118,21 @@ def test_mr_tissues_are_t1_like():
     assert median("background") < 60
     assert median("csf") < median("grey_matter") < median("white_matter") < median("scalp")
     assert median("skull") < median("grey_matter")
+
+
+def test_head_ct_has_hounsfield_units_of_a_head():
+    phantom = make_head_ct_phantom(2)
+    voxels = phantom.volume.voxels
+
+    def median(tissue: str) -> float:
+        return float(np.median(voxels[phantom.tissue_mask(tissue)]))
+
+    assert phantom.volume.modality == "CT" and phantom.volume.metadata["body_part"] == "HEAD"
+    assert phantom.label == 0 and not phantom.lesion_mask.any()
+    assert median("air") == pytest.approx(-1000, abs=15)
+    assert median("skull") > 700
+    assert median("csf") < median("white_matter") < median("grey_matter") < 50
+    assert np.allclose(np.diag(phantom.volume.affine)[:3], (2.5, 1.6, 1.6))  # axial, like CT
 
 
 # --------------------------------------------------------------------------------- lesions

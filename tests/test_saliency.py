@@ -321,7 +321,8 @@ def test_the_most_faithful_method_becomes_the_bundles_default(trained, tmp_path)
     chosen = Bundle(with_saliency_choice(trained.metadata, choice), trained.model)
     loaded = load_bundle(save_bundle(chosen, tmp_path / "chosen"))
     assert default_method(loaded) == (choice.method, choice.layer)
-    assert loaded.metadata.gradcam_layer == choice.gradcam_layer
+    assert loaded.metadata.gradcam_layer == trained.metadata.gradcam_layer
+    assert record["best_gradcam_layer"] == choice.gradcam_layer
     assert loaded.metadata.saliency == record
     assert saliency_map(volumes[0], loaded).method == (
         "grad_cam" if choice.method == "gradcam" else choice.method

@@ -10,6 +10,10 @@ Carlo dropout and orders them by one of three measures, higher meaning "label th
 - ``"margin"``: ``1 - (p1 - p2)`` with the two largest mean probabilities: closeness to the
   decision boundary.
 
+Scans the applicability check finds out of distribution (:mod:`.applicability`) are ranked
+apart, after every in-distribution scan: the model's uncertainty about a scan unlike its training
+data says little, and labelling it may teach the model something it should not be used for.
+
 Scans on disk are read one input at a time and classified in small batches, so a large folder is
 never held in memory at once; a ranked scan is read again with :func:`load_ranked`.
 """
@@ -62,6 +66,8 @@ class Ranked:
     uncertainty: dict[str, Any]
     path: Path | None = None
     series_key: str | None = None
+    in_distribution: bool = True
+    ood_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def rank_by_uncertainty(
     on_skip: Callable[[str], None] | None = None,
 ) -> list[Ranked]:
     """Rank ``scans`` (Volumes, scan files, DICOM folders, folders of NIfTI files) most
-    informative first; ties keep the input order.
+    informative first, out-of-distribution scans after all others; ties keep the input order.
 
     Inputs that cannot be read or classified are left out and reported to ``on_skip`` (one line
     each, naming the file); ``progress`` gets (inputs done, inputs, message); CancelledError
@@ -122,7 +128,8 @@ def rank_by_uncertainty(
                 found.append((scan, outcome))
     report.finish()
     scored = [(uncertainty_score(p.uncertainty, measure), scan, p) for scan, p in found]
-    scored.sort(key=lambda entry: -entry[0])  # stable: ties keep the input order
+    # stable: ties keep the input order
+    scored.sort(key=lambda entry: (not entry[2].in_distribution, -entry[0]))
     return [
         Ranked(
             rank=rank,
@@ -135,6 +142,8 @@ def rank_by_uncertainty(
             uncertainty=dict(prediction.uncertainty),
             path=scan.path,
             series_key=scan.series_key,
+            in_distribution=prediction.in_distribution,
+            ood_reasons=tuple(prediction.ood.reasons) if prediction.ood else (),
         )
         for rank, (score, scan, prediction) in enumerate(scored, start=1)
     ]

@@ -134,17 +134,26 @@ def _classify_cohort(args: argparse.Namespace) -> int:
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
     )
-    result = classify_cohort(
-        args.paths,
-        args.model,
-        args.out,
-        options=options,
-        workers=args.workers,
-        scheduler=args.scheduler,
-    )
+    try:
+        result = classify_cohort(
+            args.paths,
+            args.model,
+            args.out,
+            options=options,
+            workers=args.workers,
+            scheduler=args.scheduler,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to go on from here", file=sys.stderr)
+        return 130
     classified = result.total - result.failed
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
-    print(f"wrote {result.out} ({classified} of {result.total} series classified{resumed})")
+    outside = f", {result.out_of_distribution} out of distribution" * bool(
+        result.out_of_distribution
+    )
+    print(
+        f"wrote {result.out} ({classified} of {result.total} series classified{outside}{resumed})"
+    )
     if not classified:
         raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
     return 0
@@ -174,15 +183,22 @@ def _classify_here(args: argparse.Namespace) -> int:
     for skipped in report.skipped:
         print(f"skipped a file of input {skipped['input']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
-    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified)")
+    outside = f", {report.out_of_distribution} out of distribution" * bool(
+        report.out_of_distribution
+    )
+    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified{outside})")
     return 0
 
 
 def _print_row(row: dict[str, Any]) -> None:
     """One line per series on stdout as it is done; its problems on stderr."""
-    outcome = row["predicted_class"] if row["status"] == "classified" else "not classified"
+    outcome = row.get("predicted_class") or "not classified"
+    if row["status"] == "out_of_distribution":
+        outcome = f"out of distribution (the model would say {outcome})"
     print(f"{row['series']}: {outcome}", flush=True)
-    notes = [row["error"], row.get("modality_warning"), *row["geometry_warnings"]]
+    reasons = (row.get("ood") or {}).get("reasons", [])
+    modality = None if reasons else row.get("modality_warning")  # the reasons say it too
+    notes = [row["error"], modality, *reasons, *row["geometry_warnings"]]
     for note in filter(None, notes):
         print(f"warning: {row['series']}: {note}", file=sys.stderr)
 

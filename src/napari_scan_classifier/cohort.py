@@ -34,6 +34,7 @@ from napari_scan_classifier.models.bundle import MODEL_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.privacy import Redactor
 from napari_scan_classifier.results import (
+    ANSWERED,
     BatchReport,
     check_output,
     classify_series,
@@ -94,6 +95,7 @@ class CohortResult:
     added: int
     failed: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    out_of_distribution: int = 0  # rows answered for scans unlike the model's training data
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -401,7 +403,7 @@ class CohortProgress:
     def update(self, row: dict[str, Any]) -> None:
         self.done += 1
         self.added += 1
-        if row["status"] != "classified":
+        if row["status"] not in ANSWERED:
             self.failed += 1
         if not self.bar.disable:
             self.bar.set_postfix(failed=self.failed, refresh=False)
@@ -517,6 +519,7 @@ def classify_cohort(
     bundle = resolve_bundle(model)
     ref = bundle_ref(bundle)
     journal = Journal(journal_path(target))
+    journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
     _check_same_bundle(earlier, ref, journal.path)
     done = {row["series_key"] for row in earlier}
@@ -569,4 +572,6 @@ def _summarise(
     report = BatchReport(model, rows, skipped)
     write_report(report, out)
     failed = len(rows) - report.classified
-    return CohortResult(out, journal.path, len(rows), resumed, len(rows) - resumed, failed, skipped)
+    added = len(rows) - resumed
+    outside = report.out_of_distribution
+    return CohortResult(out, journal.path, len(rows), resumed, added, failed, skipped, outside)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from napari_scan_classifier import limits
+from napari_scan_classifier.applicability import summarise
 from napari_scan_classifier.errors import CancelledError, TrainingError
 from napari_scan_classifier.preprocess import model_grid, prepare, resample_to_grid
 from napari_scan_classifier.volume import Volume
@@ -103,12 +104,15 @@ class Split:
 @dataclass(frozen=True)
 class LabelledData:
     """Named splits sharing one list of class names; ``description`` says where they came from
-    without naming paths; ``modalities`` lists the cases' modalities where known."""
+    without naming paths; ``modalities`` lists the cases' modalities where known;
+    ``summaries`` holds every case's :func:`~.applicability.summarise` where the scans were
+    read (not for an npz), for the applicability check's ranges."""
 
     class_names: tuple[str, ...]
     splits: Mapping[str, Split]
     description: str
     modalities: tuple[str, ...] = ()
+    summaries: tuple[dict[str, Any], ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -202,12 +206,14 @@ def load_case_library(
     if not records:
         raise TrainingError(f"The case library '{root.name}' holds no readable cases")
     volumes: list[np.ndarray] = []
+    summaries: list[dict[str, Any]] = []
     axes: list[tuple[int, int]] = []
     for done, record in enumerate(records, start=1):
         if cancel is not None and cancel():
             raise CancelledError("Loading the training cases was cancelled")
         volume, _mask = library.load(record.case_id)
         volumes.append(_prepare(volume, shape, spacing_mm, intensity))
+        summaries.append(summarise(volume))
         axes.append(anatomical_axes(volume.affine))
         if progress is not None:
             progress(done, len(records))
@@ -215,7 +221,8 @@ def load_case_library(
     names = class_order(labels)
     split = Split(_stack(volumes, shape), _indices(labels, names), np.array(axes, dtype=int))
     modalities = tuple(sorted({record.modality for record in records}))
-    return LabelledData(names, {ALL: split}, f"case library ({len(records)} cases)", modalities)
+    description = f"case library ({len(records)} cases)"
+    return LabelledData(names, {ALL: split}, description, modalities, tuple(summaries))
 
 
 def from_volumes(
@@ -229,15 +236,18 @@ def from_volumes(
 ) -> LabelledData:
     """(volume, label) pairs (e.g. phantoms, generated lazily) prepared like library cases, as
     one split; only the prepared arrays are kept."""
-    prepared, axes, labels, modalities = [], [], [], set()
+    prepared, axes, labels, modalities, summaries = [], [], [], set(), []
     for volume, label in cases:
         prepared.append(_prepare(volume, shape, spacing_mm, intensity))
+        summaries.append(summarise(volume))
         axes.append(anatomical_axes(volume.affine))
         labels.append(label)
         modalities.add(volume.modality)
     names = tuple(class_names) if class_names is not None else class_order(labels)
     split = Split(_stack(prepared, shape), _indices(labels, names), np.array(axes, dtype=int))
-    return LabelledData(names, {ALL: split}, description, tuple(sorted(modalities)))
+    return LabelledData(
+        names, {ALL: split}, description, tuple(sorted(modalities)), tuple(summaries)
+    )
 
 
 def class_order(labels: Iterable[str]) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from scipy.special import entr
 
+from napari_scan_classifier.applicability import Applicability, assess
 from napari_scan_classifier.backend import device_name
 from napari_scan_classifier.errors import CancelledError, InvalidInputError
 from napari_scan_classifier.evaluation import softmax
@@ -64,7 +65,8 @@ class Prediction:
     slice-scoring model's per-slice logits (uncalibrated: the calibration is fitted to volume
     logits), mapped to the scan's own slices, NaN where the model grid does not reach;
     ``None`` for models that do not score slices. ``timings`` (s): ``preprocess`` is this scan's,
-    ``predict`` and ``uncertainty`` are for the whole batch it was classified in.
+    ``predict`` and ``uncertainty`` are for the whole batch it was classified in. ``ood`` says
+    whether the scan is within what the model was trained on (see :mod:`.applicability`).
     """
 
     probabilities: dict[str, float]
@@ -77,6 +79,11 @@ class Prediction:
     model_name: str
     model_version: int
     modality_warning: str | None = None
+    ood: Applicability | None = None
+
+    @property
+    def in_distribution(self) -> bool:
+        return self.ood is None or self.ood.in_distribution
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; per-slice scores as one list per class, ``None`` outside the grid."""
@@ -96,6 +103,7 @@ class Prediction:
             "device": self.device,
             "timings": dict(self.timings),
             "modality_warning": self.modality_warning,
+            "ood": None if self.ood is None else self.ood.to_dict(),
         }
 
 
@@ -143,16 +151,28 @@ def classify(
     runner = _runner(bundle.model)
     features, outputs = runner.forward(batch)
     predict_time = time.perf_counter() - t0
+    meta = bundle.metadata
+    t0 = time.perf_counter()
+    verdicts = assess(
+        scans, batch[..., 0], bundle.model, meta.applicability, bundle.detector, meta.modality
+    )
+    applicability_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     samples = _sample(runner, batch, features, outputs["volume"], method, passes, grids, report)
-    timings = {"predict": predict_time, "uncertainty": time.perf_counter() - t0}
+    timings = {
+        "predict": predict_time,
+        "applicability": applicability_time,
+        "uncertainty": time.perf_counter() - t0,
+    }
     timings["total"] = time.perf_counter() - start
 
     results = [
         _prediction(bundle, scan, b, outputs, samples, grids[b], method, timings, seconds)
         for b, (scan, seconds) in enumerate(zip(scans, preprocess_times, strict=True))
     ]
+    for result, verdict in zip(results, verdicts, strict=True):
+        result.ood = verdict
     for result in results:
         if result.modality_warning:
             warnings.warn(result.modality_warning, UserWarning, stacklevel=2)

@@ -62,6 +62,15 @@ MR_TISSUES: dict[str, tuple[float, float]] = {
     "grey_matter": (430.0, 25.0),
     "white_matter": (620.0, 30.0),
 }
+# The same head in Hounsfield units (a non-contrast head CT), tissue ids as in MR_TISSUES.
+HEAD_CT_TISSUES: dict[str, tuple[float, float]] = {
+    "air": (-1000.0, 0.0),
+    "scalp": (35.0, 6.0),
+    "skull": (1100.0, 120.0),
+    "csf": (8.0, 3.0),
+    "grey_matter": (38.0, 3.0),
+    "white_matter": (28.0, 3.0),
+}
 LESION = "lesion"  # the last tissue name of every phantom
 _CT_ID = {name: i for i, name in enumerate(CT_TISSUES)}
 _MR_ID = {name: i for i, name in enumerate(MR_TISSUES)}
@@ -696,6 +705,34 @@ def make_mr_phantom(
     }
     voxels = _render_mr(labels, lut, spacing, noise_rng, noise)
     return _phantom(voxels, labels, affine, MR_TISSUES, "MR", found, metadata)
+
+
+def make_head_ct_phantom(
+    seed: int = 0,
+    shape: tuple[int, int, int] = (64, 128, 128),
+    spacing: tuple[float, float, float] = (2.5, 1.6, 1.6),
+    *,
+    noise_hu: float | None = None,
+) -> Phantom:
+    """A non-contrast head CT in Hounsfield units (int16), stored like the body CT (axial,
+    head-first supine): the MR phantom's head (scalp, skull, CSF, folded grey and white matter,
+    ventricles) without lesions. Another body region for a body-CT model."""
+    anatomy, _lesion_rng, noise_rng = _streams(seed)
+    affine = _centred_affine(shape, spacing)
+    grid, head = _mr_pose(anatomy, affine, shape)
+    labels = np.zeros(shape, dtype=np.uint8)
+    _paint_head(labels, grid, head, anatomy)
+    lut = _tissue_lut(HEAD_CT_TISSUES, anatomy)
+    noise = noise_rng.uniform(4.0, 10.0) if noise_hu is None else noise_hu
+    metadata = {
+        "series_description": f"Synthetic head CT phantom (seed {seed})",
+        "body_part": "HEAD",
+        "units": "HU",
+        "window_center": 40.0,
+        "window_width": 80.0,
+    }
+    hu = _render_ct(labels, lut, spacing, noise_rng, noise)
+    return _phantom(hu, labels, affine, HEAD_CT_TISSUES, "CT", [], metadata)
 
 
 _CASE_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -49,6 +49,8 @@ DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, shared overhead
 OUTPUT_SUFFIXES = (".json", ".csv")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+ANSWERED = ("classified", OUT_OF_DISTRIBUTION)  # statuses of rows that carry probabilities
 
 
 @dataclass
@@ -189,7 +191,12 @@ class BatchReport:
 
     @property
     def classified(self) -> int:
-        return sum(row["status"] == "classified" for row in self.series)
+        """Series the model answered for, out-of-distribution ones included."""
+        return sum(row["status"] in ANSWERED for row in self.series)
+
+    @property
+    def out_of_distribution(self) -> int:
+        return sum(row["status"] == OUT_OF_DISTRIBUTION for row in self.series)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "series": self.series, "skipped_files": self.skipped}
@@ -268,6 +275,12 @@ def classify_paths(
     return report
 
 
+def status_of(prediction: Prediction) -> str:
+    """``"classified"``, or ``"out_of_distribution"`` when the scan is unlike the training data
+    (its probabilities are reported all the same)."""
+    return "classified" if prediction.in_distribution else OUT_OF_DISTRIBUTION
+
+
 def classify_series(
     index: int,
     number: int,
@@ -306,7 +319,7 @@ def result_row(
         row.update(status="failed", error=outcome)
         return row, None
     result = _explained(volume, bundle, outcome, saliency, faithfulness)
-    row.update(status="classified", **result.to_dict())
+    row.update(status=status_of(outcome), **result.to_dict())
     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
     return row, result
 
@@ -451,6 +464,9 @@ def to_csv(report: BatchReport) -> str:
         "saliency_faithfulness_passed",
         "saliency_deletion_auc",
         "saliency_insertion_auc",
+        "ood_score",
+        "ood_threshold",
+        "ood_reasons",
         "modality_warning",
         "geometry_warnings",
         "note",
@@ -477,11 +493,12 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat["note"] = row["error"] or ""
     flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
     flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
-    if row["status"] != "classified":
+    if row["status"] not in ANSWERED:
         return flat
     uncertainty = row["uncertainty"]
     saliency = row["saliency"] or {}
     faithfulness = saliency.get("faithfulness") or {}
+    ood = row.get("ood") or {}
     for name in classes:
         flat[f"p_{name}"] = _fmt(row["probabilities"][name])
         flat[f"sd_{name}"] = _fmt(uncertainty["std"][name])
@@ -498,6 +515,9 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         saliency_faithfulness_passed=_flag(faithfulness.get("passed")),
         saliency_deletion_auc=_fmt(faithfulness.get("auc_deletion")),
         saliency_insertion_auc=_fmt(faithfulness.get("auc_insertion")),
+        ood_score=_fmt(ood.get("score")),
+        ood_threshold=_fmt(ood.get("threshold")),
+        ood_reasons="; ".join(ood.get("reasons", ())),
         modality_warning=row["modality_warning"] or "",
     )
     return flat
@@ -536,7 +556,9 @@ def probability_lines(result: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> list[str]:
+def summary_lines(
+    result: Mapping[str, Any], *, probabilities: bool = True, banner: bool = True
+) -> list[str]:
     """What a person reads first: prediction, probabilities (unless a chart shows them), model,
     device, time, caveats."""
     model = result["model"]
@@ -549,6 +571,7 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
         else "no uncertainty passes"
     )
     lines = [
+        *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
         *(probability_lines(result) if probabilities else []),
         f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
@@ -558,6 +581,19 @@ def summary_lines(result: Mapping[str, Any], *, probabilities: bool = True) -> l
     if result.get("modality_warning"):
         lines.append(f"Warning: {result['modality_warning']}")
     return lines
+
+
+def ood_lines(result: Mapping[str, Any]) -> list[str]:
+    """The out-of-distribution banner: a headline and one line per reason (none when the scan
+    is within the training distribution)."""
+    ood = result.get("ood")
+    if not ood or ood["in_distribution"]:
+        return []
+    return [
+        "OUT OF DISTRIBUTION: this scan is unlike the scans the model was trained on; "
+        "do not rely on its answer",
+        *(f"  - {reason}" for reason in ood["reasons"]),
+    ]
 
 
 def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:

@@ -111,6 +111,7 @@ def test_classify_adds_an_aligned_saliency_layer_and_the_result(
     assert saliency.metadata[CLASSIFICATION_KEY] == result
 
     assert f"Predicted: {expected.predicted_class}" in widget.summary.value
+    assert widget.banner.native.isHidden() and widget.banner.value == ""
     verdict = "passed" if result["saliency"]["faithfulness"]["passed"] else "FAILED"
     assert f"Saliency check {verdict}: " in widget.summary.value
     assert "sphere-test v1" in widget.summary.value and result["device"] in widget.summary.value
@@ -245,6 +246,17 @@ def test_other_modality_warns_and_goes_on(
     assert "'MR'" in warning and "trained on CT" in warning
     assert sum(mr.metadata[CLASSIFICATION_KEY]["probabilities"].values()) == pytest.approx(1.0)
     assert "Warning:" in widget.summary.value
+    # Out of distribution: a banner gives the reasons in words, the bars are greyed.
+    ood = mr.metadata[CLASSIFICATION_KEY]["ood"]
+    assert not ood["in_distribution"]
+    assert "the scan is MR but the model was trained on CT scans" in ood["reasons"]
+    assert not widget.banner.native.isHidden()
+    assert widget.banner.value.startswith("OUT OF DISTRIBUTION: this scan is unlike the scans")
+    assert "  - the scan is MR but the model was trained on CT scans" in widget.banner.value
+    assert "OUT OF DISTRIBUTION" not in widget.summary.value
+    (axes, *_) = widget.chart.figure.axes
+    assert axes.get_title() == "p(class) ± SD: out of distribution, not reliable"
+    assert {bar.get_alpha() for bar in axes.patches} == {0.45}
 
 
 @pytest.mark.parametrize("how", ["cancel button", "napari quits the worker"])

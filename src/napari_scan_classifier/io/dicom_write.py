@@ -27,6 +27,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from napari_scan_classifier.errors import GeometryError
+from napari_scan_classifier.io.checks import affine_problem
 from napari_scan_classifier.volume import Volume, world_to_lps
 
 _SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
@@ -242,6 +244,9 @@ def write_series(
     """
     if volume.voxels.ndim != 3:
         raise ValueError("write_series writes 3D (z, y, x) volumes")
+    problem = affine_problem(volume.affine)
+    if problem:
+        raise GeometryError(f"the series cannot be written: {problem}")
     geometry = stack_geometry(volume.affine)
     uids = SeriesUIDs(**{k: v for k, v in (("study", study_uid), ("series", series_uid)) if v})
     if series_uid:

@@ -145,6 +145,9 @@ def save_nifti(volume: Volume, path: str | Path) -> Path:
     path = Path(path)
     if not str(path).lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"{path.name}: a NIfTI file name must end in .nii or .nii.gz")
+    problem = affine_problem(volume.affine)
+    if problem:  # nibabel would fail with "Could not decompose affine", or write nonsense
+        raise GeometryError(f"{path.name}: not written: {problem}")
     voxels = volume.voxels
     data = voxels.transpose(2, 1, 0) if voxels.ndim == 3 else voxels.transpose(3, 2, 1, 0)
     image = nib.Nifti1Image(_nifti_storable(np.asarray(data)), volume.nifti_affine())

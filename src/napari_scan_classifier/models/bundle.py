@@ -4,7 +4,10 @@ A bundle is a folder (or the same two files in one ``.zip``)::
 
     model.keras   the network (Keras 3 format), outputs a dict of logits, see architectures.py
     bundle.json   BundleMetadata: classes, modality, input grid, intensity recipe, calibration,
-                  metrics, lineage, and the SHA-256 of every other file of the bundle
+                  applicability ranges, metrics, lineage, and the SHA-256 of every other
+                  file of the bundle
+    applicability.npz   the feature detector of :mod:`~napari_scan_classifier.applicability`,
+                  present when ``bundle.json``'s ``applicability`` names one
     *.png, ...    optional extra files (training plots), published with the model
 
 Bundles are immutable: saving never overwrites (a new model is a new version, made with
@@ -45,6 +48,7 @@ import numpy as np
 from scipy.special import softmax
 
 from napari_scan_classifier import limits, outputs
+from napari_scan_classifier.applicability import FeatureDetector
 from napari_scan_classifier.errors import InvalidBundleError, ResourceLimitError
 from napari_scan_classifier.models.architectures import GRADCAM_LAYER
 from napari_scan_classifier.preprocess import validate_intensity
@@ -53,6 +57,7 @@ from napari_scan_classifier.privacy import strip_paths
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 METADATA_FILE = "bundle.json"
+DETECTOR_FILE = "applicability.npz"
 MODALITIES = ("CT", "MR")
 TASKS = ("volume", "region")
 TRUSTED_MODULES = ("keras", "napari_scan_classifier")
@@ -91,6 +96,9 @@ class BundleMetadata:
     # Default saliency map: {"method", "layer", ...figures} measured on validation cases
     saliency: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data summary and metrics
+    # input-check ranges ("checks") and the feature detector's threshold ("detector"), see
+    # applicability.py
+    applicability: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=_now)  # ISO 8601
     description: str = ""  # one line, shown in the model picker
     model_card: str = ""  # intended use, data, limits (Markdown)
@@ -122,6 +130,7 @@ class BundleMetadata:
         self.classes = list(self.classes)
         self.intensity = copy.deepcopy(dict(self.intensity))
         self.training = copy.deepcopy(self.training)
+        self.applicability = copy.deepcopy(dict(self.applicability))
         self.saliency = copy.deepcopy(self.saliency)
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
         if self.target_spacing_mm is not None:
@@ -166,11 +175,13 @@ class BundleMetadata:
 
 @dataclass
 class Bundle:
-    """A loaded (or about to be saved) model with its metadata; ``path`` is where it came from."""
+    """A loaded (or about to be saved) model with its metadata; ``path`` is where it came from;
+    ``detector`` is saved as DETECTOR_FILE when ``metadata.applicability`` describes it."""
 
     metadata: BundleMetadata
     model: keras.Model
     path: Path | None = None
+    detector: FeatureDetector | None = None
 
 
 def calibrated(
@@ -227,6 +238,28 @@ def check_model(metadata: BundleMetadata, model: keras.Model) -> None:
         ) from None
 
 
+def check_detector(metadata: BundleMetadata, detector: FeatureDetector | None) -> None:
+    """Raise InvalidBundleError unless the detector and ``applicability.detector`` agree."""
+    info = metadata.applicability.get("detector")
+    if not info:
+        if detector is not None:
+            raise InvalidBundleError(
+                f"the bundle has a feature detector but {METADATA_FILE} does not describe it"
+            )
+        return
+    if detector is None:
+        raise InvalidBundleError(
+            f"{METADATA_FILE} names an applicability detector but the bundle has no {DETECTOR_FILE}"
+        )
+    n_classes, n_features = detector.means.shape
+    if n_features != info.get("features") or n_classes > len(metadata.classes):
+        raise InvalidBundleError(
+            f"{DETECTOR_FILE} holds {n_classes} class means of {n_features} features; "
+            f"{METADATA_FILE} says {info.get('features')} features and "
+            f"{len(metadata.classes)} classes"
+        )
+
+
 def save_bundle(
     bundle: Bundle,
     path: str | os.PathLike[str],
@@ -241,6 +274,7 @@ def save_bundle(
     if target.suffix.lower() == ".zip":
         return save_bundle_zip(bundle, target, extra_files)
     check_model(bundle.metadata, bundle.model)
+    check_detector(bundle.metadata, bundle.detector)
     _check_extra_names(extra_files or {})
     _refuse_existing(target)
     staging = _staging_beside(target)
@@ -265,6 +299,7 @@ def save_bundle_zip(
     target = Path(path)
     extras = dict(extra_files or {})
     check_model(bundle.metadata, bundle.model)
+    check_detector(bundle.metadata, bundle.detector)
     _check_extra_names(extras)
     _refuse_existing(target)
     staging = _staging_beside(target)
@@ -276,6 +311,8 @@ def save_bundle_zip(
             zf.write(staging / METADATA_FILE, METADATA_FILE, zipfile.ZIP_DEFLATED)
             for name in extras:
                 zf.write(staging / name, name, zipfile.ZIP_STORED)
+            if bundle.detector is not None:
+                zf.write(staging / DETECTOR_FILE, DETECTOR_FILE, zipfile.ZIP_STORED)
         _fsync(archive)
         _publish_file(archive, target)
     finally:
@@ -291,8 +328,9 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
             metadata = _read_metadata(_read_member(source, METADATA_FILE))
             verify_files(metadata, lambda name: _file_digest(source / name))
             model = _load_model(source / MODEL_FILE)
+            detector = _detector(metadata, lambda: (source / DETECTOR_FILE).read_bytes())
         elif source.is_file() and zipfile.is_zipfile(source):
-            metadata, model = _load_zip(source)
+            metadata, model, detector = _load_zip(source)
         elif source.is_file() and source.suffix.lower() == ".zip":
             raise InvalidBundleError("it is not a readable zip file")
         elif source.exists():
@@ -300,12 +338,27 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         else:
             raise InvalidBundleError("it does not exist")
         check_model(metadata, model)
+        check_detector(metadata, detector)
     except (InvalidBundleError, ResourceLimitError) as error:
         raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
-    return Bundle(metadata, model, source)
+    return Bundle(metadata, model, source, detector)
 
 
-def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
+def _detector(metadata: BundleMetadata, read: Callable[[], bytes]) -> FeatureDetector | None:
+    """The detector ``metadata`` names, from the bytes ``read()`` gives; None if it names none."""
+    if not metadata.applicability.get("detector"):
+        return None
+    try:
+        return FeatureDetector.from_bytes(read())
+    except (OSError, KeyError):
+        raise InvalidBundleError(
+            f"{METADATA_FILE} names an applicability detector but the bundle has no {DETECTOR_FILE}"
+        ) from None
+    except ValueError as error:
+        raise InvalidBundleError(f"{DETECTOR_FILE} is damaged: {error}") from None
+
+
+def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model, FeatureDetector | None]:
     """Read bundle.json, then stream model.keras to a temporary file with a running total (a
     small zip may declare gigabytes; see limits.py)."""
     with limits.open_zip(source, "the zip", InvalidBundleError) as zf:
@@ -331,7 +384,16 @@ def _load_zip(source: Path) -> tuple[BundleMetadata, keras.Model]:
                     else _zip_digest(zf, posixpath.join(folder, name), name)
                 ),
             )
-            return metadata, _load_model(model_path)
+            detector = _detector(
+                metadata,
+                lambda: limits.read_member(
+                    zf,
+                    zf.getinfo(posixpath.join(folder, DETECTOR_FILE)),
+                    DETECTOR_FILE,
+                    InvalidBundleError,
+                ),
+            )
+            return metadata, _load_model(model_path), detector
 
 
 def _model_limit() -> int:
@@ -469,11 +531,14 @@ def _code_in(config: Any) -> str | None:
 def _write_parts(bundle: Bundle, folder: Path, extra_files: Mapping[str, bytes]) -> None:
     """The model, the extra files, then bundle.json with their SHA-256."""
     bundle.model.save(folder / MODEL_FILE)
-    for name, content in extra_files.items():
+    parts = dict(extra_files)
+    if bundle.detector is not None:
+        parts[DETECTOR_FILE] = bundle.detector.to_bytes()
+    for name, content in parts.items():
         (folder / name).write_bytes(content)
-    files = {name: _file_digest(folder / name) for name in (MODEL_FILE, *extra_files)}
+    files = {name: _file_digest(folder / name) for name in (MODEL_FILE, *parts)}
     write_metadata(replace(bundle.metadata, files=files), folder / METADATA_FILE)
-    for name in (MODEL_FILE, METADATA_FILE, *extra_files):
+    for name in (MODEL_FILE, METADATA_FILE, *parts):
         _fsync(folder / name)
 
 
@@ -488,7 +553,7 @@ def _check_extra_names(extra_files: Mapping[str, bytes]) -> None:
     for name in extra_files:
         if (
             not isinstance(name, str)
-            or name in (MODEL_FILE, METADATA_FILE, "", ".", "..")
+            or name in (MODEL_FILE, METADATA_FILE, DETECTOR_FILE, "", ".", "..")
             or name != posixpath.basename(name)
             or "\\" in name
         ):
@@ -564,6 +629,7 @@ def _check_metadata(m: BundleMetadata) -> None:
     )
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
+    _check_applicability(m.applicability)
     _expect(
         isinstance(m.saliency, dict) and _is_text(m.saliency.get("method", "-")),
         "saliency must be a JSON object naming its method",
@@ -660,3 +726,19 @@ def _is_iso_time(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _check_applicability(applicability: Any) -> None:
+    _expect(isinstance(applicability, dict), "applicability must be a JSON object")
+    detector = applicability.get("detector")
+    _expect(
+        detector is None
+        or (
+            isinstance(detector, dict)
+            and _is_number(detector.get("threshold"))
+            and _is_int(detector.get("features"))
+            and _is_number(detector.get("false_abstention_rate"))
+        ),
+        "applicability.detector must give a threshold, the number of features and the "
+        "false-abstention rate",
+    )

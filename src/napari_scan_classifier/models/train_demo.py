@@ -17,6 +17,13 @@ It is then measured on held-out phantoms with clear lesions, on held-out
 and on the sample CT phantom, and all of it goes into the model card. Stages 1 and 2 are kept in
 ``DIR/stages``, and a rerun into the same ``DIR`` resumes after the last one kept.
 
+**Finalise** (``--finalise``, also the last step of a full run): the applicability check of
+:mod:`~napari_scan_classifier.applicability` is fitted on training-like phantoms (the polish
+stage's) and the validation phantoms: input-check ranges (field of view, spacing, HU percentiles,
+texture, body region) and the feature detector with its threshold for a 5 % false-abstention
+rate. Run on an existing bundle (default: the shipped one), it writes the next version with the
+same weights: ``python -m napari_scan_classifier.models.train_demo --finalise --out DIR``.
+
 Why this way (48^3 grid, 2 CPU cores): started cold on ``make_cases``' subtle lesions, or on the
 clear range, the network stayed at chance (training loss at log 2) for 12-15 epochs, with global
 average or global max pooling alike; started on conspicuous lesions it took off after 6-8 epochs.
@@ -35,8 +42,9 @@ TensorFlow's CPU kernels).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,9 +53,16 @@ import keras
 import numpy as np
 
 from napari_scan_classifier import datasets, phantoms
+from napari_scan_classifier.applicability import (
+    DEFAULT_FALSE_ABSTENTION,
+    FOV_FACTOR,
+    fit_applicability,
+    summarise,
+)
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.evaluation import EvaluationReport
-from napari_scan_classifier.models.bundle import Bundle, load_bundle
+from napari_scan_classifier.models.bundle import Bundle, derive, load_bundle, save_bundle
+from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import grad_cam
 from napari_scan_classifier.training import (
@@ -61,6 +76,8 @@ from napari_scan_classifier.volume import Volume
 
 DEMO_NAME = "demo_ct_lesion"
 STAGES_FOLDER = "stages"
+POLISH_STAGE = 2  # index of the last stage: its phantoms stand for the training data
+DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 # Phantom fields of view: the make_cases default and the sample scan's.
 PHANTOM_SHAPES = ((64, 96, 96), (72, 128, 128))
 SPACING = (2.5, 1.5, 1.5)
@@ -236,6 +253,9 @@ def build_demo(
     saliency = sample_saliency_contrast(result.bundle)
     minutes = (time.perf_counter() - started) / 60
     _describe(result, held_out, (sample, *saliency), shapes, minutes)
+    add_applicability(
+        result.bundle, seed=seed, val_cases=val_cases, shapes=shapes, training_cases=cases
+    )
     path = result.save(target)
     if verbose:
         print(
@@ -243,6 +263,108 @@ def build_demo(
             f"{held_out['make_cases'].auc:.3f} (make_cases); sample CT P(lesion) {sample:.3f}, "
             f"Grad-CAM {saliency[0]:.2f} in its lesions, {saliency[1]:.2f} outside; "
             f"{minutes:.1f} min -> {path}"
+        )
+    return path
+
+
+def add_applicability(
+    bundle: Bundle,
+    *,
+    seed: int = 2024,
+    val_cases: int = 96,
+    shapes: Sequence[tuple[int, int, int]] = PHANTOM_SHAPES,
+    training_cases: int = 480,
+    detector_cases: int = DETECTOR_CASES,
+    rate: float = DEFAULT_FALSE_ABSTENTION,
+) -> None:
+    """Fit the applicability check (input ranges and feature detector) into ``bundle``: on the
+    first ``detector_cases`` phantoms of the polish stage and on the validation phantoms, the
+    same seeds :func:`build_demo` trained and validated with."""
+    m = bundle.metadata
+    train_all = paired_cases(training_cases, seed + 40_000 * POLISH_STAGE, shapes, CLEAR_LESIONS)
+    train_x, train_y, train_summaries = _with_summaries(
+        (case for _, case in zip(range(detector_cases), train_all, strict=False)), m.input_shape
+    )
+    val_x, _val_y, val_summaries = _with_summaries(
+        clear_cases(val_cases, seed + 10_000, shapes), m.input_shape
+    )
+    detector, applicability = fit_applicability(
+        bundle.model,
+        (train_x, train_y),
+        val_x,
+        [*train_summaries, *val_summaries],
+        m.modality,
+        rate=rate,
+    )
+    bundle.detector = detector
+    bundle.metadata = replace(
+        m,
+        applicability=applicability,
+        model_card=_with_applicability_card(m.model_card, applicability),
+    )
+
+
+def _with_summaries(
+    cases: Iterable[tuple[Volume, str]], input_shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Model-grid arrays, class indices and input-check summaries of ``cases``."""
+    arrays, labels, summaries = [], [], []
+    for volume, label in cases:
+        arrays.append(prepare(volume, input_shape, None, INTENSITY)[0])
+        labels.append(phantoms.CLASS_NAMES.index(label))
+        summaries.append(summarise(volume))
+    return np.stack(arrays).astype(np.float32), np.array(labels), summaries
+
+
+def _with_applicability_card(card: str, applicability: dict[str, Any]) -> str:
+    """The model card with its applicability section (replacing an earlier one)."""
+    checks, info = applicability["checks"], applicability["detector"]
+    heading = "\n## Applicability check\n"
+    fov = checks["fov_mm"]
+    regions = " and ".join(p.lower() for p in checks.get("body_parts", ["any"]))
+    text = (
+        "Every scan is checked before its answer is trusted; one that fails is reported as "
+        "out of distribution, with the reason. Input checks: CT modality; Hounsfield values, "
+        f"with air in the field of view; anatomy-like texture; {regions} scans; a field of "
+        f"view within x{FOV_FACTOR:g} of the {_size(fov['min'])} to {_size(fov['max'])} mm "
+        "seen in training; the body not cut off at the image edge. Feature check: Mahalanobis "
+        "distance of the penultimate-layer features to the nearest class mean (fitted on "
+        f"{info['n_train']} training phantoms), threshold {info['threshold']:.2f} set on "
+        f"{info['n_validation']} validation phantoms for a "
+        f"{info['false_abstention_rate']:.0%} false-abstention rate."
+    )
+    section = heading + "\n" + textwrap.fill(text, 100) + "\n"
+    return card.split(heading)[0].rstrip("\n") + "\n" + section
+
+
+def _size(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:g}" for v in values)
+
+
+def finalise(
+    out: str | Path,
+    source: str | Path | None = None,
+    *,
+    seed: int = 2024,
+    verbose: bool = True,
+) -> Path:
+    """Write ``source`` (default: the shipped demo bundle) as its next version with the
+    applicability check fitted (see the module doc) into ``out/demo_ct_lesion-v<version>``;
+    the plots travel with it."""
+    folder = Path(source) if source is not None else bundled_model_path()
+    base = load_bundle(folder)
+    bundle = Bundle(derive(base.metadata), base.model)
+    add_applicability(bundle, seed=seed)
+    plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+    path = save_bundle(
+        bundle, Path(out) / f"{DEMO_NAME}-v{bundle.metadata.version}", extra_files=plots
+    )
+    if verbose:
+        info = bundle.metadata.applicability["detector"]
+        print(
+            f"applicability: threshold {info['threshold']:.3f} on {info['n_validation']} "
+            f"validation phantoms ({info['validation_false_abstention']:.1%} turned away) "
+            f"-> {path}"
         )
     return path
 
@@ -378,6 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line of :func:`build_demo`; the defaults make the shipped model."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write demo_ct_lesion into")
+    parser.add_argument(
+        "--finalise",
+        action="store_true",
+        help="do not train: write the next version of --from with the applicability check fitted",
+    )
+    parser.add_argument(
+        "--from", dest="source", help="bundle folder to finalise (default: the shipped one)"
+    )
     parser.add_argument("--cases", type=int, default=480, help="training phantoms per stage")
     parser.add_argument("--val-cases", type=int, default=96, help="validation phantoms")
     parser.add_argument("--test-cases", type=int, default=100, help="held-out test phantoms")
@@ -396,6 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args(argv)
+    if args.finalise:
+        finalise(args.out, args.source, seed=args.seed)
+        return 0
     build_demo(
         args.out,
         cases=args.cases,

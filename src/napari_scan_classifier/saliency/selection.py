@@ -119,6 +119,7 @@ class SaliencyChoice:
             "layer": self.layer,
             "chosen_by": f"mean of insertion AUC - deletion AUC (pass: >= {FAITHFUL_MARGIN:g})",
             "target_class": self.target_class,
+            "best_gradcam_layer": self.gradcam_layer,
             "cases": len(self.scores[0].gaps) if self.scores else 0,
             "candidates": [score.to_dict() for score in self.scores],
         }
@@ -166,6 +167,6 @@ def choose_saliency(
 
 
 def with_saliency_choice(metadata: BundleMetadata, choice: SaliencyChoice) -> BundleMetadata:
-    """``metadata`` recording ``choice`` as the default map, and its best Grad-CAM layer."""
-    layer = choice.gradcam_layer or metadata.gradcam_layer
-    return replace(metadata, saliency=choice.to_dict(), gradcam_layer=layer)
+    """``metadata`` recording ``choice`` as the default map (``gradcam_layer``, what Grad-CAM
+    uses when asked for by name, stays as it is; the record names the best one)."""
+    return replace(metadata, saliency=choice.to_dict())

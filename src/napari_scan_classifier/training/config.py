@@ -59,6 +59,8 @@ class TrainingConfig:
     # two classes: call the second one at the threshold that keeps this validation sensitivity
     # (None: the most probable class after calibration)
     target_sensitivity: float | None = None
+    # share of in-distribution validation scans the applicability check may turn away
+    false_abstention_rate: float = 0.05
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]
@@ -86,6 +88,10 @@ class TrainingConfig:
         _require(
             self.target_sensitivity is None or 0 < self.target_sensitivity < 1,
             "target_sensitivity must lie between 0 and 1",
+        )
+        _require(
+            0 < self.false_abstention_rate < 0.5,
+            "false_abstention_rate must lie between 0 and 0.5",
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from napari_scan_classifier import datasets
+from napari_scan_classifier.applicability import fit_applicability
 from napari_scan_classifier.datasets import LabelledData, Split
 from napari_scan_classifier.errors import (
     CancelledError,
@@ -159,8 +160,18 @@ def train(
     metadata = new_metadata(
         recipe, base, classes, calibration, rule, info, config, data.description
     )
+    detector, applicability = fit_applicability(
+        model,
+        (train_cases.x, train_cases.y),
+        val_cases.x,
+        data.summaries,
+        recipe.modality,
+        base.metadata.applicability if base is not None else None,
+        config.false_abstention_rate,
+    )
+    metadata = replace(metadata, applicability=applicability)
     result = TrainingResult(
-        Bundle(metadata, model),
+        Bundle(metadata, model, detector=detector),
         fitted.history,
         report,
         uncalibrated,
@@ -252,7 +263,7 @@ def recalibrate_bundle(
         calibration=record,
         model_card=card,
     )
-    return Bundle(metadata, bundle.model)
+    return Bundle(metadata, bundle.model, detector=bundle.detector)  # same weights, same features
 
 
 def _bundle_data(

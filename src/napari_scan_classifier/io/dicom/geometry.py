@@ -13,11 +13,7 @@ from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _Frame, _Plan,
 # Positions closer than this (mm) are the same slice; a stack is regular when every slice lies
 # within max(_GRID_ABS_TOL, _GRID_REL_TOL * step) of a regular grid.
 _DUPLICATE_TOL = 0.01
-
-
 _GRID_ABS_TOL = 0.005
-
-
 _GRID_REL_TOL = 0.02
 
 

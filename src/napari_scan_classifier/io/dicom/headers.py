@@ -33,25 +33,7 @@ _NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "REG", "RWV"}
 _FRAME_TIME_POINTERS = {0x00181063, 0x00181065}  # Frame Time, Frame Time Vector
 _SPLIT_SERIES_OFFSET = 1000  # dcm2niix's series number for volumes split off a series
 _TEXT_VRS = frozenset(
-    [
-        "AE",
-        "AS",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "IS",
-        "LO",
-        "LT",
-        "PN",
-        "SH",
-        "ST",
-        "TM",
-        "UC",
-        "UI",
-        "UR",
-        "UT",
-    ]
+    "AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split()  # noqa: SIM905
 )
 # struct codes of the binary value representations (a raw value of these VRs is not text)
 _BINARY_VRS = {

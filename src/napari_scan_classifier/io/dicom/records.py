@@ -9,17 +9,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-)
+from pydicom.uid import UID, ExplicitVRBigEndian
 
 Progress = Callable[[int, int, str], None]
-
-
 Cancel = Callable[[], bool]
-
-
 _DEFAULT_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 

@@ -38,6 +38,7 @@ from napari.layers import Image, Labels, Layer
 from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFileDialog, QListWidget, QListWidgetItem, QSizePolicy, QWidget
 from superqt.utils import FunctionWorker
 
@@ -83,6 +84,7 @@ CASE_KEY = "scan_classifier_case"  # image layer metadata: the library case it s
 OPEN_LAYERS = "layers"
 FOLDER = "folder"
 LIST_HEIGHT = 150  # px
+OOD_ITEM_COLOR = "#8a8f93"
 DATA_ROLE = Qt.ItemDataRole.UserRole  # where a list item keeps its case id or ranking index
 # What a case keeps of a classification: enough to compare label and model later, compact.
 PREDICTION_KEYS = ("model", "predicted_class", "probabilities")
@@ -565,6 +567,9 @@ class AnnotateWidget(Container):
             name = layer.name if layer is not None else ranked.name
             item = QListWidgetItem(_ranked_text(ranked, name))
             item.setData(DATA_ROLE, index)
+            if not ranked.in_distribution:  # set apart: greyed, the reasons on hover
+                item.setForeground(QColor(OOD_ITEM_COLOR))
+                item.setToolTip("\n".join(ranked.ood_reasons))
             self.ranking.addItem(item)
         self.class_label.reset_choices()
         if skipped:
@@ -861,10 +866,11 @@ def _case_text(record: CaseRecord) -> str:
 def _ranked_text(ranked: Ranked, name: str) -> str:
     """``"1. name · entropy 0.302 · predicted lesion (p = 0.61)"``: every number named."""
     measure = ranked.measure.replace("_", " ")
-    return (
+    text = (
         f"{ranked.rank}. {name} · {measure} {ranked.score:.3f} · predicted "
         f"{ranked.predicted_class} (p = {ranked.probabilities[ranked.predicted_class]:.2f})"
     )
+    return text if ranked.in_distribution else f"{text} · out of distribution"
 
 
 def _section(title: str, widgets: list[Any]) -> Container:

@@ -50,6 +50,7 @@ from napari_scan_classifier.results import (
     SALIENCY_TITLES,
     ScanResult,
     classify_scan,
+    ood_lines,
     resolve_bundle,
     slice_text,
     summary_lines,
@@ -69,6 +70,8 @@ BUNDLE_FILTER = "Model bundles (bundle.json *.zip)"
 MIN_CHART_WIDTH = 220  # px
 BAR_PX, AXES_PX, SLICES_PX = 28, 60, 150  # chart heights: per class bar, titles, slice plot
 _POLL_S = 0.05  # how often the worker looks for the core's progress reports
+BANNER_STYLE = "background-color: #8a2a12; color: white; padding: 6px; border-radius: 3px;"
+OOD_BAR_COLOR = "#8a8f93"
 
 Report = tuple[int, int, str]
 _LOG = logging.getLogger(__name__)
@@ -102,6 +105,11 @@ class ClassifyWidget(Container):
         self.check.tooltip = "Remove regions by the map's ranking and follow the probability"
         self.run_button = PushButton(text="Classify")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.banner = Label(value="")
+        self.banner.native.setWordWrap(True)
+        self.banner.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.banner.native.setStyleSheet(BANNER_STYLE)
+        self.banner.visible = False
         self.send_button = PushButton(text="Send to PACS", enabled=False)
         self.send_button.tooltip = "Store the report and the saliency map beside the scan's series"
         self._sendable: weakref.WeakKeyDictionary[Layer, tuple] = weakref.WeakKeyDictionary()
@@ -118,7 +126,12 @@ class ClassifyWidget(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         self.extend([self.scan, self.model, self.saliency, self.passes, self.check, buttons])
-        views = (self.goto_button.native, self.summary.native, self.chart.canvas)
+        views = (
+            self.goto_button.native,
+            self.banner.native,
+            self.summary.native,
+            self.chart.canvas,
+        )
         for view in views:  # full width, no label column
             self.native.layout().addWidget(view)
         self._connect()
@@ -293,7 +306,10 @@ class ClassifyWidget(Container):
         """Show the chosen scan's latest result (or nothing) in the dock and the overlay."""
         layer = self.scan.value
         result = layer.metadata.get(CLASSIFICATION_KEY) if layer is not None else None
-        lines = summary_lines(result, probabilities=False) if result else []
+        lines = summary_lines(result, probabilities=False, banner=False) if result else []
+        warning = ood_lines(result) if result else []
+        self.banner.value = "\n".join(warning)
+        self.banner.visible = bool(warning)
         self.send_button.enabled = self._can_send(layer)
         self.summary.value = "\n".join(lines)
         self.goto_button.visible = self._salient_point() is not None
@@ -457,14 +473,21 @@ class ResultChart:
         values = [result["probabilities"][n] for n in names]
         errors = [result["uncertainty"]["std"][n] for n in names]
         colors = ["#4560c4" if n == result["predicted_class"] else "#61696e" for n in names]
+        title = "p(class) ± SD"
+        alpha = 1.0
+        if ood_lines(result):  # shown, but greyed: the model is outside what it was trained on
+            colors, alpha = [OOD_BAR_COLOR] * len(names), 0.45
+            title = "p(class) ± SD: out of distribution, not reliable"
         positions = np.arange(len(names))[::-1]
-        axes.barh(positions, values, xerr=errors, color=colors, ecolor=self._color, capsize=4)
+        axes.barh(
+            positions, values, xerr=errors, color=colors, alpha=alpha, ecolor=self._color, capsize=4
+        )
         for y, p, e in zip(positions, values, errors, strict=True):
             axes.text(1.02, y, f"{p:.2f} ± {e:.2f}", va="center", color=self._color, fontsize=8)
         axes.set_yticks(positions, names)
         axes.set_xlim(0, 1.35)
         axes.set_xticks([0, 0.5, 1])
-        axes.set_title("p(class) ± SD", fontsize=9, color=self._color)
+        axes.set_title(title, fontsize=9, color=self._color)
         self._style(axes)
 
     def _slices(self, axes: Any, per_slice: dict[str, list[float | None]]) -> None:
