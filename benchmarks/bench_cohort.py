@@ -45,27 +45,37 @@ def write_cohort(folder: Path, series: int, slices: int, size: int) -> None:
         write_series(volume.volume, folder / f"study{number:03d}", series_number=number + 1)
 
 
-def timed(folder: Path, out: Path, scheduler: str | None = None) -> tuple[float, list[dict]]:
-    """Seconds to classify the cohort into a fresh journal (progress lines kept), and its rows."""
+def timed(folder: Path, out: Path, client: Client | None = None) -> tuple[float, list[dict], float]:
+    """Seconds to classify the cohort into a fresh journal (progress lines kept), its rows, and
+    the CPU seconds the work used (this process in-process, else the workers' processes)."""
     out.with_suffix(".jsonl").unlink(missing_ok=True)
+    scheduler = None if client is None else client.scheduler.address
+    cpu = cpu_seconds(client)
     start = time.perf_counter()
     classify_cohort(
         [folder], None, out, options=Options(passes=10), scheduler=scheduler, stream=io.StringIO()
     )
     seconds = time.perf_counter() - start
+    used = cpu_seconds(client) - cpu
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
     assert all(row["status"] == "classified" for row in rows), "a series failed"
-    return seconds, rows
+    return seconds, rows, used
 
 
-def best(folder: Path, out: Path, repeats: int, scheduler: str | None = None):
+def cpu_seconds(client: Client | None) -> float:
+    if client is None:
+        return time.process_time()
+    return sum(client.run(time.process_time).values())
+
+
+def best(folder: Path, out: Path, repeats: int, client: Client | None = None):
     """The fastest of ``repeats`` runs (other work on the machine only ever slows one down)."""
-    return min((timed(folder, out, scheduler) for _ in range(repeats)), key=lambda t: t[0])
+    return min((timed(folder, out, client) for _ in range(repeats)), key=lambda t: t[0])
 
 
 def on_cluster(
     folder: Path, tmp: Path, workers: int, repeats: int
-) -> tuple[float, float, list[dict]]:
+) -> tuple[float, tuple[float, list[dict], float]]:
     """End to end (start, model load, one run) and steady state (best later run) on ``workers``."""
     start = time.perf_counter()
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
@@ -76,11 +86,11 @@ def on_cluster(
         with Client(cluster) as client:
             client.run(worker_bundle, bundle_ref(load_default_bundle()))  # model on every worker
             started = time.perf_counter() - start
-            cold, _ = timed(folder, tmp / f"cold{workers}.json", cluster.scheduler_address)
-            warm, rows = best(folder, tmp / "warm.json", repeats, cluster.scheduler_address)
+            cold, _, _ = timed(folder, tmp / "cold.json", client)
+            warm = best(folder, tmp / "warm.json", repeats, client)
     finally:
         cluster.close()
-    return started + cold, warm, rows
+    return started + cold, warm
 
 
 def per_series(rows: list[dict]) -> str:
@@ -110,20 +120,29 @@ def main() -> None:
         write_cohort(folder, n, args.slices, args.size)
         print(load(), flush=True)
         timed(folder, tmp / "warmup.json")  # model load and compiled functions, not timed
-        local, rows = best(folder, tmp / "local.json", args.repeats)
-        print(f"in-process: {local:.1f} s, {n / local * 60:.1f} series/min; {load()}")
-        print(f"  per series (s): {per_series(rows)}", flush=True)
-        rates = {}
+        local, rows, cpu = best(folder, tmp / "local.json", args.repeats)
+        print(
+            f"in-process: {local:.1f} s, {n / local * 60:.1f} series/min, "
+            f"{cpu / local:.2f} cores busy; {load()}"
+        )
+        print(f"  per series (s): {per_series(rows)}; CPU {cpu / n:.2f} s", flush=True)
+        rates, per_cpu = {}, {}
         for workers in (1, 2):
-            cold, warm, rows = on_cluster(folder, tmp, workers, args.repeats)
+            cold, (warm, rows, cpu) = on_cluster(folder, tmp, workers, args.repeats)
             rates[workers] = n / warm * 60
+            per_cpu[workers] = cpu / n
             print(
-                f"{workers} worker(s): {warm:.1f} s, {rates[workers]:.1f} series/min steady; "
-                f"{cold:.1f} s end to end with cluster start; {load()}"
+                f"{workers} worker(s): {warm:.1f} s, {rates[workers]:.1f} series/min steady, "
+                f"{cpu / warm:.2f} cores busy; {cold:.1f} s end to end with cluster start; "
+                f"{load()}"
             )
-            print(f"  per series (s): {per_series(rows)}", flush=True)
+            print(f"  per series (s): {per_series(rows)}; CPU {cpu / n:.2f} s", flush=True)
     efficiency = rates[2] / (2 * rates[1])
     print(f"parallel efficiency, 2 workers against 1: {efficiency:.2f}")
+    print(
+        f"CPU per series, 2 workers against 1: {per_cpu[2] / per_cpu[1]:.2f} "
+        "(1.00: no extra work per series; efficiency below that is cores the workers did not get)"
+    )
     print(f"2 workers against in-process: {rates[2] / (n / local * 60):.2f}x")
 
 

@@ -38,6 +38,7 @@ from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
+from napari_scan_classifier.results import ANSWERED
 
 SERIES = 6
 SRC = str(Path(napari_scan_classifier.__file__).parents[1])  # workers import this copy
@@ -81,7 +82,7 @@ def _keys(cohort_dir: Path) -> set[str]:
 
 
 def _probabilities(rows: list[dict]) -> dict[str, dict[str, float]]:
-    return {r["series_key"]: r["probabilities"] for r in rows if r["status"] == "classified"}
+    return {r["series_key"]: r["probabilities"] for r in rows if r["status"] in ANSWERED}
 
 
 def _dask(*argv: str) -> subprocess.Popen:
@@ -145,7 +146,7 @@ def test_list_input_and_resume_in_process(
     folders = sorted(cohort_dir.iterdir())
     listing = tmp_path / "cohort.txt"
     listing.write_text("\n".join(str(f) for f in folders[:3]) + "\n")
-    out = tmp_path / "results.json"
+    out = tmp_path / "new_folder" / "results.json"
 
     assert _cli("classify", f"@{listing}", "--model", bundle_dir, "--out", out, "--passes", 0) == 0
     first = _journal(out)
@@ -208,7 +209,7 @@ def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broke
     assert code == 0
     rows = _journal(dask)
     assert len(rows) == SERIES + 1
-    (broken,) = [row for row in rows if row["status"] != "classified"]
+    (broken,) = [row for row in rows if row["status"] not in ANSWERED]
     assert broken["index"] == 1 and broken["status"] == "failed"
     assert broken["error"] == "<input 1>: voxel data is truncated or corrupt"
     assert {row["series_key"] for row in rows} - {broken["series_key"]} == _keys(cohort_dir)
@@ -303,7 +304,7 @@ def test_scheduler_and_worker_started_as_commands(
         assert code == 0
         rows = _journal(out)
         assert sorted(row["series_key"] for row in rows) == sorted(_keys(two[0]) | _keys(two[1]))
-        assert all(row["status"] == "classified" for row in rows)
+        assert all(row["status"] in ANSWERED for row in rows)
         assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in rows)
         assert "Dask dashboard: " in capsys.readouterr().err
     finally:

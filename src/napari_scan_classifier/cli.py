@@ -134,14 +134,18 @@ def _classify_cohort(args: argparse.Namespace) -> int:
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
     )
-    result = classify_cohort(
-        args.paths,
-        args.model,
-        args.out,
-        options=options,
-        workers=args.workers,
-        scheduler=args.scheduler,
-    )
+    try:
+        result = classify_cohort(
+            args.paths,
+            args.model,
+            args.out,
+            options=options,
+            workers=args.workers,
+            scheduler=args.scheduler,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to go on from here", file=sys.stderr)
+        return 130
     classified = result.total - result.failed
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
     outside = f", {result.out_of_distribution} out of distribution" * bool(

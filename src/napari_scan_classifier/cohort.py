@@ -519,6 +519,7 @@ def classify_cohort(
     bundle = resolve_bundle(model)
     ref = bundle_ref(bundle)
     journal = Journal(journal_path(target))
+    journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
     _check_same_bundle(earlier, ref, journal.path)
     done = {row["series_key"] for row in earlier}
