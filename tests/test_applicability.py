@@ -92,6 +92,16 @@ def test_each_input_check_names_what_is_wrong(shipped):
         "most 10% in the training scans): the body is cut off (truncated field of view)"
     )
     assert cut["edge_tissue_fraction"] > 0.2
+    voxels = ct(6).voxels.copy()
+    y, x = np.mgrid[:96, :96]
+    voxels[:, np.hypot(y - 47.5, x - 47.5) > 30] = -3024  # a reconstruction circle of 90 mm
+    circle = summarise(ct(6).with_voxels(voxels))
+    assert circle["circle_cut_fraction"] > 0.3
+    assert check_reasons(circle, checks)[0] == (
+        f"the reconstruction circle cuts through the body ({circle['circle_cut_fraction']:.0%} "
+        "of its rim is tissue): part of the body is missing (truncated field of view)"
+    )
+    assert summarise(ct(6))["circle_cut_fraction"] == 0.0
     noisy = check_reasons(summarise(noise()), checks)
     assert any(r.endswith("the data look like noise rather than anatomy") for r in noisy)
 
@@ -99,6 +109,14 @@ def test_each_input_check_names_what_is_wrong(shipped):
 def test_noise_correlates_like_noise_and_anatomy_like_anatomy():
     assert summarise(noise())["neighbour_correlation"] == pytest.approx(0.0, abs=0.02)
     assert summarise(ct())["neighbour_correlation"] > 0.95
+    # Without training ranges, only the fixed floor applies: a coarse scan (0.6-0.9) passes.
+    coarse = summarise(phantoms.make_ct_phantom(1, (12, 24, 24), (5.0, 4.0, 4.0)).volume)
+    assert 0.5 < coarse["neighbour_correlation"] < 0.9
+    assert check_reasons(coarse, {"modality": "CT"}) == []
+    assert check_reasons(summarise(noise()), {"modality": "CT"})[-1] == (
+        f"neighbouring voxels correlate at {summarise(noise())['neighbour_correlation']:.2f}"
+        ", below the 0.50 that anatomy gives: the data look like noise rather than anatomy"
+    )
 
 
 def test_scanner_padding_below_the_hu_range_is_not_counted(shipped):

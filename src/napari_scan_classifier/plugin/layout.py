@@ -29,6 +29,10 @@ class _ScrollWhenDocked(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
         if event.type() == QEvent.Type.ParentChange:
             QTimer.singleShot(0, self._wrap)
+        elif event.type() == QEvent.Type.LayoutRequest:
+            area = dock_scroll_area(self._container)
+            if isinstance(area, _DockScrollArea):
+                area.follow_width()
         return False
 
     def _wrap(self) -> None:
@@ -36,13 +40,29 @@ class _ScrollWhenDocked(QObject):
         dock = native.parent()
         if not isinstance(dock, QDockWidget) or dock.widget() is not native:
             return
-        area = QScrollArea()
-        area.setFrameShape(QFrame.Shape.NoFrame)
-        area.setWidgetResizable(True)
-        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        area = _DockScrollArea()
         area._magic_widget = self._container  # napari's dock_widgets maps to the container
         dock.setWidget(area)
         area.setWidget(native)
+        area.follow_width()
+
+
+class _DockScrollArea(QScrollArea):
+    """Scrolls vertically; as wide as its widget needs (a plain scroll area would let the dock
+    squeeze the widget and cut its right edge off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def follow_width(self) -> None:
+        """At least as wide as the widget's own minimum (its rows change as it is used)."""
+        inner = self.widget()
+        if inner is not None:
+            scrollbar = self.verticalScrollBar().sizeHint().width()
+            self.setMinimumWidth(inner.minimumSizeHint().width() + scrollbar)
 
 
 def scroll_when_docked(container: Container) -> None:

@@ -108,7 +108,10 @@ class DisplayWidget(Container):
         done, total, _ = report
         if bar.total != total:
             bar.total = total
-        bar.update(done - bar.n)
+        # napari repaints the bar (processing events) on every update: a step per file of a
+        # 300-file series would cost more than the reading; fiftieths are enough to watch.
+        if done == total or 50 * (done - bar.n) >= max(total, 1):
+            bar.update(done - bar.n)
 
     def _add_layers(self, outcome: tuple[list[Any], list[str]]) -> None:
         layers, problems = outcome
