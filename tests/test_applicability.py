@@ -92,6 +92,16 @@ def test_each_input_check_names_what_is_wrong(shipped):
         "most 10% in the training scans): the body is cut off (truncated field of view)"
     )
     assert cut["edge_tissue_fraction"] > 0.2
+    voxels = ct(6).voxels.copy()
+    y, x = np.mgrid[:96, :96]
+    voxels[:, np.hypot(y - 47.5, x - 47.5) > 30] = -3024  # a reconstruction circle of 90 mm
+    circle = summarise(ct(6).with_voxels(voxels))
+    assert circle["circle_cut_fraction"] > 0.3
+    assert check_reasons(circle, checks)[0] == (
+        f"the reconstruction circle cuts through the body ({circle['circle_cut_fraction']:.0%} "
+        "of its rim is tissue): part of the body is missing (truncated field of view)"
+    )
+    assert summarise(ct(6))["circle_cut_fraction"] == 0.0
     noisy = check_reasons(summarise(noise()), checks)
     assert any(r.endswith("the data look like noise rather than anatomy") for r in noisy)
 

@@ -6,7 +6,8 @@ reason a person can read:
 
 1. **Input checks** against the bundle's recipe: the scan's modality; for CT, values a scanner
    gives in Hounsfield units (-1024 to 3071, scanner padding aside) and air somewhere in the
-   field of view (a missing rescale intercept or a wrong slope moves both); neighbouring voxels
+   field of view (a missing rescale intercept or a wrong slope moves both), and the body not cut
+   off by the image edge or the reconstruction circle (truncation); neighbouring voxels
    that correlate like anatomy, not like noise; field of view and voxel spacing within a margin
    of the ranges seen in training; intensity percentiles within the training range (CT); the
    body region, where the scan's header and the bundle both record one. The ranges are
@@ -36,6 +37,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from scipy import ndimage
 from sklearn.covariance import LedoitWolf
 
 from napari_scan_classifier.volume import Volume
@@ -52,6 +54,8 @@ MIN_NEIGHBOUR_CORRELATION = 0.5  # below this the voxels look like noise, not an
 CORRELATION_MARGIN = 0.15
 TISSUE_HU = -300.0  # denser than air and lung: fat, soft tissue, bone
 EDGE_TISSUE_MARGIN = 0.1
+PADDING_BORDER_FRACTION = 0.9  # image edge this constant: a region outside the reconstruction
+MAX_CIRCLE_CUT = 0.05
 FOV_FACTOR = 1.5  # field of view may be this factor beyond the range seen in training
 SPACING_FACTOR = 2.0
 PERCENTILES = (1.0, 50.0, 99.0)
@@ -95,6 +99,7 @@ def summarise(volume: Volume) -> dict[str, Any]:
         "air_fraction": float(np.mean(sample < CT_AIR_HU)),
         "neighbour_correlation": neighbour_correlation(voxels),
         "edge_tissue_fraction": edge_tissue_fraction(voxels),
+        "circle_cut_fraction": circle_cut_fraction(voxels),
         "body_part": str(body_part).upper() if body_part else None,
     }
 
@@ -117,6 +122,24 @@ def edge_tissue_fraction(voxels: np.ndarray) -> float:
         [voxels[:, 0, :], voxels[:, -1, :], voxels[:, :, 0], voxels[:, :, -1]], axis=1
     )
     return float(np.mean(edges > TISSUE_HU))
+
+
+def circle_cut_fraction(voxels: np.ndarray) -> float:
+    """Where the image corners hold one constant value (outside the reconstruction circle: a
+    padding value, or air), the fraction of that region's rim that is tissue: 0 when the body
+    lies inside the circle, high when the circle cuts through the body (truncation)."""
+    step = max(1, voxels.shape[0] // 16)
+    planes = np.asarray(voxels[::step])
+    padding = planes == planes.min()
+    border = np.concatenate(
+        [padding[:, 0, :], padding[:, -1, :], padding[:, :, 0], padding[:, :, -1]], axis=1
+    )
+    if border.mean() < PADDING_BORDER_FRACTION:
+        return 0.0
+    in_plane = np.zeros((1, 3, 3), dtype=bool)
+    in_plane[0, 1, :] = in_plane[0, :, 1] = True
+    rim = ndimage.binary_dilation(padding, in_plane) & ~padding
+    return float(np.mean(planes[rim] > TISSUE_HU)) if rim.any() else 0.0
 
 
 def fit_checks(
@@ -198,6 +221,12 @@ def _ct_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> list[s
         )
     if reasons:  # not Hounsfield units: the checks below would only repeat it
         return reasons
+    cut = summary.get("circle_cut_fraction", 0.0)
+    if cut > MAX_CIRCLE_CUT:
+        reasons.append(
+            f"the reconstruction circle cuts through the body ({cut:.0%} of its rim is tissue): "
+            "part of the body is missing (truncated field of view)"
+        )
     edge = summary["edge_tissue_fraction"]
     edge_limit = checks.get("edge_tissue_fraction_max", 1.0) + EDGE_TISSUE_MARGIN
     if edge > edge_limit:

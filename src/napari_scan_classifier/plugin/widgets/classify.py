@@ -232,8 +232,10 @@ class ClassifyWidget(Container):
             return
         self.summary.value = f"Classifying: {message}…"
         # Last: redrawing the bar may run the worker's end (which shows the result) meanwhile.
-        bar.total = total
-        bar.set_description(message)
+        # The bar keeps its first description: napari relays out the window for each new one
+        # (0.15-1 s on a busy machine), and the dock shows the step already.
+        if bar.total != total:
+            bar.total = total
         bar.update(done - bar.n)
 
     def _on_result(
