@@ -87,6 +87,13 @@ def write_stack(
     ]
 
 
+def file_positions(root: Path) -> dict[Path, int]:
+    """Each file's place (1 = first) in the loader's listing of ``root``: sorted, hidden files
+    left out (as the loader walks it where files sit only in the deepest folders)."""
+    files = sorted(p for p in root.rglob("*") if not p.is_dir() and not p.name.startswith("."))
+    return {path: number for number, path in enumerate(files, start=1)}
+
+
 def stack_positions(count: int, step: Sequence[float], origin=(-40.0, -30.0, 12.5)) -> list:
     return [np.asarray(origin) + k * np.asarray(step, float) for k in range(count)]
 

@@ -96,12 +96,15 @@ def test_measures_of_one_prediction():
         uncertainty_score(uncertainty, "variance")
 
 
+PATIENT = "DOE^JOHN_1234"
+
+
 def test_files_in_a_folder_rank_like_the_same_volumes(fixed_bundle, tmp_path: Path):
     volumes = scans(4)
-    folder = tmp_path / "to-label"
+    folder = tmp_path / PATIENT  # folders are often named after patients
     folder.mkdir()
     for i, volume in enumerate(volumes):
-        save_nifti(volume, folder / f"scan{i}.nii.gz")
+        save_nifti(volume, folder / f"{PATIENT}_scan{i}.nii.gz")
     (folder / "notes.txt").write_text("not a scan")
     (folder / ".DS_Store").write_bytes(b"\0")
     skipped: list[str] = []
@@ -109,12 +112,14 @@ def test_files_in_a_folder_rank_like_the_same_volumes(fixed_bundle, tmp_path: Pa
     from_files = rank_by_uncertainty([folder], fixed_bundle, passes=2, on_skip=skipped.append)
     from_memory = rank_by_uncertainty(volumes, fixed_bundle, passes=2)
 
-    assert [r.name.split(":")[0] for r in from_files] == [
-        f"scan{r.item}.nii.gz" for r in from_memory
+    assert [r.name.split(": ")[0] for r in from_files] == [  # place in the folder, not name
+        f"input 1, NIfTI file {r.item + 1}" for r in from_memory
     ]
     assert [r.score for r in from_files] == pytest.approx([r.score for r in from_memory], rel=1e-4)
     assert {r.item for r in from_files} == {0}  # all came from the one folder given
-    assert len(skipped) == 1 and "no DICOM" in skipped[0]  # notes.txt: said once, for the folder
+    (note,) = skipped  # notes.txt: said once, for the folder
+    assert note.startswith("input 1: no DICOM images found in this folder (5 files checked; ")
+    assert PATIENT not in note + repr(from_files) + str(from_files)
     first = load_ranked(from_files[0])
     np.testing.assert_array_equal(first.voxels, volumes[from_memory[0].item].voxels)
 
@@ -124,7 +129,7 @@ def test_unusable_scans_are_skipped_with_the_reason(fixed_bundle, tmp_path: Path
     skipped: list[str] = []
 
     ranking = rank_by_uncertainty(
-        [scans(1)[0], labels, tmp_path / "missing.nii.gz"],
+        [scans(1)[0], labels, tmp_path / f"{PATIENT}.nii.gz"],
         fixed_bundle,
         passes=1,
         on_skip=skipped.append,
@@ -133,7 +138,7 @@ def test_unusable_scans_are_skipped_with_the_reason(fixed_bundle, tmp_path: Path
     assert [r.item for r in ranking] == [0]
     assert len(skipped) == 2
     assert sum("label image" in s for s in skipped) == 1
-    assert sum("missing.nii.gz: no such file" in s for s in skipped) == 1
+    assert "input 3: no such file or folder" in skipped  # by place, never by name
 
 
 def test_cancel_stops_the_ranking(fixed_bundle):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from dicom_helpers import file_positions
 from model_fixtures import tiny_bundle
 
 from napari_scan_classifier import outputs
@@ -67,15 +68,21 @@ def test_no_input_name_reaches_any_output(capsys, tmp_path, patient_dir, bundle_
         (2, "failed"),
     ]
     assert report["series"][1]["error"].startswith("<input 2>: not a readable NIfTI file")
-    assert [s["input"] for s in report["skipped_files"]] == [1, 1]
-    assert all(set(s) == {"input", "reason"} for s in report["skipped_files"])
+    assert report["skipped_files"] == [  # files of input 1 by their sorted place, never name
+        {"input": 1, "reason": "file 1: DICOM file without image data"},
+        {"input": 1, "reason": "file 2: cannot be read (BadGzipFile)"},
+    ]
     written = stdout + stderr + stdout_csv + stderr_csv + out_json.read_text() + out_csv.read_text()
     for secret in (PATIENT, "DOE", "JOHN", "1234", str(patient_dir.parent)):
         assert secret not in written
+    assert "skipped a file of input 1: file 2: cannot be read (BadGzipFile)\n" in stderr
     assert stderr.count("skipped a file of input 1: ") == 2
     with out_csv.open(newline="") as stream:
         skipped = [row for row in csv.DictReader(stream) if row["status"] == "skipped"]
-    assert [row["input"] for row in skipped] == ["1", "1"]
+    assert [(row["input"], row["note"]) for row in skipped] == [
+        ("1", "file 1: DICOM file without image data"),
+        ("1", "file 2: cannot be read (BadGzipFile)"),
+    ]
 
 
 def test_convert_and_errors_hide_the_input_name(capsys, tmp_path, patient_dir):
@@ -86,7 +93,10 @@ def test_convert_and_errors_hide_the_input_name(capsys, tmp_path, patient_dir):
     code, stdout2, stderr2 = _run(
         capsys, "convert", patient_dir / f"{PATIENT}.nii.gz", "--out", tmp_path / "n2"
     )
-    assert code == 2 and stderr2.startswith("error: ")
+    assert code == 2
+    assert stderr2 == (
+        'error: <input 1>: not a readable NIfTI file (Cannot work out file type of "<path>")\n'
+    )
     for text in (stdout, stderr, stdout2, stderr2):
         assert PATIENT not in text and "DOE" not in text
 
@@ -233,8 +243,10 @@ def test_a_named_pipe_is_skipped_not_waited_on(capsys, tmp_path, bundle_dir):
     code, _, stderr = _run(capsys, "classify", folder, "--model", bundle_dir, "--out", out)
     assert code == 0, stderr
     report = json.loads(out.read_text())
-    assert report["skipped_files"] == [{"input": 1, "reason": "it is a named pipe, not a file"}]
+    place = file_positions(folder)[folder / "ct" / "pipe.dcm"]
+    pipe = f"file {place}: it is a named pipe, not a file"
+    assert report["skipped_files"] == [{"input": 1, "reason": pipe}]
     assert len(report["series"]) == 1 and report["series"][0]["predicted_class"]
     code, _, stderr = _run(capsys, "convert", folder, "--out", tmp_path / "nii")
-    assert code == 0 and "skipped a file of input 1: it is a named pipe, not a file" in stderr
+    assert code == 0 and f"skipped a file of input 1: {pipe}" in stderr
     assert stat.S_IMODE((tmp_path / "nii" / "series_001_CT.nii.gz").stat().st_mode) == 0o644

@@ -11,6 +11,7 @@ from dicom_helpers import (
     AXIAL,
     assert_slices_in_place,
     enhanced_dataset,
+    file_positions,
     multiframe_dataset,
     normal_of,
     oblique_orientation,
@@ -261,11 +262,13 @@ def test_copies_of_the_same_images_are_loaded_once(tmp_path):
 
     (loaded,) = result.volumes
     np.testing.assert_array_equal(loaded.voxels, volume.voxels)
-    assert sorted(s.path.name for s in result.skipped) == sorted(p.name for p in paths)
-    assert {s.path.parent.name for s in result.skipped} == {"export"}  # "backup" is read first
-    assert sorted(s.reason for s in result.skipped) == [
-        f"an identical copy of instance {k} (same instance UID and content)" for k in range(1, 5)
-    ]
+    places = file_positions(tmp_path)  # "backup" is read first: its copies are kept
+    assert sorted(s.local_path() for s in result.skipped) == sorted(paths)
+    assert sorted(map(str, result.skipped)) == sorted(
+        f"file {places[p]} (instance {k}): an identical copy of instance {k} "
+        "(same instance UID and content)"
+        for k, p in enumerate(paths, start=1)
+    )
 
 
 def test_a_dicomdir_stands_for_its_folder(tmp_path):
@@ -549,6 +552,9 @@ def _dicom_without_pixels(folder):
     ds.save_as(folder / "no_pixels.dcm", enforce_file_format=True)
 
 
+PATIENT_FOLDER = "DOE^JOHN_1234"
+
+
 def test_bad_files_are_skipped_and_reported(tmp_path):
     positions = stack_positions(5, (0.0, 0.0, 2.0))
     pixels = [slice_pixels(k) for k in range(5)]
@@ -561,18 +567,44 @@ def test_bad_files_are_skipped_and_reported(tmp_path):
 
     result = load_dicom(tmp_path)
 
-    reasons = {s.path.name: s.reason for s in result.skipped}
-    assert reasons == {
-        paths[2].name: "truncated: the file ends inside its pixel data",
-        "notes.txt": "not a DICOM file",
-        "header_only.dcm": "truncated: the file ends before its pixel data",
-        "no_pixels.dcm": "DICOM file without image data",
-    }
+    places = {path.name: n for path, n in file_positions(tmp_path).items()}
+    assert sorted(map(str, result.skipped)) == sorted(
+        [
+            f"file {places[paths[2].name]}: truncated: the file ends inside its pixel data",
+            f"file {places['notes.txt']}: not a DICOM file",
+            f"file {places['header_only.dcm']}: truncated: the file ends before its pixel data",
+            f"file {places['no_pixels.dcm']}: DICOM file without image data",
+        ]
+    )
     (volume,) = result.volumes
     kept = [0, 1, 3, 4]
     assert_slices_in_place(volume, [positions[k] for k in kept], [pixels[k] for k in kept])
     assert "missing" in volume.metadata["geometry_warnings"][0]
     assert all(SECRET not in str(s) for s in result.skipped)
+
+
+def test_skipped_files_are_named_by_place_never_by_name(tmp_path):
+    """A skipped file is "file N" (its place in the sorted listing), with its series and
+    instance where known; its path is kept for the program and never printed or repr'd."""
+    folder = tmp_path / PATIENT_FOLDER
+    paths = write_stack(folder, stack_positions(3, (0.0, 0.0, 2.0)), transfer_syntax=RLELossless)
+    paths[1].write_bytes(paths[1].read_bytes()[:-60])
+    (folder / f"{PATIENT_FOLDER}.dcm").write_text("not an image")
+
+    result = load_dicom(folder)
+
+    places = file_positions(folder)
+    key = result.volumes[0].metadata["series_key"]
+    assert [str(s) for s in result.skipped] == [
+        f"file {places[folder / f'{PATIENT_FOLDER}.dcm']}: not a DICOM file",
+        f"file {places[paths[1]]} (series 1 ({key}), instance 2): {result.skipped[1].reason}",
+    ]
+    assert result.skipped[1].reason == (
+        "pixel data could not be decoded "
+        "(Unable to decode as exceptions were raised by all available plugins:)"
+    )
+    assert [s.local_path() for s in result.skipped] == [folder / f"{PATIENT_FOLDER}.dcm", paths[1]]
+    assert PATIENT_FOLDER not in repr(result) + repr(result.skipped) + str(result.skipped)
 
 
 def test_undecodable_compressed_slice_is_skipped(tmp_path):
@@ -584,24 +616,42 @@ def test_undecodable_compressed_slice_is_skipped(tmp_path):
 
     result = load_dicom(tmp_path)
 
-    assert [s.path for s in result.skipped] == [paths[1]]
-    assert "could not be decoded" in result.skipped[0].reason
+    (skipped,) = result.skipped
+    assert skipped.local_path() == paths[1]
+    key = result.volumes[0].metadata["series_key"]
+    assert (
+        skipped.label == f"file {file_positions(tmp_path)[paths[1]]} (series 1 ({key}), instance 2)"
+    )
+    assert "could not be decoded" in skipped.reason
     kept = [0, 2, 3]
     assert_slices_in_place(
         result.volumes[0], [positions[k] for k in kept], [pixels[k] for k in kept]
     )
 
 
-def test_empty_folder_raises_naming_the_folder(tmp_path):
-    folder = tmp_path / "empty_study"
+def test_an_unreadable_input_is_named_generically_never_by_its_name(tmp_path):
+    """Folders are often named after patients: the core calls a given file or folder "the
+    input" (the command line and the viewer number it)."""
+    folder = tmp_path / PATIENT_FOLDER
     folder.mkdir()
-    with pytest.raises(UnreadableScanError, match="empty_study"):
+    with pytest.raises(UnreadableScanError) as empty:
         load_dicom(folder)
-    (folder / "readme.txt").write_text("hello")
-    with pytest.raises(UnreadableScanError, match="empty_study: no DICOM images"):
+    (folder / f"{PATIENT_FOLDER}.txt").write_text("hello")
+    with pytest.raises(UnreadableScanError) as junk:
         load_dicom(folder)
-    with pytest.raises(UnreadableScanError, match=r"readme\.txt: not a DICOM file"):
-        load_scans(folder / "readme.txt")
+    with pytest.raises(UnreadableScanError) as one:
+        load_scans(folder / f"{PATIENT_FOLDER}.txt")
+    with pytest.raises(UnreadableScanError) as missing:
+        load_scans(folder / f"{PATIENT_FOLDER}.dcm")
+
+    assert [str(e.value) for e in (empty, junk, one, missing)] == [
+        "the input: no DICOM images found in this folder (0 files checked)",
+        "the input: no DICOM images found in this folder (1 files checked; 1 skipped: "
+        "not a DICOM file)",
+        "the input: not a DICOM file",
+        "the input: no such file or folder",
+    ]
+    assert all(PATIENT_FOLDER not in repr(e.value) for e in (empty, junk, one, missing))
 
 
 def _rewrite_syntax(path, syntax):
@@ -641,7 +691,10 @@ def test_missing_decoder_names_what_to_install(tmp_path, monkeypatch):
     result = load_dicom(tmp_path)
 
     assert [v.description for v in result.volumes] == ["plain"]
-    assert sorted(s.path for s in result.skipped) == sorted(jls)
+    assert sorted(s.local_path() for s in result.skipped) == sorted(jls)
+    places = file_positions(tmp_path)
+    assert sorted(s.position for s in result.skipped) == sorted(places[p] for p in jls)
+    assert {s.series.split()[0] for s in result.skipped} == {"series"}
     assert "pip install pyjpegls" in result.skipped[0].reason
     assert "JPEG-LS Lossless" in result.skipped[0].reason
     with pytest.raises(UnsupportedTransferSyntaxError, match="pip install pyjpegls"):

@@ -13,6 +13,7 @@ from dicom_helpers import (
     AXIAL,
     assert_slices_in_place,
     enhanced_dataset,
+    file_positions,
     slice_pixels,
     stack_positions,
     write_stack,
@@ -324,5 +325,6 @@ def test_a_damaged_gzipped_file_is_skipped_with_its_reason(tmp_path):
 
     assert result.volumes[0].shape == (3, 12, 10)
     (skipped,) = result.skipped
-    assert skipped.path.name == "broken.dcm.gz"
+    assert skipped.local_path() == tmp_path / "broken.dcm.gz"
+    assert skipped.label == f"file {file_positions(tmp_path)[tmp_path / 'broken.dcm.gz']}"
     assert skipped.reason == "truncated: the file ends before its pixel data"

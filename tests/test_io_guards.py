@@ -10,7 +10,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_helpers import AXIAL, assert_slices_in_place, slice_pixels, stack_positions, write_stack
+from dicom_helpers import (
+    AXIAL,
+    assert_slices_in_place,
+    file_positions,
+    slice_pixels,
+    stack_positions,
+    write_stack,
+)
 from pydicom import dcmread, dcmwrite
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
@@ -96,7 +103,11 @@ def test_a_slice_with_unusable_geometry_is_skipped_with_its_reason(
     result = load_dicom(tmp_path)
 
     (skipped,) = result.skipped
-    assert (skipped.path, skipped.reason) == (paths[-1], reason)
+    assert (skipped.label, skipped.reason) == (
+        f"file {file_positions(tmp_path)[paths[-1]]}",
+        reason,
+    )
+    assert skipped.local_path() == paths[-1]
     (volume,) = result.volumes
     assert_slices_in_place(volume, POSITIONS[:3], [slice_pixels(k) for k in range(3)])
 
@@ -110,7 +121,7 @@ def test_a_series_whose_every_slice_is_unusable_is_refused_with_the_reason(tmp_p
         load_dicom(tmp_path)
 
     assert str(caught.value) == (
-        f"{tmp_path.name}: no DICOM images found in this folder (4 files checked; 4 skipped: "
+        "the input: no DICOM images found in this folder (4 files checked; 4 skipped: "
         "its image orientation (ImageOrientationPatient) is not two perpendicular unit vectors "
         "(lengths 0 and 0, cosine 0))"
     )
@@ -174,7 +185,7 @@ def test_an_impossible_pixel_format_is_refused_before_reading_pixels(
     with pytest.raises(UnreadableScanError) as caught:
         list_series(path)
 
-    assert str(caught.value) == f"{path.name}: {reason}"
+    assert str(caught.value) == f"the input: {reason}"
 
 
 @pytest.mark.parametrize(
@@ -203,7 +214,7 @@ def test_a_tiny_compressed_file_declaring_many_frames_is_refused_from_its_header
     with pytest.raises(UnreadableScanError) as caught:
         list_series(tmp_path / "rle.dcm")
 
-    assert str(caught.value) == f"rle.dcm: {reason.format(encapsulated)}"
+    assert str(caught.value) == f"the input: {reason.format(encapsulated)}"
 
 
 def test_a_series_larger_than_the_memory_budget_is_refused_with_its_size(tmp_path, monkeypatch):
@@ -246,7 +257,7 @@ def test_nifti_with_a_zero_dimension_is_refused_not_an_empty_volume(tmp_path):
     with pytest.raises(UnreadableScanError) as caught:
         load_nifti(path)
 
-    assert str(caught.value) == "scan.nii: its header declares (8, 0, 6) voxels (an empty image)"
+    assert str(caught.value) == "the input: its header declares (8, 0, 6) voxels (an empty image)"
 
 
 def test_nifti_declaring_a_huge_grid_is_refused_with_its_size(tmp_path, monkeypatch):
@@ -257,7 +268,7 @@ def test_nifti_declaring_a_huge_grid_is_refused_with_its_size(tmp_path, monkeypa
         load_nifti(path)
 
     assert str(caught.value) == (
-        "scan.nii (32767x32767x32767 voxels) would need 64.0 TiB of memory, more than the "
+        "the input (32767x32767x32767 voxels) would need 64.0 TiB of memory, more than the "
         f"budget of 1.0 GiB (set {BUDGET_ENV} to change it)"
     )
 
@@ -305,7 +316,7 @@ def test_nifti_with_no_usable_geometry_is_refused(tmp_path):
         load_nifti(path)
 
     assert str(caught.value) == (
-        "scan.nii: no usable geometry: its sform is unusable (its affine is singular (voxel "
+        "the input: no usable geometry: its sform is unusable (its affine is singular (voxel "
         "axes of zero length or parallel)) and was ignored; its qform is unusable (its affine "
         "is not finite) and was ignored; its voxel size (pixdim) is unusable (its affine is not "
         "finite) and was ignored"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from napari_scan_classifier.inference import Cancel, Prediction, Progress, Repor
 from napari_scan_classifier.io import is_nifti, load_scans
 from napari_scan_classifier.io.dicom import load_dicom
 from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.privacy import renamed
 from napari_scan_classifier.results import predict
 from napari_scan_classifier.volume import Volume
 
@@ -53,7 +54,9 @@ class Ranked:
 
     ``item`` is the position in the input of the volume or path the scan came from; ``path`` and
     ``series_key`` say which file or DICOM series it is, for :func:`load_ranked` (both None for
-    a volume handed in). ``name`` is built from file names and safe header fields only.
+    a volume handed in). ``name`` is what to show: the scan's place (``input 2``, ``input 2,
+    NIfTI file 3``), its series key and safe header fields, never a file or folder name (folders
+    are often named after patients); ``path`` is for reading the scan again and never shown.
     """
 
     rank: int
@@ -64,7 +67,7 @@ class Ranked:
     predicted_class: str
     probabilities: dict[str, float]
     uncertainty: dict[str, Any]
-    path: Path | None = None
+    path: Path | None = field(default=None, repr=False)
     series_key: str | None = None
     in_distribution: bool = True
     ood_reasons: tuple[str, ...] = ()
@@ -107,8 +110,8 @@ def rank_by_uncertainty(
     informative first, out-of-distribution scans after all others; ties keep the input order.
 
     Inputs that cannot be read or classified are left out and reported to ``on_skip`` (one line
-    each, naming the file); ``progress`` gets (inputs done, inputs, message); CancelledError
-    when ``cancel`` fires.
+    each, naming the input by its place as ``Ranked.name`` does); ``progress`` gets (inputs
+    done, inputs, message); CancelledError when ``cancel`` fires.
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
@@ -158,51 +161,54 @@ def load_ranked(ranked: Ranked) -> Volume:
     else:
         volumes = load_dicom(ranked.path, series=[ranked.series_key]).volumes
     if not volumes:
-        raise UnreadableScanError(f"{ranked.path.name}: the ranked series is no longer there")
+        raise UnreadableScanError(f"{ranked.name}: the ranked series is no longer there")
     return volumes[0]
 
 
-def _expanded(scans: Sequence[ScanSource]) -> list[tuple[int, Volume | Path]]:
-    """(input position, volume or path); a folder is replaced by its NIfTI files, plus itself
-    when it holds other (DICOM) files, so one folder can mix both."""
-    inputs: list[tuple[int, Volume | Path]] = []
+def _expanded(scans: Sequence[ScanSource]) -> list[tuple[int, Volume | Path, str]]:
+    """(input position, volume or path, its place in words); a folder is replaced by its NIfTI
+    files (``input 2, NIfTI file 3``: the third in sorted order), plus itself when it holds
+    other (DICOM) files, so one folder can mix both."""
+    inputs: list[tuple[int, Volume | Path, str]] = []
     for item, scan in enumerate(scans):
+        place = f"input {item + 1}"
         if isinstance(scan, Volume):
-            inputs.append((item, scan))
+            inputs.append((item, scan, place))
             continue
         path = Path(scan)
         if not path.is_dir():
-            inputs.append((item, path))
+            inputs.append((item, path, place))
             continue
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         nifti = [p for p in files if is_nifti(p)]
-        inputs.extend((item, p) for p in nifti)
+        inputs.extend((item, p, f"{place}, NIfTI file {n}") for n, p in enumerate(nifti, 1))
         if len(nifti) < len(files):
-            inputs.append((item, path))
+            inputs.append((item, path, place))
     return inputs
 
 
 def _scans(
-    inputs: list[tuple[int, Volume | Path]], report: Reporter, skip: Callable[[str], None]
+    inputs: list[tuple[int, Volume | Path, str]], report: Reporter, skip: Callable[[str], None]
 ) -> Iterator[_Scan]:
     """Each input's scans, read only when needed; unreadable inputs go to ``skip``."""
-    for item, source in inputs:
+    for item, source, place in inputs:
         if isinstance(source, Volume):
             report(f"classifying {source.display_name()}")
             yield _Scan(item, source.display_name(), source)
             continue
-        report(f"reading {source.name}")
+        report(f"reading {place}")
         try:
             loaded = load_scans(source)
         except UnreadableScanError as error:
-            skip(str(error))
+            skip(renamed(str(error), place))
             continue
         for skipped in loaded.skipped:
-            if not is_nifti(skipped.path):  # a folder's NIfTI files are read on their own
-                skip(str(skipped))
+            if not is_nifti(skipped.local_path() or ""):  # a folder's NIfTI files are read alone
+                skip(f"{place}: {skipped}")
         for volume in loaded.volumes:
             key = volume.metadata.get("series_key")
-            name = f"{source.name}: {volume.display_name()}"
+            series = "" if key is None else f", series {key}"
+            name = f"{place}{series}: {volume.display_name()}"
             yield _Scan(item, name, volume, source, None if key is None else str(key))
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from napari_scan_classifier import outputs
 from napari_scan_classifier._tensorflow_isolation import VERBOSE_VARIABLE, NativeLogFilter
 from napari_scan_classifier.errors import ScanClassifierError
-from napari_scan_classifier.privacy import RedactingStream, Redactor
+from napari_scan_classifier.privacy import RedactingStream, Redactor, numbered
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
     from napari_scan_classifier.evaluation import EvaluationReport
@@ -94,8 +94,8 @@ def _convert_command(args: argparse.Namespace) -> int:
     redact = Redactor([args.path])
     result = load_scans(args.path)
     for skipped in result.skipped:
-        redact.found(skipped.path, args.path)
-        print(f"skipped a file of input 1: {redact(skipped.reason)}", file=sys.stderr)
+        redact.found(skipped.local_path(), args.path)
+        print(f"skipped a file of input 1: {redact(str(skipped))}", file=sys.stderr)
     for number, volume in enumerate(result.volumes, start=1):
         path = save_nifti(volume, out / f"series_{number:03d}_{volume.modality}.nii.gz")
         for note in volume.metadata.get("geometry_warnings", []):
@@ -586,15 +586,15 @@ def _let_tensorflow_log() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     chosen = ("out", "saliency_dir", "model", "base")
-    redact = Redactor(
-        _inputs(args), keep=[getattr(args, a) for a in chosen if getattr(args, a, None)]
-    )
+    inputs = _inputs(args)
+    redact = Redactor(inputs, keep=[getattr(args, a) for a in chosen if getattr(args, a, None)])
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(stdout, redact), RedactingStream(stderr, redact)
     try:
         return int(args.run(args))
     except ScanClassifierError as error:
-        print(f"error: {error}", file=sys.stderr)
+        text = numbered(str(error), 1) if len(inputs) == 1 else str(error)
+        print(f"error: {text}", file=sys.stderr)
         return 2
     finally:
         sys.stdout.flush()

@@ -32,7 +32,7 @@ from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.models.bundle import MODEL_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path
-from napari_scan_classifier.privacy import Redactor
+from napari_scan_classifier.privacy import Redactor, numbered
 from napari_scan_classifier.results import (
     ANSWERED,
     BatchReport,
@@ -147,11 +147,11 @@ def discover(
             try:
                 stacks, left_out = series_files(path)
             except ScanClassifierError as error:
-                skipped.append({"input": number, "reason": redact(str(error))})
+                skipped.append({"input": number, "reason": redact(numbered(str(error), number))})
                 continue
             for file in left_out:
-                redact.found(file.path, path)
-            skipped += [{"input": number, "reason": redact(s.reason)} for s in left_out]
+                redact.found(file.local_path(), path)
+            skipped += [{"input": number, "reason": redact(str(s))} for s in left_out]
             found = {key: tuple(map(str, files)) for key, files in stacks.items()}
         for key, files in found.items():
             if key not in seen:
@@ -277,7 +277,7 @@ def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[st
             faithfulness=options.faithfulness,
             saliency_dir=options.saliency_dir,
         )
-        if row["status"] == "classified":
+        if "timings" in row:
             row["timings"]["load"] = loaded  # reading and decoding the series where it ran
     except ScanClassifierError as error:
         row = failed_row(task, str(error))
@@ -549,7 +549,7 @@ def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
     row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
     for key in ("error", "modality_warning"):
         if row.get(key):
-            row[key] = redact(row[key])
+            row[key] = redact(numbered(row[key], row["input"]))
 
 
 def _summarise(

@@ -19,10 +19,28 @@ from typing import TextIO
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:[\\/]|[/\\]|~[\\/]|\.{1,2}[\\/])[^'"\n]*\1""")
 _BARE_PATH = re.compile(r"""(?<![\w.%~>-])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"]+""")
 MIN_NAME_CHARS = 3  # shorter names cannot identify anyone, and replacing them would garble text
+THE_INPUT = "the input"  # how the core's messages name a file or folder it was given
 
 
-def strip_paths(text: str) -> str:
-    """``text`` with absolute or quoted paths replaced by ``<path>``."""
+def numbered(text: str, number: int) -> str:
+    """``text`` with the core's name for an input at its start (``the input: ...``) made
+    ``<input N>``: the command or viewer knows which of its inputs failed, the core does not."""
+    return renamed(text, f"<input {number}>")
+
+
+def renamed(text: str, name: str) -> str:
+    """``text`` with the core's name for an input at its start replaced by ``name``."""
+    return name + text[len(THE_INPUT) :] if text.startswith(THE_INPUT) else text
+
+
+def strip_paths(text: str, *known: str | os.PathLike[str]) -> str:
+    """``text`` with absolute or quoted paths, and the ``known`` paths however spelled
+    (relative ones too), replaced by ``<path>``."""
+    spellings = {
+        s for p in known for s in (os.fspath(p), os.path.abspath(p), str(Path(p).resolve()))
+    }
+    for spelling in sorted(spellings, key=len, reverse=True):
+        text = text.replace(spelling, "<path>")
     text = _QUOTED_PATH.sub(lambda m: f"{m[1]}<path>{m[1]}", text)
     return _BARE_PATH.sub("<path>", text)
 

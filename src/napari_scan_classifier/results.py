@@ -37,7 +37,7 @@ from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundle import METADATA_FILE
 from napari_scan_classifier.models.bundled import load_default_bundle, named_bundle_path
-from napari_scan_classifier.privacy import Redactor
+from napari_scan_classifier.privacy import Redactor, numbered
 from napari_scan_classifier.saliency import TITLES, SaliencyMap, method_key, saliency_map
 from napari_scan_classifier.volume import Volume
 
@@ -337,11 +337,11 @@ def _load(
     try:
         loaded = load_scans(path)
     except ScanClassifierError as error:
-        report.skipped.append({"input": number, "reason": redact(str(error))})
+        report.skipped.append({"input": number, "reason": redact(numbered(str(error), number))})
         return []
     for skipped in loaded.skipped:
-        redact.found(skipped.path, path)
-    report.skipped.extend({"input": number, "reason": redact(s.reason)} for s in loaded.skipped)
+        redact.found(skipped.local_path(), path)
+    report.skipped.extend({"input": number, "reason": redact(str(s))} for s in loaded.skipped)
     return loaded.volumes
 
 

@@ -256,11 +256,11 @@ def test_the_ranking_is_the_cores_and_a_click_selects_the_scan(qtbot, viewer, wi
 def test_scans_in_a_folder_are_ranked_and_opened_on_click(
     qtbot, viewer, widget, model_path, tmp_path, notifications
 ):
-    folder = tmp_path / "to-label"
+    folder = tmp_path / "DOE^JOHN_1234"  # folders are often named after patients
     folder.mkdir()
     volumes = [make_case(seed, seed % 2, shape=SHAPE).volume for seed in range(3)]
     for seed, volume in enumerate(volumes):
-        save_nifti(volume, folder / f"scan{seed}.nii.gz")
+        save_nifti(volume, folder / f"DOE^JOHN_1234_scan{seed}.nii.gz")
     (folder / "notes.txt").write_text("not a scan")
     widget.model.value = model_path / "bundle.json"
     widget.source.value = "folder"
@@ -276,7 +276,9 @@ def test_scans_in_a_folder_are_ranked_and_opened_on_click(
     finish(qtbot, widget)
     (opened,) = viewer.layers
     (seed,) = [i for i, v in enumerate(volumes) if np.array_equal(opened.data, v.voxels)]
-    assert first.startswith(f"1. scan{seed}.nii.gz: CT · ")
+    assert first.startswith(f"1. input 1, NIfTI file {seed + 1}: CT · ")  # its sorted place
+    shown = [widget.ranking.item(i).text() for i in range(3)] + [n.message for n in notifications]
+    assert not any("DOE" in text for text in shown)
     assert " · entropy 0." in first and " · predicted " in first and "(p = 0." in first
     assert opened.name == "#1 CT"  # layer names never carry file names
     np.testing.assert_allclose(opened.affine.affine_matrix, volumes[seed].affine, atol=1e-4)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_helpers import file_positions
 from geometry_checks import assert_same_scan
 from napari.components import ViewerModel
 from napari.utils.notifications import ErrorNotification, Notification, NotificationSeverity
@@ -17,6 +18,7 @@ from napari_scan_classifier.plugin.layers import layer_to_volume
 from napari_scan_classifier.volume import lps_to_world
 
 PLUGIN = "napari-scan-classifier"
+PATIENT = "DOE^JOHN_1234"
 
 
 def _severities(shown: list[Notification]) -> list[NotificationSeverity]:
@@ -80,14 +82,16 @@ def test_nifti_opens_with_its_geometry(viewer: ViewerModel, mr_nifti: Path) -> N
 def test_bad_file_is_skipped_with_a_warning(
     viewer: ViewerModel, ct_series: DicomSeries, notifications: list[Notification]
 ) -> None:
-    (ct_series.folder / "junk.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
+    junk = ct_series.folder / f"{PATIENT}.dcm"  # names of inputs may be patient names
+    junk.write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
 
     layers = viewer.open(ct_series.folder, plugin=PLUGIN)
 
     assert [layer.name for layer in layers] == ["CT #3 Chest CT"]
     assert _severities(notifications) == [NotificationSeverity.WARNING]
-    assert "a file was skipped: " in notifications[0].message
-    assert "junk" not in notifications[0].message  # names of inputs may be patient names
+    place = file_positions(ct_series.folder)[junk]
+    assert f"a file of <input 1> was skipped: file {place}: " in notifications[0].message
+    assert "DOE" not in notifications[0].message
 
 
 def test_repaired_geometry_is_reported(
@@ -122,13 +126,14 @@ def test_nothing_readable_is_an_error_notification(
 def test_truncated_nifti_is_an_error_notification(
     viewer: ViewerModel, tmp_path: Path, notifications: list[Notification]
 ) -> None:
-    path = tmp_path / "broken.nii.gz"
+    path = tmp_path / PATIENT / f"{PATIENT}.nii.gz"
+    path.parent.mkdir()
     path.write_bytes(b"\x1f\x8b not really gzip")
 
     assert viewer.open(path, plugin=PLUGIN) == []
     assert _severities(notifications) == [NotificationSeverity.ERROR]
     assert "<input 1>: not a readable NIfTI file" in notifications[0].message
-    assert "broken" not in notifications[0].message
+    assert "DOE" not in notifications[0].message
 
 
 def test_list_of_folders_reads_each(viewer: ViewerModel, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -423,8 +423,8 @@ def load_url(
 ) -> LoadResult:
     """Every scan of a DICOMweb study or series address, read by the DICOM loader.
 
-    Skipped instances are named by their place in the retrieval (``series_001/instance_00007``),
-    never by a UID. ``cache`` None follows ``NSC_DICOMWEB_CACHE``. Raises the first loader
+    Skipped instances are named by their place in the retrieval (``file 7 of retrieved series
+    1``), never by a UID. ``cache`` None follows ``NSC_DICOMWEB_CACHE``. Raises the first loader
     error when no series could be read.
     """
     from napari_scan_classifier.io.dicom import load_dicom
@@ -461,8 +461,8 @@ def list_series_url(
 
 
 def _renamed(skipped: SkippedFile, series_number: int) -> SkippedFile:
-    """Instance files are named by retrieval order; prefix the series' place in the study."""
-    return SkippedFile(Path(f"series_{series_number:03d}", Path(skipped.path).stem), skipped.reason)
+    """Instance files sort in retrieval order; add the series' place in the study."""
+    return replace(skipped, within=f"retrieved series {series_number}")
 
 
 __all__ = [

@@ -17,7 +17,7 @@ import numpy as np
 from napari_scan_classifier.errors import GeometryError, ResourceLimitError, UnreadableScanError
 from napari_scan_classifier.io.checks import affine_problem, finite_positive
 from napari_scan_classifier.limits import check_memory
-from napari_scan_classifier.privacy import strip_paths
+from napari_scan_classifier.privacy import THE_INPUT, strip_paths
 from napari_scan_classifier.volume import Volume, nifti_to_zyx_affine
 
 # NIfTI intent/description fields are free text; we only keep what we wrote ourselves.
@@ -104,22 +104,22 @@ def load_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         image = nib.load(path)
-    except FileNotFoundError as error:
-        raise UnreadableScanError(f"{path.name}: no such file") from error
+    except FileNotFoundError:
+        raise UnreadableScanError(f"{THE_INPUT}: no such file") from None
     except Exception as error:  # nibabel raises many types for corrupt headers
         raise UnreadableScanError(
-            f"{path.name}: not a readable NIfTI file ({strip_paths(str(error))})"
+            f"{THE_INPUT}: not a readable NIfTI file ({strip_paths(str(error), path)})"
         ) from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise UnreadableScanError(f"{path.name}: not a NIfTI image")
-    _declared_size(image, path.name)
-    affine, notes = _trusted_affine(image, path.name)
+        raise UnreadableScanError(f"{THE_INPUT}: not a NIfTI image")
+    _declared_size(image, THE_INPUT)
+    affine, notes = _trusted_affine(image, THE_INPUT)
     try:
         data = np.asanyarray(image.dataobj)
     except MemoryError:
-        raise ResourceLimitError(f"{path.name}: its voxels do not fit in memory") from None
-    except Exception as error:  # truncated, corrupt gzip stream, impossible offsets
-        raise UnreadableScanError(f"{path.name}: voxel data is truncated or corrupt") from error
+        raise ResourceLimitError(f"{THE_INPUT}: its voxels do not fit in memory") from None
+    except Exception:  # truncated, corrupt gzip stream, impossible offsets
+        raise UnreadableScanError(f"{THE_INPUT}: voxel data is truncated or corrupt") from None
     _note_non_finite(data, notes)
     thickness = finite_positive(float(image.header.get_zooms()[2]))
     metadata: dict[str, Any] = {

@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_warning
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
-from napari_scan_classifier.privacy import Redactor
+from napari_scan_classifier.privacy import Redactor, numbered
 from napari_scan_classifier.volume import Volume
 
 PathOrPaths = str | Sequence[str]
@@ -52,18 +52,18 @@ def load_layer_data(
     redact = Redactor(paths)
     volumes: list[Volume] = []
     problems: list[str] = []
-    for p in paths:
+    for number, p in enumerate(paths, start=1):
         try:
             result = load_scans(p, progress=progress, cancel=cancel)
         except CancelledError:
             raise
         except ScanClassifierError as error:
-            problems.append(str(error))
+            problems.append(numbered(str(error), number))
             continue
         volumes.extend(result.volumes)
         for skipped in result.skipped:
-            redact.found(skipped.path, p)
-            problems.append(f"a file was skipped: {skipped.reason}")
+            redact.found(skipped.local_path(), p)
+            problems.append(f"a file of <input {number}> was skipped: {skipped}")
     problems = [redact(problem) for problem in [*problems, *_geometry_notes(volumes)]]
     return [volume_to_layer_data(v) for v in volumes], problems
 

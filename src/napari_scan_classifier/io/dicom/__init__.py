@@ -26,7 +26,12 @@ from napari_scan_classifier.errors import (
 from napari_scan_classifier.io import LoadResult, SkippedFile
 from napari_scan_classifier.io.dicom.discovery import _scan
 from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
-from napari_scan_classifier.io.dicom.pixels import _decode_stack, _Decoder, _undecodable
+from napari_scan_classifier.io.dicom.pixels import (
+    _decode_stack,
+    _Decoder,
+    _left_out,
+    _undecodable,
+)
 from napari_scan_classifier.io.dicom.records import (
     _DEFAULT_IOP,
     Cancel,
@@ -131,7 +136,7 @@ def load_dicom(
             problem = _undecodable(stack.files)
             if problem is not None:
                 _, reason = problem
-                skipped.extend(SkippedFile(f.path, reason) for f in stack.files)
+                skipped.extend(_left_out(f, reason, stack) for f in stack.files)
                 errors.append(UnsupportedTransferSyntaxError(f"{_stack_name(stack)}: {reason}"))
                 continue
             try:

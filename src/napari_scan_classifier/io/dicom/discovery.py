@@ -17,6 +17,7 @@ from napari_scan_classifier.io import SkippedFile
 from napari_scan_classifier.io.dicom.frames import _read_file
 from napari_scan_classifier.io.dicom.records import Cancel, Progress, _Frame, _SkipFileError, _Stack
 from napari_scan_classifier.limits import special_file_reason
+from napari_scan_classifier.privacy import THE_INPUT
 
 
 def _candidate_files(path: Path) -> list[Path]:
@@ -36,17 +37,20 @@ def _candidate_files(path: Path) -> list[Path]:
 
 
 def _try_file(
-    path: Path, known: dict[tuple, dict], cancel: Cancel | None
+    position: int, path: Path, known: dict[tuple, dict], cancel: Cancel | None
 ) -> list[_Frame] | SkippedFile:
     if cancel is not None and cancel():
         raise CancelledError("loading was cancelled")
     special = special_file_reason(path)  # opening a named pipe would block forever
     if special is not None:
-        return SkippedFile(path, special)
+        return SkippedFile(position, special, _path=path)
     try:
-        return _read_file(path, known)
+        frames = _read_file(path, known)
     except _SkipFileError as skip:
-        return SkippedFile(path, str(skip))
+        return SkippedFile(position, str(skip), _path=path)
+    for frame in frames:
+        frame.file.position = position
+    return frames
 
 
 def _series_key(frame: _Frame) -> str:
@@ -144,7 +148,10 @@ def _without_copies(read: list[list[_Frame]], skipped: list[SkippedFile]) -> lis
                     f"an identical copy of instance {frames[0].file.instance} "
                     "(same instance UID and content)"
                 )
-                skipped.append(SkippedFile(frames[0].file.path, reason))
+                file = frames[0].file
+                skipped.append(
+                    SkippedFile(file.position, reason, instance=file.instance, _path=file.path)
+                )
             else:
                 distinct[digest] = frames
         ranked = sorted(distinct.items(), key=lambda item: (str(item[1][0].file.syntax), item[0]))
@@ -165,12 +172,12 @@ def _scan(
     """Read every header under ``path`` (only ``files`` where given); the stacks found and the
     files left out."""
     if not path.exists():
-        raise UnreadableScanError(f"{path.name}: no such file or folder")
+        raise UnreadableScanError(f"{THE_INPUT}: no such file or folder")
     candidates = _candidate_files(path) if files is None else [Path(f) for f in files]
     skipped: list[SkippedFile] = []
     known: dict[tuple, dict] = {}
     read: list[list[_Frame]] = []
-    results = pool.map(lambda p: _try_file(p, known, cancel), candidates)
+    results = pool.map(lambda item: _try_file(*item, known, cancel), enumerate(candidates, 1))
     for done, result in enumerate(results, 1):
         if isinstance(result, SkippedFile):
             skipped.append(result)
@@ -181,11 +188,11 @@ def _scan(
     frames = [frame for kept in _without_copies(read, skipped) for frame in kept]
     if not frames:
         if path.is_file() and len(candidates) == 1 and skipped:
-            raise UnreadableScanError(f"{path.name}: {skipped[0].reason}")
+            raise UnreadableScanError(f"{THE_INPUT}: {skipped[0].reason}")
         reasons = Counter(s.reason for s in skipped).most_common(1)
         common = f"; {reasons[0][1]} skipped: {reasons[0][0]}" if reasons else ""
         raise UnreadableScanError(
-            f"{path.name}: no DICOM images found in this folder "
+            f"{THE_INPUT}: no DICOM images found in this folder "
             f"({len(candidates)} files checked{common})"
         )
     return _group(frames), skipped

@@ -188,7 +188,7 @@ def _decode_job(
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # decoders in Rust raise PanicException, a BaseException
-        detail = strip_paths(str(exc)).splitlines()
+        detail = strip_paths(str(exc), file.path).splitlines()
         return (
             f"pixel data could not be decoded ({detail[0][:160] if detail else type(exc).__name__})"
         )
@@ -309,6 +309,13 @@ def _decode_plan(
     return out
 
 
+def _left_out(file: _File, reason: str, stack: _Stack) -> SkippedFile:
+    """A file of ``stack`` left out, named by its place, series and instance (never its name)."""
+    return SkippedFile(
+        file.position, reason, _stack_name(stack), file.instance or None, _path=file.path
+    )
+
+
 def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) -> Volume:
     """Decode one stack, leaving out files that fail (and re-planning without them)."""
     frames, widen = list(stack.frames), False
@@ -322,7 +329,7 @@ def _decode_stack(stack: _Stack, decoder: _Decoder, skipped: list[SkippedFile]) 
         if not decoder.failures:
             break
         del out
-        skipped.extend(SkippedFile(f.path, reason) for f, reason in decoder.failures.items())
+        skipped.extend(_left_out(f, reason, stack) for f, reason in decoder.failures.items())
         frames = [f for f in frames if f.file not in decoder.failures]
         if not frames:
             file, reason = next(iter(decoder.failures.items()))

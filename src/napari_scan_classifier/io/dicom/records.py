@@ -70,6 +70,7 @@ class _File:
     gzipped: bool = False  # a .dcm.gz: read through gzip
     swap_pairs: bool = False  # 8-bit pixels stored as big-endian 16-bit words (OW)
     table: tuple[int, np.ndarray] | None = None  # (first stored value, values): a LUT to apply
+    position: int = 0  # its place among the files found under the input (how messages name it)
 
     def open(self) -> BinaryIO:
         """The file's bytes (decompressed for a .dcm.gz)."""
