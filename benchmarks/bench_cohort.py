@@ -37,6 +37,7 @@ from napari_scan_classifier.cohort import (
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
+from napari_scan_classifier.results import ANSWERED
 
 
 def write_cohort(folder: Path, series: int, slices: int, size: int) -> None:
@@ -58,7 +59,7 @@ def timed(folder: Path, out: Path, client: Client | None = None) -> tuple[float,
     seconds = time.perf_counter() - start
     used = cpu_seconds(client) - cpu
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert all(row["status"] == "classified" for row in rows), "a series failed"
+    assert all(row["status"] in ANSWERED for row in rows), "a series failed"
     return seconds, rows, used
 
 

@@ -16,6 +16,7 @@ Peer, in the same run: the largest gap of the idle window over 2 s (the floor th
 and the machine's load give). Target: no stall over 50 ms.
 
     python benchmarks/bench_ui.py [--slices 300] [--size 512] [--skip open,classify,train]
+                                  [--profile] [--where]
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import argparse
 import cProfile
 import os
 import pstats
+import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +119,27 @@ class StallMeter:
         return max(0.0, 1000 * float(np.diff(ticks).max()) - TICK_MS)
 
 
+def report_stalls(meter: StallMeter, stop: threading.Event, over_s: float = 0.15) -> None:
+    """From a watchdog thread (until ``stop``), print the Qt thread's stack whenever it has not
+    ticked for ``over_s``: what the viewer was busy with while frozen."""
+    main = threading.main_thread().ident
+
+    def watch() -> None:
+        reported = 0.0
+        while not stop.wait(0.02):
+            now = time.perf_counter()
+            if not meter.ticks or now - meter.ticks[-1] < over_s or now - reported < 0.3:
+                continue
+            reported = now
+            stack = traceback.extract_stack(sys._current_frames()[main])[-12:]
+            where = " <- ".join(
+                f"{f.name} ({Path(f.filename).name}:{f.lineno})" for f in stack[::-1]
+            )
+            print(f"stall {1000 * (now - meter.ticks[-1]):.0f} ms: {where}", flush=True)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> None:
     import napari
 
@@ -130,6 +155,9 @@ def run(args: argparse.Namespace) -> None:
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train, name="Train model", area="right", tabify=True)
     meter = StallMeter(args.profile)
+    stop = threading.Event()
+    if args.where:
+        report_stalls(meter, stop)
     meter.measure(lambda: None, lambda: True, 2.0)  # the window settles (first paint, GL)
     figures: dict[str, float] = {}
     figures["idle (peer)"] = meter.measure(lambda: None, lambda: True, 2.0)
@@ -168,6 +196,7 @@ def run(args: argparse.Namespace) -> None:
             lambda: bool(started_train) and train.worker is None,
             3.0,
         )
+    stop.set()
     viewer.close()
     peer = figures["idle (peer)"]
     print(
@@ -184,6 +213,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--skip", default="", help="comma-separated: open, classify, train")
     parser.add_argument("--profile", action="store_true", help="profile the Qt thread")
+    parser.add_argument(
+        "--where", action="store_true", help="print the Qt thread's stack in stalls"
+    )
     args = parser.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

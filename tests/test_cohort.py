@@ -152,6 +152,7 @@ def test_list_input_and_resume_in_process(
     first = _journal(out)
     assert [row["index"] for row in first] == [1, 2, 3]
     assert {row["worker"] for row in first} == {"in-process"}
+    assert all(row["timings"]["load"] > 0 for row in first)
     sha256 = model_sha256(load_bundle(bundle_dir))
     assert sha256 == hashlib.sha256((bundle_dir / "model.keras").read_bytes()).hexdigest()
     assert {json.dumps(row["bundle"]) for row in first} == {

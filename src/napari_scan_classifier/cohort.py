@@ -277,7 +277,7 @@ def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[st
             faithfulness=options.faithfulness,
             saliency_dir=options.saliency_dir,
         )
-        if row["status"] == "classified":
+        if "timings" in row:
             row["timings"]["load"] = loaded  # reading and decoding the series where it ran
     except ScanClassifierError as error:
         row = failed_row(task, str(error))

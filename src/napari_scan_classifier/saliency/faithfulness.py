@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_scan_classifier.evaluation import softmax
 from napari_scan_classifier.inference import logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.preprocess import ModelGrid, inside_mask, resample_to_grid
@@ -190,7 +189,7 @@ def _probabilities(
     inputs = [np.asarray(key, dtype=np.int64) for key in unique]
     found = np.concatenate(
         [
-            softmax(logits_of(bundle.model, batch), bundle.metadata.temperature)[:, k]
+            bundle.metadata.probabilities(logits_of(bundle.model, batch))[:, k]
             for batch in _batches(regions, inputs, batch_size)
         ]
     )

@@ -23,7 +23,6 @@ import numpy as np
 
 from napari_scan_classifier.backend import value_and_gradient
 from napari_scan_classifier.errors import InvalidBundleError
-from napari_scan_classifier.evaluation import softmax
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.preprocess import Box, ModelGrid, inside_mask
@@ -102,17 +101,16 @@ def occlusion(
     patch = _voxels(patch_mm, grid)
     stride = _voxels(patch_mm / 2 if stride_mm is None else stride_mm, grid)
     boxes = [b for b in _patch_boxes(grid.shape, patch, stride) if inside[b].any()]
-    temperature = bundle.metadata.temperature
     logits = logits_of(bundle.model, x[None])
     k = target_index(bundle, target_class, logits[0])
-    plain = softmax(logits, temperature)[0, k]
+    plain = bundle.metadata.probabilities(logits)[0, k]
     drop, count = np.zeros(grid.shape), np.zeros(grid.shape)
     chunks = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
     report = Reporter(len(chunks), progress, cancel, job="occlusion")
     for n, chunk in enumerate(chunks):
         report(f"occluding patches {n * batch_size + 1}-{n * batch_size + len(chunk)}")
         occluded = np.stack([_filled(x, b, fill) for b in chunk])
-        probabilities = softmax(logits_of(bundle.model, occluded), temperature)[:, k]
+        probabilities = bundle.metadata.probabilities(logits_of(bundle.model, occluded))[:, k]
         for b, p in zip(chunk, probabilities, strict=True):
             drop[b] += plain - p
             count[b] += 1
