@@ -101,6 +101,30 @@ def test_convert_and_errors_hide_the_input_name(capsys, tmp_path, patient_dir):
         assert PATIENT not in text and "DOE" not in text
 
 
+def test_show_paths_tells_local_paths_on_stderr_only(capsys, tmp_path, patient_dir, bundle_dir):
+    """Opt-in, for one's own machine: stderr says where inputs and skipped files are; stdout and
+    the results file still hold no path or name."""
+    code, stdout, stderr = _run(
+        capsys, "--show-paths", "convert", patient_dir, "--out", tmp_path / "nifti"
+    )
+    assert code == 0, stderr
+    assert stderr.splitlines() == [
+        f"input 1 is {patient_dir}",
+        "skipped a file of input 1: file 1: DICOM file without image data",
+        f"file 1 of input 1 is {patient_dir / f'{PATIENT}.dcm'}",
+        "skipped a file of input 1: file 2: cannot be read (BadGzipFile)",
+        f"file 2 of input 1 is {patient_dir / f'{PATIENT}.nii.gz'}",
+    ]
+    out = tmp_path / "r.json"
+    code, stdout2, stderr2 = _run(
+        capsys, "--show-paths", "classify", patient_dir, "--model", bundle_dir, "--out", out
+    )
+    assert code == 0, stderr2
+    assert stderr2.startswith(f"input 1 is {patient_dir}\n")
+    for text in (stdout, stdout2, out.read_text()):
+        assert PATIENT not in text and "DOE" not in text
+
+
 def test_redactor_strips_third_party_paths_and_found_names(tmp_path):
     folder = tmp_path / PATIENT
     redact = Redactor([folder])

@@ -96,6 +96,7 @@ def _convert_command(args: argparse.Namespace) -> int:
     for skipped in result.skipped:
         redact.found(skipped.local_path(), args.path)
         print(f"skipped a file of input 1: {redact(str(skipped))}", file=sys.stderr)
+        _tell_path(args, f"file {skipped.position} of input 1 is {skipped.local_path()}")
     for number, volume in enumerate(result.volumes, start=1):
         path = save_nifti(volume, out / f"series_{number:03d}_{volume.modality}.nii.gz")
         for note in volume.metadata.get("geometry_warnings", []):
@@ -530,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", action="store_true", help="let TensorFlow log (device probing, oneDNN, CUDA)"
     )
+    parser.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="on your own machine: say on stderr where each input and skipped file is (results "
+        "files never hold paths)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     series = commands.add_parser("series", help="list the DICOM series under a path (no decoding)")
@@ -590,6 +597,9 @@ def _run(args: argparse.Namespace) -> int:
     redact = Redactor(inputs, keep=[getattr(args, a) for a in chosen if getattr(args, a, None)])
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(stdout, redact), RedactingStream(stderr, redact)
+    args.local_stderr = stderr if args.show_paths else None
+    for number, given in enumerate(inputs, start=1):
+        _tell_path(args, f"input {number} is {given if '://' in given else os.path.abspath(given)}")
     try:
         return int(args.run(args))
     except ScanClassifierError as error:
@@ -600,6 +610,14 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = stdout, stderr
+
+
+def _tell_path(args: argparse.Namespace, line: str) -> None:
+    """With ``--show-paths`` only: a line with a local path, on stderr past the redaction (the
+    user asked, on their own machine); never in stdout or a results file."""
+    if args.local_stderr is not None:
+        sys.stderr.flush()
+        print(line, file=args.local_stderr, flush=True)
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
