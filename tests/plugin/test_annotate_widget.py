@@ -363,7 +363,7 @@ def test_a_deleted_case_goes_to_the_trash_and_comes_back(qtbot, viewer, widget, 
 
     assert library.counts() == {"normal": 1}
     assert library.list_trash() == [lesion]
-    assert widget.counts.value == "1 cases: normal 1"
+    assert widget.counts.value == "1 case: normal 1"
     assert widget.cases.count() == 1
     assert widget.trash.value == lesion.case_id
     assert "moved to the trash" in notifications[-1].message
