@@ -101,3 +101,9 @@ def test_training_progress_in_a_log_is_plain_lines(capsys) -> None:
     assert lines[:10] == [f"loading cases {2 * k}/20" for k in range(1, 11)]
     assert lines[10].startswith("epoch 1/2 loss 0.6900 val_loss 0.7000 val_auc 0.500")
     assert len(lines) == 11
+
+
+def test_counts_read_as_english() -> None:
+    from napari_scan_classifier.datasets import n_cases
+
+    assert [n_cases(n) for n in (0, 1, 2)] == ["0 cases", "1 case", "2 cases"]

@@ -131,6 +131,11 @@ class LabelledData:
         return self.splits[name]
 
 
+def n_cases(n: int) -> str:
+    """``"1 case"``, ``"3 cases"``: counts in messages read as English."""
+    return f"{n} case" if n == 1 else f"{n} cases"
+
+
 def load_source(
     source: str | Path,
     shape: Sequence[int],
@@ -221,7 +226,7 @@ def load_case_library(
     names = class_order(labels)
     split = Split(_stack(volumes, shape), _indices(labels, names), np.array(axes, dtype=int))
     modalities = tuple(sorted({record.modality for record in records}))
-    description = f"case library ({len(records)} cases)"
+    description = f"case library ({n_cases(len(records))})"
     return LabelledData(names, {ALL: split}, description, modalities, tuple(summaries))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from napari_scan_classifier import datasets
-from napari_scan_classifier.datasets import LabelledData, Split
+from napari_scan_classifier.datasets import LabelledData, Split, n_cases
 from napari_scan_classifier.errors import (
     TrainingError,
 )
@@ -111,7 +111,7 @@ def model_classes(
             totals[name] += n
     present = [name for name, n in totals.items() if n > 0]
     if len(present) < 2:
-        only = ", ".join(f"'{name}' ({n} cases)" for name, n in totals.items() if n) or "none"
+        only = ", ".join(f"'{name}' ({n_cases(n)})" for name, n in totals.items() if n) or "none"
         raise TrainingError(
             f"The training data ({data.description}) have one class only ({only}); a "
             "classifier needs labelled cases of at least two classes"
@@ -124,7 +124,7 @@ def model_classes(
         return tuple(known), []
     if not config.allow_new_classes:
         refuse_new_classes(new, known, totals, base.metadata.version)
-    listing = ", ".join(f"'{name}' ({totals[name]} cases)" for name in new)
+    listing = ", ".join(f"'{name}' ({n_cases(totals[name])})" for name in new)
     note = (
         f"Classes the base model (version {base.metadata.version}) did not know: {listing}. "
         f"Its output layer was rebuilt for {len(known) + len(new)} classes, keeping the "

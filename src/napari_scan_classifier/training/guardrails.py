@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier.datasets import n_cases
 from napari_scan_classifier.errors import TrainingError
 from napari_scan_classifier.training.calibration import MIN_CASES_PER_CLASS
 
@@ -125,7 +126,7 @@ def refuse_new_classes(
     new: Sequence[str], known: Sequence[str], totals: Mapping[str, int], base_version: int
 ) -> None:
     """Raise TrainingError explaining that fine-tuning would grow classes nobody asked for."""
-    listing = ", ".join(f"'{name}' ({totals[name]} cases)" for name in new)
+    listing = ", ".join(f"'{name}' ({n_cases(totals[name])})" for name in new)
     empty = [name for name in known if not totals.get(name)]
     hints = []
     for name in new:

@@ -58,6 +58,7 @@ from napari_scan_classifier.cases import (
     default_root,
     scan_key,
 )
+from napari_scan_classifier.datasets import n_cases
 from napari_scan_classifier.errors import CaseLibraryError, ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
@@ -354,7 +355,7 @@ class AnnotateWidget(Container):
             return
         counts = dict(sorted(Counter(record.label for record in records).items()))
         listing = ", ".join(f"{label} {n}" for label, n in counts.items())
-        self.counts.value = f"{len(records)} cases: {listing}" if records else "No cases yet."
+        self.counts.value = f"{n_cases(len(records))}: {listing}" if records else "No cases yet."
         for record in reversed(records):  # newest first
             item = QListWidgetItem(_case_text(record))
             item.setData(DATA_ROLE, record.case_id)
