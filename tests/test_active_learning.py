@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from dicom_helpers import file_positions
 from model_fixtures import CLASSES, GRID, metadata, sphere_case, tiny_bundle
 from scipy.special import entr
 
@@ -19,6 +20,7 @@ from napari_scan_classifier.active_learning import (
 )
 from napari_scan_classifier.errors import CancelledError
 from napari_scan_classifier.inference import classify
+from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
 from napari_scan_classifier.models import Bundle, build_cnn3d
 from napari_scan_classifier.phantoms import make_ct_phantom, make_mr_phantom
@@ -122,6 +124,22 @@ def test_files_in_a_folder_rank_like_the_same_volumes(fixed_bundle, tmp_path: Pa
     assert PATIENT not in note + repr(from_files) + str(from_files)
     first = load_ranked(from_files[0])
     np.testing.assert_array_equal(first.voxels, volumes[from_memory[0].item].voxels)
+
+
+def test_a_dicom_series_is_named_by_input_and_series_key(fixed_bundle, tmp_path: Path):
+    folder = tmp_path / PATIENT
+    volume = make_ct_phantom(0, shape=(12, 24, 24), spacing=(5.0, 4.0, 4.0)).volume
+    write_series(volume, folder, series_number=3, series_description="Chest CT")
+    junk = folder / f"{PATIENT}.dcm"
+    junk.write_text("not an image")
+    skipped: list[str] = []
+
+    (ranked,) = rank_by_uncertainty([folder], fixed_bundle, passes=1, on_skip=skipped.append)
+
+    key = load_ranked(ranked).metadata["series_key"]
+    assert ranked.name == f"input 1, series {key}: CT #3 Chest CT"
+    assert skipped == [f"input 1: file {file_positions(folder)[junk]}: not a DICOM file"]
+    assert PATIENT not in repr(ranked) + str(ranked) + "".join(skipped)
 
 
 def test_unusable_scans_are_skipped_with_the_reason(fixed_bundle, tmp_path: Path):
