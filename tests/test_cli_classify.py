@@ -20,6 +20,7 @@ from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import load_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
+from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
 from napari_scan_classifier.saliency import integrated_gradients, measure_faithfulness
 from napari_scan_classifier.samples import sample_ct_path
@@ -273,7 +274,7 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
 
     assert code == 0, stderr
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
-    assert "Model: demo_ct_lesion v4 on " in stdout
+    assert f"Model: demo_ct_lesion v{load_default_bundle().metadata.version} on " in stdout
     assert "OUT OF DISTRIBUTION" not in stdout
     assert "Saliency: Integrated gradients of 'lesion'" in stdout
     assert "Saliency check passed: removing the regions the map marks" in stdout

@@ -17,7 +17,10 @@ It is then measured on held-out phantoms with clear lesions, on held-out
 and on the sample CT phantom, and all of it goes into the model card. Stages 1 and 2 are kept in
 ``DIR/stages``, and a rerun into the same ``DIR`` resumes after the last one kept.
 
-**Finalise** (``--finalise``, also the last step of a full run): the applicability check of
+**Finalise** (``--finalise``; also, but for the recalibration that training already does, the
+last step of a full run): the temperature and class bias are refitted on the validation
+phantoms, the saliency method that measures most faithful on six of them with a lesion becomes
+the bundle's default, and the applicability check of
 :mod:`~napari_scan_classifier.applicability` is fitted on training-like phantoms (the polish
 stage's) and the validation phantoms: input-check ranges (field of view, spacing, HU percentiles,
 texture, body region) and the feature detector with its threshold for a 5 % false-abstention
@@ -61,15 +64,16 @@ from napari_scan_classifier.applicability import (
 )
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.evaluation import EvaluationReport
-from napari_scan_classifier.models.bundle import Bundle, derive, load_bundle, save_bundle
+from napari_scan_classifier.models.bundle import Bundle, load_bundle, save_bundle
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.preprocess import prepare
-from napari_scan_classifier.saliency import grad_cam
+from napari_scan_classifier.saliency import choose_saliency, grad_cam, with_saliency_choice
 from napari_scan_classifier.training import (
     TrainingConfig,
     TrainingEvent,
     TrainingResult,
     evaluate_bundle,
+    recalibrate_bundle,
     train,
 )
 from napari_scan_classifier.volume import Volume
@@ -78,6 +82,8 @@ DEMO_NAME = "demo_ct_lesion"
 STAGES_FOLDER = "stages"
 POLISH_STAGE = 2  # index of the last stage: its phantoms stand for the training data
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
+VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
+SALIENCY_CASES = 6  # validation phantoms with a lesion the saliency methods are measured on
 # Phantom fields of view: the make_cases default and the sample scan's.
 PHANTOM_SHAPES = ((64, 96, 96), (72, 128, 128))
 SPACING = (2.5, 1.5, 1.5)
@@ -185,7 +191,7 @@ def build_demo(
     out: str | Path,
     *,
     cases: int = 480,
-    val_cases: int = 96,
+    val_cases: int = VALIDATION_CASES,
     test_cases: int = 100,
     warmup_epochs: int = 30,
     epochs: int = 15,
@@ -256,6 +262,7 @@ def build_demo(
     add_applicability(
         result.bundle, seed=seed, val_cases=val_cases, shapes=shapes, training_cases=cases
     )
+    add_saliency_choice(result.bundle, seed=seed)
     path = result.save(target)
     if verbose:
         print(
@@ -271,7 +278,7 @@ def add_applicability(
     bundle: Bundle,
     *,
     seed: int = 2024,
-    val_cases: int = 96,
+    val_cases: int = VALIDATION_CASES,
     shapes: Sequence[tuple[int, int, int]] = PHANTOM_SHAPES,
     training_cases: int = 480,
     detector_cases: int = DETECTOR_CASES,
@@ -353,20 +360,68 @@ def finalise(
     the plots travel with it."""
     folder = Path(source) if source is not None else bundled_model_path()
     base = load_bundle(folder)
-    bundle = Bundle(derive(base.metadata), base.model)
+    validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
+    bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
     add_applicability(bundle, seed=seed)
+    add_saliency_choice(bundle, seed=seed)
+    _record_recalibration(bundle)
     plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
     path = save_bundle(
         bundle, Path(out) / f"{DEMO_NAME}-v{bundle.metadata.version}", extra_files=plots
     )
     if verbose:
-        info = bundle.metadata.applicability["detector"]
+        m = bundle.metadata
+        info = m.applicability["detector"]
         print(
+            f"calibration: temperature {m.temperature:.3f}, class bias {m.class_bias}; "
             f"applicability: threshold {info['threshold']:.3f} on {info['n_validation']} "
-            f"validation phantoms ({info['validation_false_abstention']:.1%} turned away) "
+            f"validation phantoms ({info['validation_false_abstention']:.1%} turned away); "
+            f"saliency default: {m.saliency['method']} {m.saliency.get('layer') or ''} "
             f"-> {path}"
         )
     return path
+
+
+def _record_recalibration(bundle: Bundle) -> None:
+    """Refresh the sample CT's probability and add the calibration and saliency choice to the
+    model card, so that what the card and tests quote is what the user sees."""
+    m = bundle.metadata
+    training = {
+        **m.training,
+        "sample_ct_phantom_p_lesion": round(sample_lesion_probability(bundle), 4),
+    }
+    after = m.calibration["recalibrated"]["after"]
+    saliency = m.saliency
+    best = next(c for c in saliency["candidates"] if c["method"] == saliency["method"])
+    heading = "\n## Calibration and explanation\n"
+    text = (
+        f"Version {m.version} keeps version {m.calibration['recalibrated']['from_version']}'s "
+        f"weights. Calibration refitted on the {after['n']} validation phantoms: temperature "
+        f"{m.temperature:.2f} and a bias per class "
+        f"({', '.join(f'{k} {v:+.3f}' for k, v in m.calibration['class_bias'].items())}); "
+        f"accuracy at the decision rule {after['accuracy']:.3f}, ECE {after['ece']:.3f}. "
+        f"Sample CT phantom: P(lesion) = {training['sample_ct_phantom_p_lesion']:.2f}. "
+        f"Default explanation: {saliency['method'].replace('_', ' ')}, the most faithful on "
+        f"{best['cases']} validation phantoms with a lesion (it passed its check on "
+        f"{best['passed']} of them, mean insertion-minus-deletion gap {best['mean_gap']:.2f})."
+    )
+    card = m.model_card.split(heading)[0].rstrip("\n") + "\n" + heading + "\n"
+    bundle.metadata = replace(
+        m, training=training, model_card=card + textwrap.fill(text, 100) + "\n"
+    )
+
+
+def add_saliency_choice(bundle: Bundle, *, seed: int = 2024, cases: int = SALIENCY_CASES) -> None:
+    """Record in ``bundle`` the saliency method that measured most faithful on the first
+    ``cases`` validation phantoms with a lesion (the map's own check, see :mod:`.saliency`)."""
+    lesions = (
+        volume
+        for volume, label in clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
+        if label == "lesion"
+    )
+    volumes = [volume for _, volume in zip(range(cases), lesions, strict=False)]
+    choice = choose_saliency(bundle, volumes, "lesion")
+    bundle.metadata = with_saliency_choice(bundle.metadata, choice)
 
 
 def _resume(checkpoints: Path, stages: Sequence[Stage]) -> tuple[Bundle | None, int]:
