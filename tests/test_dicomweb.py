@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 from model_fixtures import CLASSES, tiny_bundle
 from orthanc_server import PASSWORD, USER, free_port, running_orthanc
 from pydicom.uid import ParametricMapStorage, RawDataStorage, generate_uid
@@ -425,3 +426,36 @@ def test_a_cached_series_that_grew_on_the_server_is_fetched_again(
     (on_disk,) = load_scans(tmp_path / "ct").volumes
     assert again.shape == (5, 16, 16)
     np.testing.assert_array_equal(again.voxels, on_disk.voxels)
+
+
+def test_a_half_series_is_refused_with_its_count(
+    orthanc, server: DicomWebServer, ct_folder: Path
+) -> None:
+    """The search lists every instance, then one goes missing before retrieval (a study still
+    arriving or damaged on the server): the retrieval is refused, not loaded with a gap."""
+    series_uid = generate_uid()
+    datasets = []
+    for path in sorted(ct_folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        datasets.append(ds)
+    server.store(datasets)
+    source = DicomWebSource(server.base_url, datasets[0].StudyInstanceUID, series_uid)
+    (listed,) = server.series_of(source)
+    assert listed.instance_count == SLICES
+
+    auth = (USER, PASSWORD)
+    lookup = requests.post(
+        f"{orthanc.url}/tools/lookup", data=datasets[3].SOPInstanceUID, auth=auth, timeout=10
+    )
+    (found,) = lookup.json()
+    requests.delete(f"{orthanc.url}/instances/{found['ID']}", auth=auth, timeout=10)
+
+    with pytest.raises(DicomWebError) as half:
+        server.fetch_series(listed, Path(tempfile.mkdtemp()))
+    assert str(half.value) == (
+        f"the DICOMweb server at {server.base_url.split('/')[2]} sent {SLICES - 1} of the "
+        f"{SLICES} instances it lists for this series: the study is incomplete on the server "
+        "or changed during retrieval; try again later"
+    )

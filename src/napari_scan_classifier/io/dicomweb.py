@@ -302,6 +302,7 @@ class DicomWebServer:
                         progress(count, max(total, count), "Retrieving from DICOMweb")
             finally:
                 stream.close()
+        _check_complete(series, count, self._host)
         return count
 
     def series_headers(self, study_uid: str, series_uid: str) -> list[Dataset]:
@@ -320,6 +321,18 @@ class DicomWebServer:
                 f"the DICOMweb server at {self._host} refused {len(failed)} of "
                 f"{len(datasets)} uploaded objects"
             )
+
+
+def _check_complete(series: SeriesMatch, count: int, host: str) -> None:
+    """A series that arrives with fewer instances than the search listed is a half study
+    (still arriving, or damaged on the server): refused rather than classified with gaps."""
+    expected = series.instance_count
+    if expected is not None and count < expected:
+        raise DicomWebError(
+            f"the DICOMweb server at {host} sent {count} of the {expected} instances it lists "
+            "for this series: the study is incomplete on the server or changed during "
+            "retrieval; try again later"
+        )
 
 
 def _http_message(where: str, status: int, what: str) -> str:
