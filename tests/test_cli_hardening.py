@@ -143,6 +143,14 @@ def test_redactor_strips_third_party_paths_and_found_names(tmp_path):
     )
 
 
+def test_an_output_that_starts_like_its_input_is_printed_as_chosen(tmp_path):
+    folder = tmp_path / PATIENT
+    out = tmp_path / f"{PATIENT}_out" / "results.csv"
+    redact = Redactor([folder], keep=[out])
+
+    assert redact(f"wrote {out} from {folder}") == f"wrote {out} from <input 1>"
+
+
 def _error_line(code: int, stderr: str) -> str:
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
     return stderr.strip()

@@ -80,10 +80,10 @@ class Redactor:
             self._add_name(name, "<file>")
 
     def __call__(self, text: str) -> str:
+        for number, spelling in enumerate(self._keep):  # first: an output may start like an input
+            text = text.replace(spelling, f"\0{number}\0")
         for spelling in sorted(self._spellings, key=len, reverse=True):
             text = text.replace(spelling, self._spellings[spelling])
-        for number, spelling in enumerate(self._keep):
-            text = text.replace(spelling, f"\0{number}\0")
         text = strip_paths(text)
         for name in sorted(self._names, key=len, reverse=True):
             pattern = rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])"
