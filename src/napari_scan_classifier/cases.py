@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import threading
-import time
 import uuid
 import zipfile
 from collections import Counter
@@ -52,6 +51,7 @@ import platformdirs
 from napari_scan_classifier import limits
 from napari_scan_classifier.errors import CaseLibraryError, ScanClassifierError
 from napari_scan_classifier.io.nifti import load_nifti, save_nifti
+from napari_scan_classifier.outputs import clean_stale
 from napari_scan_classifier.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CODE = re.compile(r"[A-Za-z0-9_]{1,16}")  # DICOM-style codes: modality, units
 _CASE_FILES = "|".join(re.escape(name) for name in (CASE_FILE, VOLUME_FILE, MASK_FILE))
 _MEMBER = re.compile(rf"({_CASE_ID.pattern})/({_CASE_FILES})")
-# Another viewer may be writing into .incoming right now; only clean what is clearly abandoned.
-_STALE_AFTER_S = 3600.0
 _MAX_LABEL_CHARS = 128
 _MAX_PREDICTION_BYTES = 64 * 1024
 _MAX_CASE_JSON_BYTES = 1 << 20
@@ -625,18 +623,7 @@ class CaseLibrary:
 
     def _clean_incoming(self) -> None:
         """Remove writes abandoned by a crash; recent ones may belong to another live viewer."""
-        incoming = self.root / INCOMING
-        if not incoming.is_dir():
-            return
-        cutoff = time.time() - _STALE_AFTER_S
-        for entry in incoming.iterdir():
-            with contextlib.suppress(OSError):
-                if entry.lstat().st_mtime >= cutoff:
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+        clean_stale(self.root / INCOMING, matching=lambda _name: True)
 
 
 def _scan(folder: Path) -> tuple[list[CaseRecord], list[CorruptCase]]:

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from napari_scan_classifier.errors import ScanClassifierError
@@ -101,15 +102,21 @@ def is_staging(name: str) -> bool:
     return name.startswith(".") and (name.endswith(STAGING_SUFFIX) or name.startswith(".partial-"))
 
 
-def clean_stale(folder: str | os.PathLike[str], older_than_s: float = STALE_AFTER_S) -> int:
-    """Remove staging leftovers of killed saves in ``folder``; returns how many."""
+def clean_stale(
+    folder: str | os.PathLike[str],
+    older_than_s: float = STALE_AFTER_S,
+    matching: Callable[[str], bool] = is_staging,
+) -> int:
+    """Remove staging leftovers of killed saves in ``folder`` (the entries whose names are
+    ``matching``, last changed over ``older_than_s`` ago: recent ones may belong to a save still
+    under way in another process); returns how many."""
     root = Path(folder)
     if not root.is_dir():
         return 0
     cutoff = time.time() - older_than_s
     removed = 0
     for entry in root.iterdir():
-        if not is_staging(entry.name):
+        if not matching(entry.name):
             continue
         with contextlib.suppress(OSError):
             if entry.lstat().st_mtime >= cutoff:
