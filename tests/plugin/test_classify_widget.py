@@ -271,10 +271,13 @@ def test_cancel_stops_the_worker(
     scan = _sample(viewer)
     widget = _widget(viewer, cnn_dir, saliency="occlusion")
     reports: list[str] = []
+    totals: set[int] = set()
     worker = widget.classify()
 
     def cancel_once_occluding(report: tuple[int, int, str]) -> None:
         reports.append(report[2])
+        if report[2].startswith("occluding"):
+            totals.add(report[1])
         if report[2].startswith("occluding") and widget.cancel_button.enabled:
             if how == "cancel button":
                 widget.cancel_button.clicked.emit()
@@ -283,11 +286,10 @@ def test_cancel_stops_the_worker(
                 widget.cancel_button.enabled = False
 
     worker.yielded.connect(cancel_once_occluding)
-    start = time.perf_counter()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
-    assert time.perf_counter() - start < 5.0  # a full occlusion map takes about 10 s here
-    assert 1 <= sum(r.startswith("occluding") for r in reports) <= 3
+    # stopped within a batch of patches, not after the whole map: counted, not timed
+    assert 1 <= sum(r.startswith("occluding") for r in reports) <= 3 < min(totals)
     assert "Classification cancelled." in _messages(notifications, NotificationSeverity.INFO)
     assert not _messages(notifications, NotificationSeverity.ERROR)
     assert CLASSIFICATION_KEY not in scan.metadata and len(viewer.layers) == 1
