@@ -22,6 +22,16 @@ and slightly rotated about the I axis per seed; in-plane sizes scale with the fi
 grid shows a whole body cross-section, while lesion radii are in millimetres.
 """
 
+from napari_scan_classifier.phantoms.brain import (
+    BRAIN_CLASSES,
+    CLEAR,
+    CONTRASTS,
+    SUBTLE,
+    TERRITORIES,
+    Lesions,
+    brain_triplet,
+    make_brain_mr_phantom,
+)
 from napari_scan_classifier.phantoms.common import CLASS_NAMES, LESION, Phantom
 from napari_scan_classifier.phantoms.ct import (
     CT_TISSUES,
@@ -33,32 +43,46 @@ from napari_scan_classifier.phantoms.head import HEAD_CT_TISSUES, MR_TISSUES
 from napari_scan_classifier.phantoms.mr import make_mr_phantom
 from napari_scan_classifier.phantoms.samples import (
     SAMPLE_CT_SEED,
+    SAMPLE_MR_INFARCT,
     SAMPLE_MR_SEED,
+    SAMPLE_MR_TUMOUR,
     main,
     make_case,
     make_cases,
     sample_ct_phantom,
+    sample_mr_infarct_phantom,
     sample_mr_phantom,
     write_sample_data,
 )
 
 __all__ = [
+    "BRAIN_CLASSES",
     "CLASS_NAMES",
+    "CLEAR",
+    "CONTRASTS",
     "CT_TISSUES",
     "CT_WINDOW",
     "HEAD_CT_TISSUES",
     "LESION",
     "MR_TISSUES",
     "SAMPLE_CT_SEED",
+    "SAMPLE_MR_INFARCT",
     "SAMPLE_MR_SEED",
+    "SAMPLE_MR_TUMOUR",
+    "SUBTLE",
+    "TERRITORIES",
+    "Lesions",
     "Phantom",
+    "brain_triplet",
     "main",
+    "make_brain_mr_phantom",
     "make_case",
     "make_cases",
     "make_ct_phantom",
     "make_head_ct_phantom",
     "make_mr_phantom",
     "sample_ct_phantom",
+    "sample_mr_infarct_phantom",
     "sample_mr_phantom",
     "write_sample_data",
 ]

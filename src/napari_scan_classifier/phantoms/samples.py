@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier.phantoms.brain import make_brain_mr_phantom
 from napari_scan_classifier.phantoms.common import CLASS_NAMES, Phantom
 from napari_scan_classifier.phantoms.ct import CT_WINDOW, make_ct_phantom
 from napari_scan_classifier.phantoms.mr import make_mr_phantom
@@ -75,7 +76,11 @@ def make_cases(
 
 
 SAMPLE_CT_SEED = 8  # seeds picked for clearly visible lesions: one hyper-, one hypodense
-SAMPLE_MR_SEED = 2
+SAMPLE_MR_SEED = 5  # one head: a ring-enhancing tumour on T1, a middle cerebral artery infarct
+SAMPLE_MR_SHAPE = (36, 128, 128)
+SAMPLE_MR_SPACING = (4.5, 1.8, 1.8)
+SAMPLE_MR_TUMOUR = "mr_brain_tumour.nii.gz"
+SAMPLE_MR_INFARCT = "mr_brain_infarct.nii.gz"
 
 
 def sample_ct_phantom() -> Phantom:
@@ -90,8 +95,25 @@ def sample_ct_phantom() -> Phantom:
 
 
 def sample_mr_phantom() -> Phantom:
-    """The MR written as sample data (one white-matter lesion) with its ground truth."""
-    return make_mr_phantom(SAMPLE_MR_SEED, lesions=1, lesion_radius_mm=(6.0, 10.0))
+    """The brain MR with a tumour written as sample data (T1-like: a ring-enhancing mass with
+    oedema), with its ground truth."""
+    return _sample_brain("tumour", "T1")
+
+
+def sample_mr_infarct_phantom() -> Phantom:
+    """The brain MR with an infarct written as sample data (FLAIR-like: a wedge in the right
+    middle cerebral artery territory; the same head as :func:`sample_mr_phantom`)."""
+    return _sample_brain("infarct", "FLAIR")
+
+
+def _sample_brain(lesion: str, contrast: str) -> Phantom:
+    return make_brain_mr_phantom(
+        SAMPLE_MR_SEED,
+        lesion,
+        contrast=contrast,
+        shape=SAMPLE_MR_SHAPE,
+        spacing=SAMPLE_MR_SPACING,
+    )
 
 
 def _sample_uid(*parts: object) -> str:
@@ -105,7 +127,8 @@ def write_sample_data(out_dir: str | Path) -> list[Path]:
     """Write the package's sample scans into ``out_dir``; returns the written paths.
 
     ``ct_phantom/``: :func:`sample_ct_phantom` as an axial CT series, one DICOM file per slice.
-    ``mr_phantom.nii.gz``: :func:`sample_mr_phantom` as NIfTI.
+    ``mr_brain_tumour.nii.gz`` and ``mr_brain_infarct.nii.gz``: :func:`sample_mr_phantom` and
+    :func:`sample_mr_infarct_phantom` as NIfTI.
     """
     from napari_scan_classifier.io.dicom_write import write_series
     from napari_scan_classifier.io.nifti import save_nifti
@@ -120,7 +143,11 @@ def write_sample_data(out_dir: str | Path) -> list[Path]:
         series_uid=_sample_uid("series", SAMPLE_CT_SEED),
         window=CT_WINDOW,
     )
-    return [*series, save_nifti(sample_mr_phantom().volume, out_dir / "mr_phantom.nii.gz")]
+    mr = [
+        save_nifti(sample_mr_phantom().volume, out_dir / SAMPLE_MR_TUMOUR),
+        save_nifti(sample_mr_infarct_phantom().volume, out_dir / SAMPLE_MR_INFARCT),
+    ]
+    return [*series, *mr]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
