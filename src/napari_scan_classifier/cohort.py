@@ -45,6 +45,8 @@ from napari_scan_classifier.results import (
 )
 
 JOURNAL_SUFFIX = ".jsonl"
+# How messages name the journal: by its place, not its name (an --out may be named after a patient)
+_JOURNAL = f"the results journal beside --out (its {JOURNAL_SUFFIX} file)"
 IN_PROCESS = "in-process"  # the "worker" of a row classified without a cluster
 PROGRESS_INTERVAL_S = 10.0  # plain progress lines when the output is not a terminal
 _HASH_BLOCK = 1 << 20
@@ -343,7 +345,7 @@ class Journal:
             return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ScanClassifierError(
-                f"{self.path.name} is not a results journal of this program ({error}); "
+                f"{_JOURNAL} is not a results journal of this program ({error}); "
                 "choose another --out"
             ) from None
 
@@ -360,11 +362,11 @@ def journal_path(out: Path) -> Path:
     return out.with_suffix(JOURNAL_SUFFIX)
 
 
-def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef, journal: Path) -> None:
+def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef) -> None:
     other = {row.get("bundle", {}).get("sha256") for row in rows} - {ref.sha256}
     if other:
         raise ScanClassifierError(
-            f"{journal.name} holds results of another model (SHA-256 "
+            f"{_JOURNAL} holds results of another model (SHA-256 "
             f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with "
             f"{ref.name} v{ref.version}"
         )
@@ -525,7 +527,7 @@ def classify_cohort(
     journal = Journal(journal_path(target))
     journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
-    _check_same_bundle(earlier, ref, journal.path)
+    _check_same_bundle(earlier, ref)
     done = {row["series_key"] for row in earlier}
     pending = [task for task in tasks if task.key not in done]
     progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)
