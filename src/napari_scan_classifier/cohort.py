@@ -37,6 +37,7 @@ from napari_scan_classifier.results import (
     ANSWERED,
     BatchReport,
     check_output,
+    check_saliency_class,
     classify_series,
     json_safe,
     resolve_bundle,
@@ -83,6 +84,7 @@ class Options:
     passes: int = 10
     faithfulness: bool = False
     saliency_dir: str | None = None
+    saliency_class: str | None = None  # None: each series' predicted class
 
 
 @dataclass
@@ -278,6 +280,7 @@ def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[st
             passes=options.passes,
             faithfulness=options.faithfulness,
             saliency_dir=options.saliency_dir,
+            saliency_class=options.saliency_class,
         )
         if "timings" in row:
             row["timings"]["load"] = loaded  # reading and decoding the series where it ran
@@ -519,6 +522,7 @@ def classify_cohort(
         reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
         raise UnreadableScanError(f"no scan found to classify ({reasons})")
     bundle = resolve_bundle(model)
+    check_saliency_class(bundle, options.saliency_class)
     ref = bundle_ref(bundle)
     journal = Journal(journal_path(target))
     journal.path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,47 @@ def classify_scan(
     saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
-    """Classify one scan and explain its predicted class: what the widget and the demo show."""
+    """Classify one scan and explain its predicted class (or ``saliency_class``, one of the
+    model's classes): what the widget and the demo show."""
+    check_saliency_class(bundle, saliency_class)
     (prediction,) = predict([volume], bundle, passes, progress, cancel)
-    return _explained(volume, bundle, prediction, saliency, faithfulness, progress, cancel)
+    return _explained(
+        volume, bundle, prediction, saliency, faithfulness, saliency_class, progress, cancel
+    )
+
+
+def explain_prediction(
+    volume: Volume,
+    bundle: Bundle,
+    prediction: Prediction,
+    *,
+    method: str = "default",
+    faithfulness: bool = False,
+    saliency_class: str | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> ScanResult:
+    """Explain a prediction already made, for its predicted class or ``saliency_class``: another
+    class's map without classifying the scan again."""
+    check_saliency_class(bundle, saliency_class)
+    return _explained(
+        volume, bundle, prediction, method, faithfulness, saliency_class, progress, cancel
+    )
+
+
+def check_saliency_class(bundle: Bundle, saliency_class: str | None) -> None:
+    """Refuse, before any work, a class to explain that the model does not have."""
+    classes = bundle.metadata.classes
+    if saliency_class is not None and saliency_class not in classes:
+        listing = ", ".join(f"'{name}'" for name in classes)
+        raise InvalidInputError(
+            f"The class to explain, '{saliency_class}', is not one of the model's classes "
+            f"({listing})"
+        )
 
 
 def _explained(
@@ -162,6 +198,7 @@ def _explained(
     prediction: Prediction,
     method: str,
     faithfulness: bool,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
@@ -170,7 +207,7 @@ def _explained(
         volume,
         bundle,
         method,
-        prediction.predicted_class,
+        saliency_class or prediction.predicted_class,
         faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
@@ -223,12 +260,14 @@ def classify_paths(
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[int, Volume, ScanResult], None] | None = None,
     checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
-    bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
+    bundled one for None); maps of each series' predicted class (or of ``saliency_class``) go to
+    ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
     row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
     classified scan with its input's position (to send results on, e.g. to a PACS);
     ``checkpoint`` the report so far after each input and series (to write it, so a late
@@ -247,6 +286,8 @@ def classify_paths(
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
     if not isinstance(bundle, Bundle):
         bundle = resolve_bundle(bundle)
+    check_saliency_class(bundle, saliency_class)
+    explained = partial(result_row, saliency_class=saliency_class)
     report = BatchReport(_model_summary(bundle))
     redact = Redactor(paths)
     save = checkpoint or (lambda _report: None)
@@ -257,7 +298,7 @@ def classify_paths(
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
                 index += 1
-                row, result = result_row(
+                row, result = explained(
                     index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
                 )
                 row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
@@ -291,13 +332,22 @@ def classify_series(
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
 ) -> dict[str, Any]:
     """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
     (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
     (the caller knows the inputs)."""
     (outcome,) = _predict_each([volume], bundle, passes)
     row, _ = result_row(
-        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+        index,
+        number,
+        volume,
+        outcome,
+        bundle,
+        saliency,
+        faithfulness,
+        saliency_dir,
+        saliency_class=saliency_class,
     )
     return row
 
@@ -311,14 +361,17 @@ def result_row(
     saliency: str,
     faithfulness: bool,
     saliency_dir: str | os.PathLike[str] | None,
+    *,
+    saliency_class: str | None = None,
 ) -> tuple[dict[str, Any], ScanResult | None]:
-    """The series' label, then its prediction and saliency summary (the map saved into
-    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    """The series' label, then its prediction and saliency summary (the map of the predicted
+    class, or of ``saliency_class``, saved into ``saliency_dir``), or the reason it could not be
+    classified; and the result itself."""
     row = series_row(index, number, volume)
     if not isinstance(outcome, Prediction):
         row.update(status="failed", error=outcome)
         return row, None
-    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    result = _explained(volume, bundle, outcome, saliency, faithfulness, saliency_class)
     row.update(status=status_of(outcome), **result.to_dict())
     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
     return row, result
