@@ -1,4 +1,4 @@
-"""Both architectures train, predict with the documented shapes, and sample MC dropout."""
+"""The architectures train, predict with the documented shapes, and sample MC dropout."""
 
 import keras
 import numpy as np
@@ -9,6 +9,7 @@ from napari_scan_classifier.models.architectures import (
     GRADCAM_LAYER,
     MCDropout,
     build_cnn3d,
+    build_cnn3d_mil,
     build_slice_gru,
     with_mc_dropout,
 )
@@ -29,6 +30,19 @@ def scans(n: int) -> np.ndarray:
 def test_registry_names_the_builders():
     assert ARCHITECTURES["cnn3d"] is build_cnn3d
     assert ARCHITECTURES["slice_gru"] is build_slice_gru
+    assert ARCHITECTURES["cnn3d_mil"] is build_cnn3d_mil
+
+
+def test_cnn3d_mil_keeps_a_quarter_grid_map_and_pools_its_maximum():
+    model = tiny("cnn3d_mil", n_classes=2)
+    assert tuple(model.get_layer(GRADCAM_LAYER).output.shape[1:]) == (2, 4, 4, 16)
+    evidence = model.get_layer("evidence").output  # scored cell by cell: (8, 16, 16) / 4
+    assert tuple(evidence.shape[1:]) == (2, 4, 4, 16)
+    parts = keras.Model(model.input, [evidence, model.get_layer("pool").output])
+    cells, pooled = (keras.ops.convert_to_numpy(p) for p in parts(scans(2)))
+    np.testing.assert_allclose(pooled, cells.max(axis=(1, 2, 3)), rtol=1e-6)
+    out = model.predict(scans(2), verbose=0)
+    assert set(out) == {"volume"} and out["volume"].shape == (2, 2)
 
 
 def test_cnn3d_trains_and_predicts():

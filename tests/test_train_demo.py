@@ -2,7 +2,9 @@
 chance on phantoms it never saw, and its Grad-CAM points at the sample CT's lesions."""
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,11 +35,9 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
         "8",
         "--test-cases",
         "8",
-        "--warmup-epochs",
+        "--localise-epochs",
         "1",
         "--epochs",
-        "1",
-        "--polish-epochs",
         "1",
         "--input-shape",
         "16",
@@ -60,10 +60,11 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     bundle = load_bundle(folder)
     check_model(bundle.metadata, bundle.model)
     assert bundle.metadata.classes == ["normal", "lesion"]
-    assert (bundle.metadata.version, bundle.metadata.parent_version) == (3, 2)
+    assert (bundle.metadata.version, bundle.metadata.parent_version) == (2, 1)
+    assert bundle.metadata.architecture == "cnn3d_mil"
     stages = bundle.metadata.training["stages"]
-    assert [stage["name"] for stage in stages] == ["warm-up", "fine-tune", "polish"]
-    assert {p.name for p in (tmp_path / "stages").iterdir()} == {"warm-up", "fine-tune"}
+    assert [stage["name"] for stage in stages] == ["localise", "scan-labels"]
+    assert {p.name for p in (tmp_path / "stages").iterdir()} == {"localise"}
     assert "not a diagnostic device" in bundle.metadata.model_card
     metrics = bundle.metadata.training["metrics"]
     assert metrics["held_out_clear"]["n"] == metrics["held_out_make_cases"]["n"] == 8
@@ -77,10 +78,9 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     with pytest.raises(FileExistsError, match=DEMO_NAME):  # never replaced
         main(argv)
     shutil.rmtree(folder)
-    shutil.rmtree(tmp_path / "stages" / "fine-tune")
-    assert main(argv) == 0  # resumes after the warm-up kept in stages/
+    assert main(argv) == 0  # resumes after the localise stage kept in stages/
     printed = capsys.readouterr().out
-    assert "warm-up:" not in printed and "fine-tune:" in printed and "polish:" in printed
+    assert "localise:" not in printed and "scan-labels:" in printed
     resumed = load_bundle(folder).metadata.training["stages"]
     assert resumed[0] == stages[0]
 
@@ -94,6 +94,26 @@ def test_the_shipped_bundle_is_small_and_valid():
     assert "synthetic" in card and "not a diagnostic device" in card
     assert bundle.metadata.target_spacing_mm is None  # any field of view fits the grid
     assert bundle.metadata.gradcam_layer == GRADCAM_LAYER
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_quotes_the_shipped_bundle():
+    """The README's figures for the demo model are bundle.json's, so they cannot drift."""
+    readme = README.read_text(encoding="utf-8")
+    m = json.loads((bundled_model_path() / "bundle.json").read_text())
+    metrics = m["training"]["metrics"]
+    tests = (("clear lesions", "held_out_clear"), ("subtle lesions", "held_out_make_cases"))
+    for label, key in tests:
+        figures = metrics[key]
+        row = re.search(rf"^\| {figures['n']} phantoms, {label}[^|]*\|(.*)\|$", readme, re.M)
+        assert row is not None, label
+        quoted = [float(cell) for cell in row.group(1).split("|")]
+        keys = ("auc", "accuracy", "sensitivity", "specificity")
+        assert quoted == [round(figures[k], 3) for k in keys]
+    assert f"Version {m['version']} is shipped" in readme
+    assert f"P(lesion) = {m['training']['sample_ct_phantom_p_lesion']:.2f}" in readme
 
 
 @pytest.mark.slow

@@ -14,8 +14,11 @@ from napari_scan_classifier.models.demo.ct import (
     DEMO_NAME,
     GRADCAM_LAYER,
     INPUT_SHAPE,
+    LOCALISE_EPOCHS,
     PHANTOM_SHAPES,
+    SCAN_LABEL_EPOCHS,
     SPACING,
+    WIDTH,
     add_applicability,
     add_saliency_choice,
     build_demo,
@@ -62,12 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases=args.cases,
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 100),
-        warmup_epochs=args.warmup_epochs,
-        epochs=_or(args.epochs, 15),
-        polish_epochs=_or(args.polish_epochs, 20),
+        localise_epochs=_or(args.localise_epochs, LOCALISE_EPOCHS),
+        epochs=_or(args.epochs, SCAN_LABEL_EPOCHS),
         input_shape=tuple(args.input_shape),
         shapes=[tuple(s) for s in args.phantom_shape] if args.phantom_shape else PHANTOM_SHAPES,
-        width=args.width,
+        width=_or(args.width, WIDTH),
         batch_size=args.batch_size,
         seed=seed,
     )
@@ -96,7 +98,7 @@ def _main_mr(args: argparse.Namespace) -> int:
         test_cases=_or(args.test_cases, 150),
         epochs=_or(args.epochs, 15),
         mixed_epochs=_or(args.polish_epochs, 8),
-        width=args.width,
+        width=_or(args.width, 16),
         batch_size=args.batch_size,
         seed=seed,
         comparison=comparison,
@@ -126,9 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-cases", type=int, help="held-out phantoms per test set (CT 100, MR 150)"
     )
-    parser.add_argument("--warmup-epochs", type=int, default=30, help="CT warm-up epochs")
-    parser.add_argument("--epochs", type=int, help="CT fine-tuning (15) or MR clear-stage (15)")
-    parser.add_argument("--polish-epochs", type=int, help="CT polish (20) or MR mixed stage (8)")
+    parser.add_argument(
+        "--localise-epochs", type=int, help=f"CT stage on lesion masks ({LOCALISE_EPOCHS})"
+    )
+    parser.add_argument(
+        "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (15)"
+    )
+    parser.add_argument("--polish-epochs", type=int, help="MR mixed stage (8)")
     parser.add_argument("--input-shape", type=int, nargs=3, default=INPUT_SHAPE, help="CT only")
     parser.add_argument(
         "--phantom-shape",
@@ -137,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="CT phantom grid (z y x), repeatable; default: 64 96 96 and 72 128 128",
     )
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--width", type=int, help=f"network width (CT {WIDTH}, MR 16)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, help="CT 2024, MR 2025")
     parser.add_argument(
