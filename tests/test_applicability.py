@@ -28,7 +28,7 @@ from napari_scan_classifier.models import load_bundle, save_bundle, save_bundle_
 from napari_scan_classifier.models.bundle import DETECTOR_FILE
 from napari_scan_classifier.models.bundled import bundled_model_path, load_default_bundle
 from napari_scan_classifier.models.train_demo import PHANTOM_SHAPES, SPACING, clear_cases
-from napari_scan_classifier.samples import sample_ct_path
+from napari_scan_classifier.samples import sample_ct_path, sample_mr_path
 from napari_scan_classifier.training import TrainingConfig, recalibrate_bundle, train
 from napari_scan_classifier.volume import Volume
 

@@ -169,10 +169,10 @@ def _regions(
     part = str(volume.metadata.get("body_part") or "").strip().upper()
     found = regions_of_body_part(part)
     if found:
-        return found, f"the DICOM header (BodyPartExamined {part})"
+        return found, f"{_header_name(volume) or 'the header'} (BodyPartExamined {part})"
     regions, how = regions_from_outline(volume, modality, sample)
     if part:
-        how = f"{how}; the header's BodyPartExamined '{part}' is not a known body part"
+        how = f"{how} (the header's BodyPartExamined {part} names no region known here)"
     return regions, how
 
 
