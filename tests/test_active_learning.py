@@ -98,6 +98,52 @@ def test_measures_of_one_prediction():
         uncertainty_score(uncertainty, "variance")
 
 
+THREE = ["normal", "tumour", "infarct"]
+
+
+def _three_class_uncertainty(mean: list[float]) -> dict:
+    return {
+        "mean": dict(zip(THREE, mean, strict=True)),
+        "predictive_entropy": float(entr(np.array(mean)).sum()),
+        "mutual_information": 0.0,
+    }
+
+
+def test_three_class_entropy_and_margin_rank_differently():
+    """With three classes, entropy counts every class and margin only the top two: a scan torn
+    between two classes comes first by margin, one spread over all three by entropy."""
+    confident = _three_class_uncertainty([0.90, 0.05, 0.05])
+    two_way = _three_class_uncertainty([0.45, 0.45, 0.10])
+    spread = _three_class_uncertainty([0.50, 0.30, 0.20])
+
+    entropy = [uncertainty_score(u, "entropy") for u in (confident, two_way, spread)]
+    margin = [uncertainty_score(u, "margin") for u in (confident, two_way, spread)]
+
+    assert entropy == pytest.approx([0.3944, 0.9489, 1.0297], abs=1e-4)
+    assert margin == pytest.approx([0.15, 1.0, 0.8])
+    assert entropy[2] > entropy[1] and margin[1] > margin[2]
+
+
+@pytest.mark.parametrize("measure", ["entropy", "margin"])
+def test_a_three_class_model_ranks_by_its_three_probabilities(measure):
+    keras.utils.set_random_seed(0)
+    model = build_cnn3d((*GRID, 1), 3, width=4, dropout=0.0)
+    bundle = _spread(Bundle(metadata(classes=THREE), model))
+    volumes = scans()
+
+    ranking = rank_by_uncertainty(volumes, bundle, measure=measure, passes=1)
+
+    for r in ranking:
+        mean = np.array([r.uncertainty["mean"][name] for name in THREE])
+        top, second = np.sort(mean)[::-1][:2]
+        expected = float(entr(mean).sum()) if measure == "entropy" else 1 - (top - second)
+        assert r.score == pytest.approx(expected, rel=1e-5)
+        assert list(r.probabilities) == THREE
+        assert r.predicted_class == THREE[int(np.argmax(list(r.probabilities.values())))]
+    scores = [r.score for r in ranking]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 5
+
+
 PATIENT = "DOE^JOHN_1234"
 
 

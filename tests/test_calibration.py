@@ -83,6 +83,47 @@ def test_a_class_bias_restores_accuracy_that_temperature_alone_cannot():
     assert calibration.reliable and calibration.notes == ()
 
 
+THREE = ("normal", "tumour", "infarct")
+THREE_PRIOR = (0.7, 0.2, 0.1)
+THREE_MEANS = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])  # unit-variance 2D features
+
+
+def three_class_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cases drawn at THREE_PRIOR, the logits of a network trained with balanced class weights
+    (the class log-likelihoods alone, times OVERCONFIDENCE) and the true log-posteriors."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, n, p=THREE_PRIOR)
+    features = rng.normal(THREE_MEANS[y], 1.0)
+    log_likelihood = features @ THREE_MEANS.T - np.sum(THREE_MEANS**2, axis=1) / 2
+    return OVERCONFIDENCE * log_likelihood, y, log_likelihood + np.log(THREE_PRIOR)
+
+
+def test_three_classes_get_a_bias_each_and_beat_the_majority_rate():
+    val_logits, val_y, _ = three_class_logits(900, seed=11)
+    test_logits, test_y, log_posterior = three_class_logits(30_000, seed=12)
+    majority = float(np.mean(test_y == 0))
+    bayes = float(np.mean(log_posterior.argmax(axis=1) == test_y))
+    weights = {k: 1 / (3 * p) for k, p in enumerate(THREE_PRIOR)}  # sklearn's "balanced"
+    correction = prior_correction(THREE_PRIOR, "class_weight", weights)
+
+    weighted = evaluate(test_y, softmax(test_logits), THREE)
+    calibration = fit_calibration(val_logits, val_y, THREE, THREE_PRIOR, correction)
+    calibrated = evaluate(test_y, calibration.probabilities(test_logits), THREE)
+
+    assert majority == pytest.approx(0.70, abs=0.01)
+    assert weighted.accuracy == pytest.approx(0.639, abs=0.01)  # below the majority rate
+    assert calibrated.accuracy >= majority + 0.05
+    assert calibrated.accuracy == pytest.approx(bayes, abs=0.005)  # 0.768
+    assert calibrated.ece < 0.02 < 0.15 < weighted.ece  # 0.014 vs 0.160
+    np.testing.assert_allclose(correction - correction[0], np.log(THREE_PRIOR) - np.log(0.7))
+    relative_bias = np.array(calibration.bias) - calibration.bias[0]
+    np.testing.assert_allclose(relative_bias, np.log(np.array(THREE_PRIOR) / 0.7), atol=0.15)
+    assert calibration.temperature == pytest.approx(OVERCONFIDENCE, rel=0.1)  # 1.86
+    assert calibration.record()["class_bias"].keys() == set(THREE)
+    predicted = calibrated.confusion.sum(axis=0)
+    assert predicted[0] > predicted[1] > predicted[2] > 0  # every class is still called
+
+
 def test_the_cases_are_weighted_to_the_training_frequencies():
     """A balanced validation split still calibrates to the training data's 80/20."""
     logits, y = weighted_model_logits(4000, seed=3)

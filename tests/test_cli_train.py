@@ -184,3 +184,52 @@ def test_evaluate_takes_a_test_only_npz_named_by_classes_not_by_its_file_name(tm
 
     assert reports[0] == reports[1]  # renaming the file changes nothing
     assert reports[0]["n"] == 10 and reports[0]["class_counts"] == {"normal": 5, "lesion": 5}
+
+
+def test_evaluate_a_three_class_model_per_class_with_figures(tmp_path, capsys):
+    from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle
+
+    rng = np.random.default_rng(3)
+    labels = np.arange(12) % 3
+    images = rng.integers(0, 60, (12, 16, 16, 16), dtype=np.uint8)
+    images[labels == 1, 4:8, 4:8, 2:6] = 220  # class 1: a bright cube on one side
+    images[labels == 2, 4:8, 4:8, 10:14] = 220  # class 2: on the other
+    npz = tmp_path / "three.npz"
+    np.savez(npz, test_images=images, test_labels=labels.astype(np.uint8)[:, None])
+    metadata = BundleMetadata(
+        name="tiny3",
+        version=1,
+        classes=["normal", "tumour", "infarct"],
+        modality="CT",
+        task="volume",
+        input_shape=(16, 16, 16),
+        target_spacing_mm=None,
+        intensity={"kind": "ct_window", "center": 40.0, "width": 400.0},
+        architecture="cnn3d",
+    )
+    model = build_cnn3d((16, 16, 16, 1), 3, width=4)
+    bundle = save_bundle(Bundle(metadata, model), tmp_path / "m")
+    argv = ["evaluate", "--model", str(bundle), "--cases", str(npz), "--classes"]
+    argv += ["normal", "tumour", "infarct"]
+
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--figures", str(tmp_path / "figures")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    assert report["class_counts"] == {"normal": 4, "tumour": 4, "infarct": 4}
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum(axis=1).tolist() == [4, 4, 4]
+    assert printed[0].startswith(f"n 12  macro auc {report['auc']:.3f}  accuracy ")
+    assert "macro sensitivity" in printed[0] and "macro specificity" in printed[0]
+    assert printed[2] == "each class against the rest:"
+    for line, name in zip(printed[3:6], ("normal", "tumour", "infarct"), strict=True):
+        m = report["per_class"][name]
+        assert line.startswith(f"  {name}: n 4, AUC {m['auc']:.3f}, sensitivity ")
+    assert np.mean([m["auc"] for m in report["per_class"].values()]) == pytest.approx(report["auc"])
+    assert printed[6:8] == ["confusion matrix:", "  true \\ called  normal  tumour  infarct"]
+    assert [int(v) for v in printed[8].split()[1:]] == matrix[0].tolist()
+    assert [int(v) for v in printed[10].split()[1:]] == matrix[2].tolist()
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["confusion.png", "reliability.png", "roc.png"]
+    assert printed[-1] == "wrote roc.png, confusion.png, reliability.png into the --figures folder"

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, roc_auc_score, roc_curve
 
 from napari_scan_classifier.evaluation import (
+    confusion_lines,
     evaluate,
     expected_calibration_error,
     fit_temperature,
+    per_class_lines,
     plot_confusion,
     plot_history,
     plot_reliability,
@@ -107,6 +109,58 @@ def test_multiclass_confusion_by_hand() -> None:
     assert report.sensitivity == pytest.approx((0.5 + 1.0 + 0.5) / 3)
     # specificity per class: normal 3/4, benign 3/4, malignant 4/4
     assert report.specificity == pytest.approx((0.75 + 0.75 + 1.0) / 3)
+
+
+def test_each_class_against_the_rest_equals_sklearn() -> None:
+    y, p = _multiclass_example()
+    report = evaluate(y, p, THREE)
+    predicted = p.argmax(axis=1)
+
+    assert list(report.per_class) == list(THREE)
+    for c, name in enumerate(THREE):
+        m = report.per_class[name]
+        assert m.n == int(np.sum(y == c))
+        assert m.auc == pytest.approx(roc_auc_score(y == c, p[:, c]))
+        assert m.auc == pytest.approx(report.roc_curves[name].auc)
+        assert m.sensitivity == pytest.approx(recall_score(y == c, predicted == c))
+        assert m.specificity == pytest.approx(recall_score(y != c, predicted != c))
+        fpr, tpr, _ = roc_curve(y == c, p[:, c])
+        np.testing.assert_allclose(report.roc_curves[name].fpr, fpr)
+        np.testing.assert_allclose(report.roc_curves[name].tpr, tpr)
+    assert report.auc == pytest.approx(np.mean([m.auc for m in report.per_class.values()]))
+    np.testing.assert_array_equal(report.confusion, confusion_matrix(y, predicted))
+    assert report.confusion.shape == (3, 3) and report.auc_label == "macro AUC"
+    as_dict = report.to_dict()
+    assert as_dict["per_class"]["benign"] == report.per_class["benign"].to_dict()
+    assert evaluate(*_binary_example(), BINARY).auc_label == "AUC"
+
+
+def test_per_class_and_confusion_lines_by_hand() -> None:
+    y = [0, 0, 1, 1, 2, 2]
+    p = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.1, 0.6, 0.3],
+            [0.1, 0.2, 0.7],
+            [0.5, 0.2, 0.3],
+        ]
+    )
+    report = evaluate(y, p, THREE)
+
+    # normal's scores 0.8, 0.2 against 0.1, 0.1, 0.1, 0.5: 7 of 8 pairs ranked right
+    assert per_class_lines(report) == [
+        "normal: n 2, AUC 0.875, sensitivity 0.500, specificity 0.750",
+        "benign: n 2, AUC 0.875, sensitivity 1.000, specificity 0.750",
+        "malignant: n 2, AUC 0.938, sensitivity 0.500, specificity 1.000",
+    ]
+    assert confusion_lines(report) == [
+        "true \\ called  normal  benign  malignant",
+        "normal              1       1          0",
+        "benign              0       2          0",
+        "malignant           1       0          1",
+    ]
 
 
 def test_auc_undefined_with_one_class_is_nan_with_a_note() -> None:
@@ -223,6 +277,30 @@ def test_figures_render_headless_and_save_as_png(tmp_path: Path) -> None:
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_three_class_figures_show_each_class() -> None:
+    y, p = _multiclass_example(90)
+    report = evaluate(y, p, THREE)
+
+    roc = plot_roc(report).axes[0]
+    labels = [line.get_label() for line in roc.lines]
+    assert labels == [
+        *(f"{name} (AUC {roc_auc_score(y == c, p[:, c]):.3f})" for c, name in enumerate(THREE)),
+        "chance",
+    ]
+    assert roc.get_title() == f"ROC: macro AUC {report.auc:.3f} (n = 90)"
+    np.testing.assert_allclose(roc.lines[2].get_xdata(), report.roc_curves["malignant"].fpr)
+
+    matrix = plot_confusion(report).axes[0]
+    counts = [int(text.get_text().split("\n")[0]) for text in matrix.texts]
+    assert counts == confusion_matrix(y, p.argmax(axis=1)).ravel().tolist()
+    assert [t.get_text() for t in matrix.get_yticklabels()] == list(THREE)
+
+    reliability = plot_reliability(report).axes
+    heights = [bar.get_height() for bar in reliability[1].patches]
+    assert heights == report.reliability.counts.tolist() and sum(heights) == 90
+    assert reliability[0].get_title() == f"Reliability (ECE {report.ece:.3f})"
 
 
 def test_figures_for_a_one_class_report(tmp_path: Path) -> None:

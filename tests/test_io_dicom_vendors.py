@@ -315,6 +315,45 @@ def test_gzipped_dicom_files_are_read(tmp_path):
     assert_slices_in_place(result.volumes[0], positions, [slice_pixels(k) for k in range(4)])
 
 
+def test_gzipped_files_with_headers_longer_than_a_read_buffer_are_read_whole(tmp_path):
+    # a header of 300 kB (a vendor's private block, incompressible): gzip is still reading it
+    # through the file when the loader looks up the size at the file's end
+    positions = stack_positions(3, (0.0, 0.0, 2.5))
+    uids = SeriesUIDs()
+    blob = np.random.default_rng(7).bytes(300_000)
+    for k, position in enumerate(positions):
+        ds = ct_slice(slice_pixels(k), position, uids, instance_number=k + 1)
+        ds.private_block(0x0029, "A VENDOR", create=True).add_new(0x10, "OB", blob)
+        plain = tmp_path / f"{k}.dcm"
+        dcmwrite(plain, ds, enforce_file_format=True)
+        (tmp_path / f"{k}.dcm.gz").write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+
+    result = load_dicom(tmp_path)
+
+    assert result.skipped == []
+    assert_slices_in_place(
+        result.volumes[0], positions, [slice_pixels(k) for k in range(3)], pixel_spacing=SPACING
+    )
+
+
+def test_gzipped_files_too_short_or_not_dicom_are_skipped_with_their_reason(tmp_path):
+    write_stack(tmp_path, stack_positions(2, (0.0, 0.0, 2.5)))
+    (tmp_path / "a.gz").write_bytes(b"\x1f\x8b")  # shorter than a gzip trailer
+    (tmp_path / "b.gz").write_bytes(b"\x1f\x8b\x08\x00\x00")
+    (tmp_path / "c.gz").write_bytes(gzip.compress(b"DICM" * 10))
+
+    result = load_dicom(tmp_path)
+
+    assert result.volumes[0].shape == (2, 12, 10)
+    positions = file_positions(tmp_path)
+    assert sorted((s.label, s.reason) for s in result.skipped) == [
+        (f"file {positions[tmp_path / 'a.gz']}", "unreadable or truncated DICOM header (EOFError)"),
+        (f"file {positions[tmp_path / 'b.gz']}", "unreadable or truncated DICOM header (EOFError)"),
+        (f"file {positions[tmp_path / 'c.gz']}", "not a DICOM file"),
+    ]
+
+
 def test_a_damaged_gzipped_file_is_skipped_with_its_reason(tmp_path):
     positions = stack_positions(3, (0.0, 0.0, 2.5))
     paths = write_stack(tmp_path, positions)

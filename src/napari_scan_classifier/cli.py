@@ -382,26 +382,40 @@ def _print_training_summary(result: TrainingResult) -> None:
 def _metrics_line(report: EvaluationReport) -> str:
     values = report.to_dict()
     shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+    labels = {"auc": report.auc_label.lower()}
+    if len(report.class_names) > 2:  # macro means over the classes
+        labels.update(sensitivity="macro sensitivity", specificity="macro specificity")
     parts = [
-        f"{key} {values[key]:.3f}" if values[key] is not None else f"{key} n/a" for key in shown
+        f"{labels.get(key, key)} " + ("n/a" if values[key] is None else f"{values[key]:.3f}")
+        for key in shown
     ]
     return f"n {values['n']}  " + "  ".join(parts)
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
+    from napari_scan_classifier.evaluation import confusion_lines, per_class_lines, save_figures
     from napari_scan_classifier.results import resolve_bundle
     from napari_scan_classifier.training import evaluate_bundle
 
+    if args.figures:  # refused before the work, not after it
+        outputs.check_folder(args.figures, len(".partial-reliability.png"), "--figures")
     report = evaluate_bundle(
         resolve_bundle(args.model), args.cases, split=args.split, class_names=args.classes
     )
+    written = save_figures(report, None, args.figures) if args.figures else []
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
     print(_metrics_line(report))
     print("cases per class: " + ", ".join(f"{k} {v}" for k, v in report.class_counts.items()))
+    print("each class against the rest:")
+    print("\n".join(f"  {line}" for line in per_class_lines(report)))
+    print("confusion matrix:")
+    print("\n".join(f"  {line}" for line in confusion_lines(report)))
     for note in report.notes:
         print(f"note: {note}")
+    if written:
+        print(f"wrote {', '.join(path.name for path in written)} into the --figures folder")
     return 0
 
 
@@ -456,6 +470,9 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", help="npz split (default: test if present, else val)")
     evaluate.add_argument("--classes", nargs="+", metavar="NAME", help=CLASSES_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--figures", metavar="FOLDER", help="save roc.png, confusion.png, reliability.png here"
+    )
     evaluate.set_defaults(run=_evaluate_command)
 
 

@@ -52,8 +52,30 @@ class Reliability:
 
 
 @dataclass(frozen=True)
+class ClassMetrics:
+    """One class against the rest: its cases, one-vs-rest AUC, sensitivity and specificity."""
+
+    n: int
+    auc: float
+    sensitivity: float
+    specificity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "auc": _number(self.auc),
+            "sensitivity": _number(self.sensitivity),
+            "specificity": _number(self.specificity),
+        }
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
-    """Everything ``evaluate`` measured. NaN marks a metric that is undefined (see ``notes``)."""
+    """Everything ``evaluate`` measured. NaN marks a metric that is undefined (see ``notes``).
+
+    ``auc`` is the positive class's (binary) or the macro one-vs-rest mean; ``per_class`` holds
+    each class against the rest, so a three-class model shows which class it confuses.
+    """
 
     class_names: tuple[str, ...]
     positive_class: str | None
@@ -69,6 +91,12 @@ class EvaluationReport:
     roc_curves: dict[str, RocCurve]
     reliability: Reliability
     notes: tuple[str, ...] = field(default=())
+    per_class: dict[str, ClassMetrics] = field(default_factory=dict)
+
+    @property
+    def auc_label(self) -> str:
+        """``"AUC"`` for two classes, ``"macro AUC"`` (one-vs-rest mean) for more."""
+        return "AUC" if len(self.class_names) == 2 else "macro AUC"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; undefined (NaN) and infinite values become ``None``."""
@@ -99,6 +127,7 @@ class EvaluationReport:
                 "accuracy": _numbers(self.reliability.accuracy),
                 "counts": self.reliability.counts.tolist(),
             },
+            "per_class": {name: m.to_dict() for name, m in self.per_class.items()},
             "notes": list(self.notes),
         }
 
@@ -155,6 +184,7 @@ def evaluate(
         roc_curves=_roc_curves(y, p, names, positive),
         reliability=reliability,
         notes=notes,
+        per_class=_per_class(y, p, confusion, names),
     )
 
 
@@ -244,8 +274,7 @@ def plot_roc(report: EvaluationReport) -> Figure:
         ax.text(0.5, 0.5, "ROC undefined: only one class present", ha="center")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
     auc = f"{report.auc:.3f}" if math.isfinite(report.auc) else "undefined"
-    macro = "" if len(report.class_names) == 2 else "macro "
-    ax.set_title(f"ROC: {macro}AUC {auc} (n = {report.n})")
+    ax.set_title(f"ROC: {report.auc_label} {auc} (n = {report.n})")
     ax.legend(loc="lower right")
     return figure
 
@@ -337,6 +366,36 @@ def save_figures(
 # -- internals -------------------------------------------------------------------------------
 
 
+def per_class_lines(report: EvaluationReport) -> list[str]:
+    """One line per class against the rest: ``"tumour: n 30, AUC 0.950, sensitivity 0.900,
+    specificity 0.950"``."""
+    return [
+        f"{name}: n {m.n}, AUC {_text(m.auc)}, sensitivity {_text(m.sensitivity)}, "
+        f"specificity {_text(m.specificity)}"
+        for name, m in report.per_class.items()
+    ]
+
+
+def confusion_lines(report: EvaluationReport) -> list[str]:
+    """The confusion matrix as aligned text: rows true classes, columns predictions."""
+    names = report.class_names
+    width = max(len(name) for name in (*names, "true \\ called"))
+    cells = [max(len(name), len(str(report.confusion.max()))) for name in names]
+    header = "true \\ called".ljust(width) + "".join(
+        f"  {name:>{cell}}" for name, cell in zip(names, cells, strict=True)
+    )
+    rows = [
+        name.ljust(width)
+        + "".join(f"  {count:>{cell}}" for count, cell in zip(row, cells, strict=True))
+        for name, row in zip(names, report.confusion.tolist(), strict=True)
+    ]
+    return [header, *rows]
+
+
+def _text(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
+
+
 def _save_png(figure: Figure, path: Path) -> Path:
     temporary = path.with_name(f".partial-{path.name}")
     try:
@@ -388,16 +447,20 @@ def _positive_index(positive_class: str | None, names: tuple[str, ...]) -> int |
     return names.index(positive_class)
 
 
-def _sensitivity_specificity(confusion: np.ndarray, positive: int | None) -> tuple[float, float]:
-    """One class vs the rest when ``positive`` is given, else macro means over classes."""
+def _rates(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's sensitivity and specificity against the rest (NaN where undefined)."""
     total = confusion.sum()
     true_pos = np.diag(confusion).astype(float)
     actual = confusion.sum(axis=1)
     called = confusion.sum(axis=0)
     true_neg = total - actual - called + true_pos
     with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = true_pos / actual
-        specificity = true_neg / (total - actual)
+        return true_pos / actual, true_neg / (total - actual)
+
+
+def _sensitivity_specificity(confusion: np.ndarray, positive: int | None) -> tuple[float, float]:
+    """One class vs the rest when ``positive`` is given, else macro means over classes."""
+    sensitivity, specificity = _rates(confusion)
     if positive is not None:
         return float(sensitivity[positive]), float(specificity[positive])
     return _nanmean(sensitivity), _nanmean(specificity)
@@ -413,6 +476,21 @@ def _auc(
         return float(roc_auc_score(y == positive, p[:, positive])), ()
     labels = np.arange(len(names))
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)), ()
+
+
+def _per_class(
+    y: np.ndarray, p: np.ndarray, confusion: np.ndarray, names: tuple[str, ...]
+) -> dict[str, ClassMetrics]:
+    sensitivity, specificity = _rates(confusion)
+    metrics = {}
+    for index, name in enumerate(names):
+        is_class = y == index
+        defined = is_class.any() and not is_class.all()
+        auc = float(roc_auc_score(is_class, p[:, index])) if defined else math.nan
+        metrics[name] = ClassMetrics(
+            int(is_class.sum()), auc, float(sensitivity[index]), float(specificity[index])
+        )
+    return metrics
 
 
 def _roc_curves(

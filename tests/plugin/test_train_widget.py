@@ -25,8 +25,14 @@ from napari_scan_classifier.models import (
 )
 from napari_scan_classifier.phantoms import make_case
 from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
-from napari_scan_classifier.plugin.widgets.plots import PLOT_HEIGHT
-from napari_scan_classifier.plugin.widgets.train import DISK, SCRATCH, TrainWidget
+from napari_scan_classifier.plugin.widgets.plots import PLOT_HEIGHT, render_rgba
+from napari_scan_classifier.plugin.widgets.train import (
+    DISK,
+    RESULT_FIGURES,
+    SCRATCH,
+    TrainWidget,
+    result_lines,
+)
 from napari_scan_classifier.training import TrainingEvent, TrainingResult
 from napari_scan_classifier.training.guardrails import compare_with_base
 
@@ -120,6 +126,46 @@ def test_using_a_version_that_did_not_measure_better_asks_first(widget, base_mod
     widget.result = result_with_verdict(bundle, list(ranks), list(ranks[::-1]))
     assert widget.result.comparison.verdict == "better"
     assert widget.confirmation() is None
+
+
+def test_a_three_class_result_shows_each_class_and_a_three_by_three_matrix(widget, base_model):
+    three = ("normal", "tumour", "infarct")
+    y = np.array([0, 0, 0, 1, 1, 2, 2])
+    p = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.6, 0.3, 0.1],
+            [0.3, 0.6, 0.1],  # normal called tumour
+            [0.2, 0.7, 0.1],
+            [0.1, 0.5, 0.4],
+            [0.1, 0.2, 0.7],
+            [0.2, 0.1, 0.7],
+        ]
+    )
+    report = evaluate(y, p, three)
+    counts = {"validation": {"normal": 3, "tumour": 2, "infarct": 2}}
+    history = {"loss": [0.9], "val_loss": [1.0], "val_auc": [0.8]}
+    result = TrainingResult(load_bundle(base_model), history, report, report, None, counts)
+
+    lines = result_lines(result)
+
+    assert lines[1] == (
+        f"Validation: macro AUC {report.auc:.2f}, accuracy 0.86, macro sensitivity 0.89, "
+        f"macro specificity 0.93, ECE {report.ece:.2f} (n = 7)"
+    )
+    # tumour's 0.7 and 0.5 against the others' 0.1, 0.3, 0.6, 0.2, 0.1: 9 of 10 pairs right
+    assert lines[2] == (
+        "Each class against the rest: normal AUC 1.00 (sensitivity 0.67), tumour AUC 0.90 "
+        "(sensitivity 1.00), infarct AUC 1.00 (sensitivity 1.00)"
+    )
+    figures = result.figures()
+    matrix = figures["confusion"].axes[0]
+    assert [int(t.get_text().split("\n")[0]) for t in matrix.texts] == [2, 1, 0, 0, 2, 0, 0, 0, 2]
+    images = {key: render_rgba(figures[key], 300, PLOT_HEIGHT) for key, _ in RESULT_FIGURES}
+    widget._show_results(result, images)
+    tabs = [widget.plots.tabText(i) for i in range(widget.plots.count())]
+    assert tabs == ["Training", "ROC", "Confusion", "Reliability"]
+    assert "Each class against the rest: normal AUC 1.00" in widget.summary.value
 
 
 def from_scratch(widget: TrainWidget) -> None:

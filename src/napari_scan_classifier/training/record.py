@@ -85,9 +85,13 @@ def training_info(
 
 
 def metrics_summary(report: EvaluationReport) -> dict[str, Any]:
+    """The headline figures, each class's one-vs-rest AUC and the confusion matrix."""
     summary = report.to_dict()
+    headline = ("n", "auc", "accuracy", "sensitivity", "specificity", "ece")
     return {
-        key: summary[key] for key in ("n", "auc", "accuracy", "sensitivity", "specificity", "ece")
+        **{key: summary[key] for key in headline},
+        "per_class_auc": {name: m["auc"] for name, m in summary["per_class"].items()},
+        "confusion_matrix": summary["confusion_matrix"],
     }
 
 

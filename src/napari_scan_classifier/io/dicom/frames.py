@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -30,6 +33,7 @@ from napari_scan_classifier.io.dicom.headers import (
     _position,
     _read_dataset,
     _rescale,
+    _slope_scale,
     _strings,
     _syntax_of,
     _tag,
@@ -49,46 +53,53 @@ from napari_scan_classifier.io.dicom.vendors import ge_reverse_phase
 
 MAX_FRAMES_PER_FILE = 100_000  # a 4D enhanced fMRI file holds ~10^4; more is a damaged header
 _BITS_ALLOCATED = (1, 8, 16, 32)
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_TRAILER_SIZE = 4  # the uncompressed size closes a gzip file
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103  # the smallest magnitude float32 rounds to infinity
 
 
-def _gzipped(path: Path) -> bool:
-    with open(path, "rb") as fp:
-        return fp.read(2) == b"\x1f\x8b"
-
-
-def _unpacked_size(path: Path) -> int:
-    """A gzip file's uncompressed size, from its trailer (modulo 4 GiB, as gzip records it)."""
-    with open(path, "rb") as fp:
-        fp.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", fp.read(4))[0]
+def _unpacked_size(raw: BinaryIO) -> int:
+    """A gzip file's uncompressed size, from its trailer (modulo 4 GiB, as gzip records it);
+    0 for a file too short to have one. ``raw`` is left at its start, for gzip to read."""
+    end = raw.seek(0, os.SEEK_END)
+    size = 0
+    if end >= _GZIP_TRAILER_SIZE:
+        raw.seek(end - _GZIP_TRAILER_SIZE)
+        size = struct.unpack("<I", raw.read(_GZIP_TRAILER_SIZE))[0]
+    raw.seek(0)
+    return size
 
 
 def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
     """The frames one file contributes; raises _SkipFileError with the reason it is unusable.
 
     ``known`` caches series-level fields by series UID and number: read once per series.
+    The file is opened once; a gzipped one (``.dcm.gz``) is told by its magic bytes.
     """
     try:
-        gzipped = _gzipped(path)
-        with gzip.open(path, "rb") if gzipped else open(path, "rb") as fp:
-            ds = _read_dataset(fp)
-            if _tag("Rows") not in ds or _tag("Columns") not in ds:
-                raise _SkipFileError(_no_pixels_reason(ds))
-            modality = _text(ds, "Modality")
-            if modality in _NOT_IMAGES:
-                raise _SkipFileError(f"a {modality} object, not an image")
-            syntax = _syntax_of(ds)
-            reverse, split = ge_reverse_phase(ds)
-            file = _new_file(path, ds, syntax, known, split=split)
-            file.flip_rows, file.gzipped = reverse, gzipped
-            problem = _pixel_format_problem(ds, file)
-            if problem:
-                raise _SkipFileError(problem)
-            size = _unpacked_size(path) if gzipped else os.fstat(fp.fileno()).st_size
-            offset = _locate_pixels(fp, ds, size, file)
-            file.pixel_offset = offset if file.bits_allocated in (8, 16, 32) else None
-            file.table = value_table(ds, file)
-            return _checked(_frames_of(ds, file))
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+            size = _unpacked_size(raw) if gzipped else os.fstat(raw.fileno()).st_size
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else nullcontext(raw) as fp:
+                ds = _read_dataset(fp)
+                if _tag("Rows") not in ds or _tag("Columns") not in ds:
+                    raise _SkipFileError(_no_pixels_reason(ds))
+                modality = _text(ds, "Modality")
+                if modality in _NOT_IMAGES:
+                    raise _SkipFileError(f"a {modality} object, not an image")
+                vendor = _text(ds, "Manufacturer").upper()
+                reverse, split = ge_reverse_phase(ds, vendor)
+                file = _new_file(path, ds, _syntax_of(ds), known, split=split)
+                file.flip_rows, file.gzipped = reverse, gzipped
+                file.scale = _slope_scale(ds, modality)
+                problem = _pixel_format_problem(ds, file)
+                if problem:
+                    raise _SkipFileError(problem)
+                offset = _locate_pixels(fp, ds, size, file)
+                file.pixel_offset = offset if file.bits_allocated in (8, 16, 32) else None
+                file.table = value_table(ds, file)
+                return _checked(_frames_of(ds, file, vendor))
     except _SkipFileError:
         raise
     except OSError as exc:
@@ -126,11 +137,11 @@ def _frame_problem(frame: _Frame) -> str | None:
     problem = orientation_problem(frame.orientation) or spacing_problem(frame.pixel_spacing)
     if problem:
         return problem
-    if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
+    if not (math.isfinite(frame.slope) and math.isfinite(frame.intercept)):
         return f"its rescale (slope {frame.slope:g}, intercept {frame.intercept:g}) is not finite"
     if frame.slope == 0:
         return "its RescaleSlope is 0: every pixel would have the same value"
-    if frame.file.table is None and not np.all(np.isfinite(np.float32(_value_range(frame)))):
+    if frame.file.table is None and max(map(abs, _value_range(frame))) >= _FLOAT32_OVERFLOW:
         return "its rescaled values do not fit 32-bit floating point"
     return None
 
@@ -152,17 +163,17 @@ def _checked(frames: list[_Frame]) -> list[_Frame]:
     return frames
 
 
-def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
+def _frames_of(ds: Dataset, file: _File, vendor: str) -> list[_Frame]:
     if _tag("PerFrameFunctionalGroupsSequence") in ds:
         return _enhanced_frames(ds, file)
     if "MOSAIC" in file.image_type and file.n_frames == 1:
         return _mosaic_frames(ds, file)
-    tiles = _uih_tiles(ds) if file.n_frames == 1 else None
+    tiles = _uih_tiles(ds, vendor) if file.n_frames == 1 else None
     if tiles:
         return _uih_grid_frames(ds, file, tiles)
     if file.n_frames > 1:
         return _legacy_frames(ds, file)
-    slope, intercept = _rescale(ds, ds)
+    slope, intercept = _rescale(ds, file)
     return [
         _Frame(
             file,
@@ -175,7 +186,7 @@ def _frames_of(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=_float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness"),
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file),
+            order=_order(file),
         )
     ]
 
@@ -208,7 +219,9 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
             ),
             [],
         )
-        slope, intercept = _rescale(_frame_group(ds, item, "PixelValueTransformationSequence"), ds)
+        slope, intercept = _rescale(
+            _frame_group(ds, item, "PixelValueTransformationSequence"), file
+        )
         frames.append(
             _Frame(
                 file,
@@ -227,7 +240,6 @@ def _enhanced_frames(ds: Dataset, file: _File) -> list[_Frame]:
                 intercept=intercept,
                 kind=tuple(kind),
                 order=_order(
-                    ds,
                     file,
                     index,
                     temporal=_int(content, "TemporalPositionIndex"),
@@ -252,8 +264,8 @@ def _legacy_frames(ds: Dataset, file: _File) -> list[_Frame]:
             positions = [origin + (s - offsets[0]) * normal for s in offsets]
         elif spacing:
             positions = [origin + k * spacing * normal for k in range(file.n_frames)]
-    slope, intercept = _rescale(ds, ds)
-    order = _order(ds, file)
+    slope, intercept = _rescale(ds, file)
+    order = _order(file)
     pixel_spacing = _floats(ds, "PixelSpacing", 2)
     return [
         _Frame(

@@ -167,7 +167,7 @@ def _syntax_of(ds: Dataset) -> UID:
 def _locate_pixels(fp, ds: Dataset, size: int, file: _File) -> int | None:
     """Offset of the Pixel Data value when it can be read directly; rejects files without
     pixels or whose pixels are cut short. ``fp`` stands where pydicom stopped."""
-    syntax = _syntax_of(ds)
+    syntax = file.syntax
     if syntax == DeflatedExplicitVRLittleEndian:
         return None
     expected = file.frame_bytes * file.n_frames
@@ -276,6 +276,8 @@ def _new_file(
             number = known[series].get("series_number") or 0
             known[series]["series_number"] = number + _SPLIT_SERIES_OFFSET
     bits_allocated = _ushort(ds, "BitsAllocated", 16)
+    echo = _int(ds, "EchoNumbers")
+    enhanced = _tag("PerFrameFunctionalGroupsSequence") in ds
     return _File(
         path=path,
         syntax=syntax,
@@ -292,14 +294,16 @@ def _new_file(
         signed=_ushort(ds, "PixelRepresentation", 0) == 1,
         n_frames=max(1, _int(ds, "NumberOfFrames", 1)),
         time_frames=bool(_frame_pointers(ds) & _FRAME_TIME_POINTERS),
-        variant=_echo_variant(ds),
+        # echoes after the first are stacks of their own (one volume per echo, as dcm2niix);
+        # an enhanced file's echoes are told apart by their frame types
+        variant=(f"echo {echo}",) if echo > 1 and not enhanced else (),
+        order=(
+            _int(ds, "TemporalPositionIdentifier"),
+            echo,
+            _int(ds, "AcquisitionNumber"),
+            _acquisition_time(ds),
+        ),
     )
-
-
-def _echo_variant(ds: Dataset) -> tuple[str, ...]:
-    """Echoes after the first are stacks of their own (one volume per echo, as dcm2niix)."""
-    echo = _int(ds, "EchoNumbers", 1) if _tag("PerFrameFunctionalGroupsSequence") not in ds else 1
-    return (f"echo {echo}",) if echo > 1 else ()
 
 
 def _no_pixels_reason(ds: Dataset) -> str:
@@ -312,21 +316,35 @@ def _no_pixels_reason(ds: Dataset) -> str:
     return "DICOM file without image data"
 
 
-def _rescale(item: Dataset | None, ds: Dataset) -> tuple[float, float]:
+def _rescale(item: Dataset | None, file: _File) -> tuple[float, float]:
     """Slope and intercept as recorded (a slope of 0 stays 0: the frame check refuses it)."""
-    slope = _float(item, "RescaleSlope", 1.0)
-    intercept = _float(item, "RescaleIntercept", 0.0)
-    if _text(ds, "Modality") == "RTDOSE":
-        slope *= _float(ds, "DoseGridScaling", 1.0)
-    return slope, intercept
+    slope = _float(item, "RescaleSlope", 1.0) * file.scale
+    return slope, _float(item, "RescaleIntercept", 0.0)
+
+
+def _slope_scale(ds: Dataset, modality: str) -> float:
+    """What multiplies every slope of a file: an RT dose's DoseGridScaling, else 1."""
+    return _float(ds, "DoseGridScaling", 1.0) if modality == "RTDOSE" else 1.0
+
+
+def _first_text(ds: Dataset | None, *keywords: str) -> str:
+    """The first non-empty text among ``keywords``; absent elements are skipped unread."""
+    if ds is None:
+        return ""
+    for keyword in keywords:
+        if _tag(keyword) in ds:
+            text = _text(ds, keyword)
+            if text:
+                return text
+    return ""
 
 
 def _acquisition_time(ds: Dataset | None) -> float:
     """When a frame was acquired, as YYYYMMDDHHMMSS.ffffff (0 when the file does not say)."""
-    stamp = _text(ds, "FrameAcquisitionDateTime") or _text(ds, "AcquisitionDateTime")
+    stamp = _first_text(ds, "FrameAcquisitionDateTime", "AcquisitionDateTime")
     if not stamp:
-        time = _text(ds, "AcquisitionTime") or _text(ds, "ContentTime")
-        stamp = f"{_text(ds, 'AcquisitionDate') or _text(ds, 'ContentDate') or '0'}{time}"
+        time = _first_text(ds, "AcquisitionTime", "ContentTime")
+        stamp = f"{_first_text(ds, 'AcquisitionDate', 'ContentDate') or '0'}{time}"
     try:
         number = float(stamp.split("+")[0].split("-")[0])
     except ValueError:
@@ -334,16 +352,16 @@ def _acquisition_time(ds: Dataset | None) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-def _order(
-    ds: Dataset, file: _File, index: int = 0, *, temporal: int | None = None, when: float = 0.0
-) -> tuple:
+def _order(file: _File, index: int = 0, *, temporal: int | None = None, when: float = 0.0) -> tuple:
     """Acquisition order of frames at one position (time points, echoes), then deterministic
-    tie-breaks (instance number, instance UID); never the file name. Not used to place slices."""
+    tie-breaks (instance number, instance UID); never the file name. Not used to place slices.
+    A frame's own temporal index and time, where it has them, replace the file's."""
+    file_temporal, echo, acquisition, file_when = file.order
     return (
-        _int(ds, "TemporalPositionIdentifier") if temporal is None else temporal,
-        _int(ds, "EchoNumbers"),
-        _int(ds, "AcquisitionNumber"),
-        when or _acquisition_time(ds),
+        file_temporal if temporal is None else temporal,
+        echo,
+        acquisition,
+        when or file_when,
         file.instance,
         file.instance_uid,
         index,

@@ -17,7 +17,6 @@ from napari_scan_classifier.io.dicom.headers import (
     _position,
     _rescale,
     _strings,
-    _text,
     _ushort,
 )
 from napari_scan_classifier.io.dicom.records import _DEFAULT_IOP, _File, _Frame, _SkipFileError
@@ -90,7 +89,7 @@ def _mosaic_frames(ds: Dataset, file: _File) -> list[_Frame]:
             + col_cos * spacing[0] * (file.rows - tile_rows) / 2
             + row_cos * spacing[1] * (file.cols - tile_cols) / 2
         )
-    slope, intercept = _rescale(ds, ds)
+    slope, intercept = _rescale(ds, file)
     return [
         _Frame(
             file,
@@ -103,15 +102,16 @@ def _mosaic_frames(ds: Dataset, file: _File) -> list[_Frame]:
             thickness=step,
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file, k),
+            order=_order(file, k),
         )
         for k in range(count)
     ]
 
 
-def _uih_tiles(ds: Dataset) -> list[Dataset] | None:
-    """The per-tile items of a United Imaging grid mosaic ((0065,1051): one IPP per tile)."""
-    if _text(ds, "Manufacturer").upper() != "UIH":
+def _uih_tiles(ds: Dataset, vendor: str) -> list[Dataset] | None:
+    """The per-tile items of a United Imaging grid mosaic ((0065,1051): one IPP per tile);
+    ``vendor``: the Manufacturer in upper case."""
+    if vendor != "UIH":
         return None
     try:
         items = ds.get_private_item(0x0065, 0x51, "Image Private Header").value
@@ -152,7 +152,7 @@ def _uih_grid_frames(ds: Dataset, file: _File, items: list[Dataset]) -> list[_Fr
     iop = _floats(ds, "ImageOrientationPatient", 6)
     spacing = _floats(ds, "PixelSpacing", 2)
     step = _float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness")
-    slope, intercept = _rescale(ds, ds)
+    slope, intercept = _rescale(ds, file)
     return [
         _Frame(
             file,
@@ -165,7 +165,7 @@ def _uih_grid_frames(ds: Dataset, file: _File, items: list[Dataset]) -> list[_Fr
             thickness=step,
             slope=slope,
             intercept=intercept,
-            order=_order(ds, file, k, when=_acquisition_time(item)),
+            order=_order(file, k, when=_acquisition_time(item)),
         )
         for k, item in enumerate(items)
     ]

@@ -68,6 +68,9 @@ class _File:
     flip_rows: bool = False  # reverse phase-encoding volume, shown the right way up
     variant: tuple[str, ...] = ()  # what else splits its series: an echo, a differing copy
     gzipped: bool = False  # a .dcm.gz: read through gzip
+    scale: float = 1.0  # multiplies every rescale slope (an RT dose's DoseGridScaling)
+    # the file's acquisition order: temporal position, echo, acquisition number and time
+    order: tuple[int, int, int, float] = (0, 0, 0, 0.0)
     swap_pairs: bool = False  # 8-bit pixels stored as big-endian 16-bit words (OW)
     table: tuple[int, np.ndarray] | None = None  # (first stored value, values): a LUT to apply
     position: int = 0  # its place among the files found under the input (how messages name it)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from napari_scan_classifier.io.dicom.headers import _int, _text
+from napari_scan_classifier.io.dicom.headers import _int
 
 # GE research "epi_pepolar" sequences: (0019,10B3) "user data 12" says which volumes were
 # acquired with reversed phase encoding (1: all, 2: odd, 3: even temporal positions).
@@ -18,11 +18,12 @@ def _private(ds: Dataset, group: int, element: int, creator: str) -> str:
         return ""
 
 
-def ge_reverse_phase(ds: Dataset) -> tuple[bool, bool]:
+def ge_reverse_phase(ds: Dataset, vendor: str) -> tuple[bool, bool]:
     """(whether this GE pepolar volume was acquired with reversed phase encoding, whether it is
     split off as series number + 1000) following dcm2niix, which flips such volumes along the
-    phase-encoding (row) axis so every volume shows the anatomy the same way up."""
-    if not _text(ds, "Manufacturer").upper().startswith("GE"):
+    phase-encoding (row) axis so every volume shows the anatomy the same way up.
+    ``vendor``: the Manufacturer in upper case."""
+    if not vendor.startswith("GE"):
         return False, False
     if "epi_pepolar" not in _private(ds, 0x0019, 0x9C, "GEMS_ACQU_01"):
         return False, False

@@ -12,6 +12,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import math
 import threading
 from functools import partial
 from pathlib import Path
@@ -385,6 +386,8 @@ def result_lines(result: TrainingResult) -> list[str]:
     """What the user should read after training: where the model is, how it did, the notes."""
     lines = [f"Saved {_model_name(result.bundle)} in {result.bundle.path}."]
     lines.append(f"Validation: {_metrics(result.report)}")
+    if len(result.report.class_names) > 2:
+        lines.append(_per_class(result.report))
     if result.base_report is not None:
         lines.append(f"Base model on the same cases: {_metrics(result.base_report)}")
     for split, counts in result.class_counts.items():
@@ -403,10 +406,25 @@ def _model_name(bundle: Bundle) -> str:
 
 def _metrics(report: EvaluationReport) -> str:
     values = report.to_dict()
+    labels = {"auc": report.auc_label, "ece": "ECE"}
+    if len(report.class_names) > 2:  # macro means over the classes
+        labels.update(sensitivity="macro sensitivity", specificity="macro specificity")
     shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
     parts = [
-        f"{key.upper() if key in ('auc', 'ece') else key} "
-        + ("n/a" if values[key] is None else f"{values[key]:.2f}")
+        f"{labels.get(key, key)} " + ("n/a" if values[key] is None else f"{values[key]:.2f}")
         for key in shown
     ]
     return f"{', '.join(parts)} (n = {values['n']})"
+
+
+def _per_class(report: EvaluationReport) -> str:
+    """``"Each class against the rest: normal AUC 0.97 (sensitivity 0.90), ..."``."""
+    parts = [
+        f"{name} AUC {_short(m.auc)} (sensitivity {_short(m.sensitivity)})"
+        for name, m in report.per_class.items()
+    ]
+    return f"Each class against the rest: {', '.join(parts)}"
+
+
+def _short(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"
