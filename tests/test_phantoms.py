@@ -20,6 +20,7 @@ from napari_scan_classifier.phantoms import (
     make_head_ct_phantom,
     make_mr_phantom,
     sample_ct_phantom,
+    sample_mr_infarct_phantom,
     sample_mr_phantom,
     write_sample_data,
 )
@@ -284,17 +285,30 @@ def sample_dir(tmp_path_factory) -> Path:
 def test_sample_data_is_small_and_where_the_plugin_expects_it(sample_dir):
     slices = sorted((sample_dir / "ct_phantom").iterdir())
     assert 64 <= len(slices) <= 96
-    assert (sample_dir / "mr_phantom.nii.gz").is_file()
+    assert {p.name for p in sample_dir.glob("*.nii.gz")} == {
+        "mr_brain_tumour.nii.gz",
+        "mr_brain_infarct.nii.gz",
+    }
     total = sum(p.stat().st_size for p in sample_dir.rglob("*") if p.is_file())
     assert total < 4_000_000
 
 
-def test_sample_mr_round_trips_through_load_scans(sample_dir):
-    expected = sample_mr_phantom().volume
-    (volume,) = load_scans(sample_dir / "mr_phantom.nii.gz").volumes
-    np.testing.assert_array_equal(volume.voxels, expected.voxels)
-    np.testing.assert_allclose(volume.affine, expected.affine, atol=1e-4)
+@pytest.mark.parametrize(
+    ("name", "make", "truth"),
+    [
+        ("mr_brain_tumour.nii.gz", sample_mr_phantom, "tumour"),
+        ("mr_brain_infarct.nii.gz", sample_mr_infarct_phantom, "infarct"),
+    ],
+)
+def test_sample_mr_round_trips_through_load_scans(sample_dir, name, make, truth):
+    phantom = make()
+    expected = phantom.volume
+    (volume,) = load_scans(sample_dir / name).volumes
+    voxels, affine = _reoriented_like(volume, expected)
+    np.testing.assert_array_equal(voxels, expected.voxels)
+    np.testing.assert_allclose(affine, expected.affine, atol=1e-4)
     assert volume.modality == "MR"
+    assert phantom.class_name == truth
 
 
 def _reoriented_like(volume: Volume, reference: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -327,8 +341,8 @@ def second_sample_dir(tmp_path_factory) -> Path:
     return out
 
 
-def test_sample_nifti_is_byte_for_byte_reproducible(sample_dir, second_sample_dir):
-    name = "mr_phantom.nii.gz"
+@pytest.mark.parametrize("name", ["mr_brain_tumour.nii.gz", "mr_brain_infarct.nii.gz"])
+def test_sample_nifti_is_byte_for_byte_reproducible(sample_dir, second_sample_dir, name):
     assert (sample_dir / name).read_bytes() == (second_sample_dir / name).read_bytes()
 
 

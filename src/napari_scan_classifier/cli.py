@@ -128,12 +128,13 @@ def _classify_cohort(args: argparse.Namespace) -> int:
     """Local files and folders: series by series, resumable, here or on a Dask cluster."""
     from napari_scan_classifier.cohort import Options, classify_cohort
 
-    explain = bool(args.saliency_dir or args.faithfulness)
+    explain = bool(args.saliency_dir or args.faithfulness or args.saliency_class)
     options = Options(
         saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
+        saliency_class=args.saliency_class,
     )
     try:
         result = classify_cohort(
@@ -165,7 +166,9 @@ def _classify_here(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    explain = bool(
+        args.saliency_dir or args.faithfulness or args.store_results or args.saliency_class
+    )
     paths, model, on_result = args.paths, args.model, None
     if args.store_results:
         from napari_scan_classifier.dicom_results import store_results_hook
@@ -178,6 +181,7 @@ def _classify_here(args: argparse.Namespace) -> int:
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
+        saliency_class=args.saliency_class,
         on_row=_print_row,
         on_result=on_result,
         checkpoint=lambda partial: write_report(partial, out),
@@ -514,6 +518,11 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         "--method",
         choices=("gradcam", "integrated_gradients", "occlusion"),
         help="saliency method (default: the model's own, else integrated_gradients)",
+    )
+    classify.add_argument(
+        "--saliency-class",
+        metavar="CLASS",
+        help="explain this class of the model in every series (default: each one's prediction)",
     )
     classify.add_argument(
         "--faithfulness",

@@ -46,6 +46,7 @@ from napari_scan_classifier.results import (
     NO_MODEL,
     BatchReport,
     check_output,
+    check_saliency_class,
     chosen_models_summary,
     classify_series,
     json_safe,
@@ -55,6 +56,8 @@ from napari_scan_classifier.results import (
 )
 
 JOURNAL_SUFFIX = ".jsonl"
+# How messages name the journal: by its place, not its name (an --out may be named after a patient)
+_JOURNAL = f"the results journal beside --out (its {JOURNAL_SUFFIX} file)"
 IN_PROCESS = "in-process"  # the "worker" of a row classified without a cluster
 PROGRESS_INTERVAL_S = 10.0  # plain progress lines when the output is not a terminal
 _HASH_BLOCK = 1 << 20
@@ -107,6 +110,7 @@ class Options:
     passes: int = 10
     faithfulness: bool = False
     saliency_dir: str | None = None
+    saliency_class: str | None = None  # None: each series' predicted class
 
 
 @dataclass
@@ -318,15 +322,19 @@ def classify_task(task: SeriesTask, ref: BundleRef | AutoRef, options: Options) 
         if used is None:
             row = no_model_row(task.index, task.number, volume, choice)
         else:
+            bundle = worker_bundle(used)
+            if choice is not None:  # the class to explain is checked against the model chosen
+                check_saliency_class(bundle, options.saliency_class)
             row = classify_series(
                 task.index,
                 task.number,
                 volume,
-                worker_bundle(used),
+                bundle,
                 saliency=options.saliency,
                 passes=options.passes,
                 faithfulness=options.faithfulness,
                 saliency_dir=options.saliency_dir,
+                saliency_class=options.saliency_class,
             )
         if "timings" in row:
             row["timings"]["load"] = loaded  # reading and decoding the series where it ran
@@ -393,7 +401,7 @@ class Journal:
             return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ScanClassifierError(
-                f"{self.path.name} is not a results journal of this program ({error}); "
+                f"{_JOURNAL} is not a results journal of this program ({error}); "
                 "choose another --out"
             ) from None
 
@@ -410,9 +418,7 @@ def journal_path(out: Path) -> Path:
     return out.with_suffix(JOURNAL_SUFFIX)
 
 
-def _check_same_bundle(
-    rows: Iterable[dict[str, Any]], ref: BundleRef | AutoRef, journal: Path
-) -> None:
+def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef | AutoRef) -> None:
     refs = [ref] if isinstance(ref, BundleRef) else [r for _, r in ref.models]
     found = {(row.get("bundle") or {}).get("sha256") for row in rows} - {None}
     other = found - {r.sha256 for r in refs}
@@ -423,7 +429,7 @@ def _check_same_bundle(
             else "the models the scans choose"
         )
         raise ScanClassifierError(
-            f"{journal.name} holds results of another model (SHA-256 "
+            f"{_JOURNAL} holds results of another model (SHA-256 "
             f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with {models}"
         )
 
@@ -585,11 +591,13 @@ def classify_cohort(
         reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
         raise UnreadableScanError(f"no scan found to classify ({reasons})")
     bundle = None if is_auto(model) else resolve_bundle(model)
+    if bundle is not None:
+        check_saliency_class(bundle, options.saliency_class)
     ref = auto_ref() if bundle is None else bundle_ref(bundle)
     journal = Journal(journal_path(target))
     journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
-    _check_same_bundle(earlier, ref, journal.path)
+    _check_same_bundle(earlier, ref)
     done = {row["series_key"] for row in earlier if row["status"] != NO_MODEL}
     pending = [task for task in tasks if task.key not in done]
     progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)

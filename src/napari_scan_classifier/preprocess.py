@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy import ndimage
 
 from napari_scan_classifier.errors import InvalidInputError
 from napari_scan_classifier.volume import Volume, spacing_of
 
 CT_AIR_HU = -1024.0
 INTENSITY_KINDS = ("ct_window", "zscore", "percentile")
+INTENSITY_MASKS = ("foreground", "head")
 ZSCORE_CLIP = 5.0
 
 Triple = tuple[float, float, float]
@@ -189,6 +191,8 @@ def validate_intensity(spec: Mapping[str, Any]) -> None:
         low, high = spec.get("low", 1.0), spec.get("high", 99.0)
         if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
             raise ValueError("percentile scaling needs 0 <= 'low' < 'high' <= 100")
+    if kind != "ct_window" and spec.get("mask", "foreground") not in INTENSITY_MASKS:
+        raise ValueError(f"the statistics' mask must be one of {INTENSITY_MASKS}")
 
 
 def normalise(
@@ -202,26 +206,48 @@ def normalise(
       threshold ``p2 + 0.1 (p98 - p2)``, as FSL BET uses), clipped to +-5 SD.
     - ``{"kind": "percentile", "low": 1, "high": 99}``: those percentiles to 0..1, clipped.
 
-    Statistics use only ``inside`` voxels (those that lie in the scan, not the padding).
+    Statistics use only ``inside`` voxels (those that lie in the scan, not the padding); with
+    ``"mask": "head"`` only those within the head (:func:`head_mask`: the foreground with its
+    dark inner parts, skull and CSF, filled in), so the recipe neither depends on how much
+    background the field of view holds nor on how dark the skull is in this contrast. Every
+    recipe but the CT window is unchanged when the scan's intensities are scaled and offset
+    (MR has no absolute unit).
     """
     validate_intensity(spec)
     values = values.astype(np.float32, copy=False)
     if spec["kind"] == "ct_window":
         low = spec["center"] - spec["width"] / 2
         return np.clip((values - np.float32(low)) / np.float32(spec["width"]), 0.0, 1.0)
+    if spec.get("mask") == "head":
+        inside = head_mask(values, inside)
     sample = values[inside] if inside is not None else values.ravel()
     if spec["kind"] == "percentile":
         low, high = np.percentile(sample, [spec.get("low", 1.0), spec.get("high", 99.0)])
         if high <= low:
             raise InvalidInputError("the scan has no intensity contrast to scale (constant)")
         return np.clip((values - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
-    p2, p98 = np.percentile(sample, [2.0, 98.0])
-    foreground = sample[sample > p2 + 0.1 * (p98 - p2)]
+    foreground = sample
+    if spec.get("mask") != "head":
+        p2, p98 = np.percentile(sample, [2.0, 98.0])
+        foreground = sample[sample > p2 + 0.1 * (p98 - p2)]
     sd = float(foreground.std()) if foreground.size else 0.0
     if sd == 0.0:
         raise InvalidInputError("the scan has no intensity contrast to normalise (constant)")
     scaled = (values - np.float32(foreground.mean())) / np.float32(sd)
     return np.clip(scaled, -ZSCORE_CLIP, ZSCORE_CLIP)
+
+
+def head_mask(values: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the head in a (D, H, W) MR: voxels above ``p2 + 0.1 (p98 - p2)`` of the
+    ``inside`` voxels, with holes filled slice by slice (skull and CSF are dark in some
+    contrasts). Falls back to ``inside`` when nothing passes."""
+    inside = np.ones(values.shape, bool) if inside is None else inside
+    p2, p98 = np.percentile(values[inside], [2.0, 98.0])
+    bright = (values > p2 + 0.1 * (p98 - p2)) & inside
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    filled = ndimage.binary_fill_holes(bright, structure=in_plane) & inside
+    return filled if filled.any() else inside
 
 
 def resample_to_grid(voxels: np.ndarray, grid: ModelGrid, cval: float) -> np.ndarray:

@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +151,28 @@ def classify_scan(
     saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
-    """Classify one scan and explain its predicted class: what the widget and the demo show."""
+    """Classify one scan and explain its predicted class (or ``saliency_class``, one of the
+    model's classes): what the widget and the demo show."""
+    check_saliency_class(bundle, saliency_class)
     (prediction,) = predict([volume], bundle, passes, progress, cancel)
-    return _explained(volume, bundle, prediction, saliency, faithfulness, progress, cancel)
+    return _explained(
+        volume, bundle, prediction, saliency, faithfulness, saliency_class, progress, cancel
+    )
+
+
+def check_saliency_class(bundle: Bundle, saliency_class: str | None) -> None:
+    """Refuse, before any work, a class to explain that the model does not have."""
+    classes = bundle.metadata.classes
+    if saliency_class is not None and saliency_class not in classes:
+        listing = ", ".join(f"'{name}'" for name in classes)
+        raise InvalidInputError(
+            f"The class to explain, '{saliency_class}', is not one of the model's classes "
+            f"({listing})"
+        )
 
 
 def _explained(
@@ -164,6 +181,7 @@ def _explained(
     prediction: Prediction,
     method: str,
     faithfulness: bool,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
@@ -172,7 +190,7 @@ def _explained(
         volume,
         bundle,
         method,
-        prediction.predicted_class,
+        saliency_class or prediction.predicted_class,
         faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
@@ -230,14 +248,16 @@ def classify_paths(
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[int, Volume, ScanResult], None] | None = None,
     checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None; ``"auto"`` or a Chooser: the model each scan chooses, see choice.py);
-    maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series' row as soon as it is
-    done (a long batch shows its progress); ``on_result`` gets each
+    maps of each series' predicted class (or of ``saliency_class``) go to ``saliency_dir`` as
+    NIfTI; ``on_row`` gets each series' row as soon as it is done (a long batch shows its
+    progress); ``on_result`` gets each
     classified scan with its input's position (to send results on, e.g. to a PACS);
     ``checkpoint`` the report so far after each input and series (to write it, so a late
     failure keeps what was done).
@@ -258,6 +278,15 @@ def classify_paths(
     if not isinstance(bundle, Bundle | Chooser):
         bundle = resolve_bundle(bundle)
     chosen = isinstance(bundle, Chooser)
+    if not chosen:
+        check_saliency_class(bundle, saliency_class)
+    explained = partial(
+        result_row,
+        saliency=saliency,
+        faithfulness=faithfulness,
+        saliency_dir=saliency_dir,
+        saliency_class=saliency_class,
+    )
     report = BatchReport(chosen_models_summary([]) if chosen else _model_summary(bundle))
     redact = Redactor(paths)
     save = checkpoint or (lambda _report: None)
@@ -270,14 +299,9 @@ def classify_paths(
                 chunk, _predict_chunk(chunk, bundle, passes), strict=True
             ):
                 index += 1
-                if used is None:
-                    row, result = no_model_row(index, number, volume, choice), None
-                else:
-                    row, result = result_row(
-                        index, number, volume, outcome, used, saliency, faithfulness, saliency_dir
-                    )
-                if choice is not None:
-                    row["model_choice"] = choice.to_dict()
+                row, result = _row(
+                    index, number, volume, outcome, used, choice, explained, saliency_class
+                )
                 row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
                 if result is not None and on_result is not None:
                     on_result(number, volume, result)
@@ -314,6 +338,32 @@ def _predict_chunk(
         for i, outcome in zip(positions, outcomes, strict=True):
             found[i] = (outcome, used, choices[i])
     return found
+
+
+def _row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str | None,
+    used: Bundle | None,
+    choice: Choice | None,
+    explained: Callable[..., tuple[dict[str, Any], ScanResult | None]],
+    saliency_class: str | None,
+) -> tuple[dict[str, Any], ScanResult | None]:
+    """A series' row and result from ``explained`` (:func:`result_row` with the options);
+    with the model the scan chose, or why none covers it."""
+    if used is None or outcome is None:
+        row, result = no_model_row(index, number, volume, choice), None
+    else:
+        if choice is not None:  # the class to explain was not checked against this model yet
+            try:
+                check_saliency_class(used, saliency_class)
+            except InvalidInputError as error:
+                outcome = str(error)
+        row, result = explained(index, number, volume, outcome, used)
+    if choice is not None:
+        row["model_choice"] = choice.to_dict()
+    return row, result
 
 
 def no_model_row(index: int, number: int, volume: Volume, choice: Choice | None) -> dict[str, Any]:
@@ -356,13 +406,22 @@ def classify_series(
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
 ) -> dict[str, Any]:
     """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
     (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
     (the caller knows the inputs)."""
     (outcome,) = _predict_each([volume], bundle, passes)
     row, _ = result_row(
-        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+        index,
+        number,
+        volume,
+        outcome,
+        bundle,
+        saliency,
+        faithfulness,
+        saliency_dir,
+        saliency_class=saliency_class,
     )
     return row
 
@@ -376,14 +435,17 @@ def result_row(
     saliency: str,
     faithfulness: bool,
     saliency_dir: str | os.PathLike[str] | None,
+    *,
+    saliency_class: str | None = None,
 ) -> tuple[dict[str, Any], ScanResult | None]:
-    """The series' label, then its prediction and saliency summary (the map saved into
-    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    """The series' label, then its prediction and saliency summary (the map of the predicted
+    class, or of ``saliency_class``, saved into ``saliency_dir``), or the reason it could not be
+    classified; and the result itself."""
     row = series_row(index, number, volume)
     if not isinstance(outcome, Prediction):
         row.update(status="failed", error=outcome)
         return row, None
-    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    result = _explained(volume, bundle, outcome, saliency, faithfulness, saliency_class)
     row.update(status=status_of(outcome), **result.to_dict())
     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
     return row, result

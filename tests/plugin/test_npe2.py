@@ -44,7 +44,11 @@ def test_contributions() -> None:
     assert reader.accepts_directories
     assert {"*.dcm", "*.nii", "*.nii.gz"} <= set(reader.filename_patterns)
     assert sorted(tuple(w.layer_types) for w in contributions.writers) == [("image",), ("labels",)]
-    assert {s.key for s in contributions.sample_data} == {"phantom_ct", "phantom_mr"}
+    assert {s.key for s in contributions.sample_data} == {
+        "phantom_ct",
+        "phantom_mr",
+        "phantom_mr_infarct",
+    }
     assert [w.display_name for w in contributions.widgets] == [
         "Display",
         "Classify scan",

@@ -25,10 +25,13 @@ def no_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_samples_are_generated_once_into_the_cache(viewer: ViewerModel, no_checkout: Path) -> None:
     (ct,) = viewer.open_sample(PLUGIN, "phantom_ct")
     (mr,) = viewer.open_sample(PLUGIN, "phantom_mr")
+    (infarct,) = viewer.open_sample(PLUGIN, "phantom_mr_infarct")
 
     assert ct.name == "CT #1 Synthetic CT phantom"
     assert tuple(ct.contrast_limits) == (-160.0, 240.0)  # the series' stored soft-tissue window
-    assert mr.metadata["modality"] == "MR"
+    assert mr.metadata["modality"] == infarct.metadata["modality"] == "MR"
+    assert mr.data.shape == infarct.data.shape == (36, 128, 128)
+    assert not np.array_equal(mr.data, infarct.data)
     folder = samples.sample_dir()
     assert folder.parent == no_checkout
     stamp = (folder / samples.MR_SAMPLE).stat().st_mtime_ns
@@ -41,6 +44,17 @@ def test_checkout_samples_are_preferred(tmp_path: Path, monkeypatch: pytest.Monk
     checkout = tmp_path / "sample_data"
     (checkout / samples.CT_SAMPLE).mkdir(parents=True)
     (checkout / samples.MR_SAMPLE).touch()
+    (checkout / samples.MR_INFARCT_SAMPLE).touch()
     monkeypatch.setattr(samples, "_CHECKOUT_SAMPLES", checkout)
 
     assert samples.sample_dir() == checkout
+
+
+def test_a_cache_without_the_infarct_sample_is_written_again(no_checkout: Path) -> None:
+    stale = no_checkout / f"samples-{samples.__version__}"
+    (stale / samples.CT_SAMPLE).mkdir(parents=True)
+    (stale / samples.MR_SAMPLE).touch()
+
+    assert samples.sample_dir() == stale
+    assert (stale / samples.MR_INFARCT_SAMPLE).stat().st_size > 100_000
+    assert (stale / samples.MR_SAMPLE).stat().st_size > 100_000

@@ -16,8 +16,10 @@ One pipeline serves the command line, the napari widget and the bundled demo mod
 4. **Augmentation** on the fly in NumPy/SciPy, kept anatomically plausible: a left-right flip
    (never superior-inferior or anterior-posterior: anatomy is not symmetric that way), a rotation
    of up to 10 degrees in the axial plane with an isotropic scaling of up to 10 %, an intensity
-   scale/shift and Gaussian noise, all scaled by ``augment_strength``. Each case knows which of its
-   axes is left-right and superior-inferior (from its affine), whatever the acquisition plane.
+   scale/shift and Gaussian noise, all scaled by ``augment_strength``; for MR (no absolute unit)
+   also a smooth multiplicative bias field and a global gain, normalised again by the model's
+   recipe. Each case knows which of its axes is left-right and superior-inferior (from its
+   affine), whatever the acquisition plane.
 5. **Early stopping** on validation AUC (validation loss breaks ties), restoring the best epoch's
    weights; then a **temperature and a bias per class** are fitted on the validation logits
    (:mod:`.calibration`): they bring the probabilities back to the training data's class

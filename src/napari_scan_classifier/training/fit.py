@@ -37,9 +37,12 @@ class Epochs:
     batch of one.
     """
 
-    def __init__(self, cases: Split, config: TrainingConfig) -> None:
+    def __init__(
+        self, cases: Split, config: TrainingConfig, intensity: Mapping[str, Any] | None = None
+    ) -> None:
         self.cases = cases
         self.config = config
+        self.intensity = intensity
         self.batch_size = min(config.batch_size, len(cases))
         self.n_batches = len(cases) // self.batch_size
         self.class_weights = balanced_weights(cases.y, config.imbalance)
@@ -72,7 +75,9 @@ class Epochs:
         if not self.config.augment or self.config.augment_strength == 0:
             return volume
         rng = np.random.default_rng([self.config.seed, epoch, position, 1])
-        return augment(volume, tuple(self.cases.axes[row]), rng, self.config.augment_strength)
+        return augment(
+            volume, tuple(self.cases.axes[row]), rng, self.config.augment_strength, self.intensity
+        )
 
 
 def balanced_weights(y: np.ndarray, method: str) -> dict[int, float]:
@@ -203,16 +208,18 @@ def fit_model(
     config: TrainingConfig,
     progress: Callable[[TrainingEvent], None] | None,
     stop: Callable[[], bool],
+    intensity: Mapping[str, Any] | None = None,
 ) -> Fitted:
     """Fit the volume output (a per-slice output has no labels to learn from), one ``fit`` call
-    per epoch on that epoch's arrays."""
+    per epoch on that epoch's arrays (augmented by ``intensity``'s recipe, see
+    :func:`~napari_scan_classifier.training.augment.augment`)."""
     trainer = keras.Model(model.input, model.output["volume"])
     trainer.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=_use_xla(),
     )
-    epochs = Epochs(train_cases, config)
+    epochs = Epochs(train_cases, config, intensity)
     monitor = _Monitor(val_cases, config, epochs.n_batches, progress, stop)
     for epoch in range(config.epochs):
         arrays = epochs.arrays(epoch, stop)

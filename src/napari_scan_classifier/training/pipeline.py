@@ -135,7 +135,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
     with data_parallel(config.devices) as devices:
         model = initial_model(recipe, base, classes, config.width)
-        fitted = fit_model(model, train_cases, val_cases, classes, config, progress, stop)
+        fitted = fit_model(
+            model, train_cases, val_cases, classes, config, progress, stop, recipe.intensity
+        )
     if fitted.cancelled:
         raise CancelledError(
             f"Training was cancelled during epoch {fitted.epochs_run + 1}; nothing was saved"
