@@ -60,6 +60,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: l
 
 def _models_command(args: argparse.Namespace) -> int:
     """The shipped models (usable by name) and the versions trained into the models folder."""
+    from napari_scan_classifier.choice import model_region
     from napari_scan_classifier.models import load_bundle
     from napari_scan_classifier.models.bundled import bundled_names, named_bundle_path
 
@@ -70,17 +71,18 @@ def _models_command(args: argparse.Namespace) -> int:
     if not found:
         print("no models installed")
         return 0
-    header = ("name", "version", "modality", "grid", "classes")
+    header = ("name", "version", "modality", "region", "grid", "classes")
     rows = []
     for name, path in found:
         try:
             m = load_bundle(path).metadata
         except ScanClassifierError as error:
-            rows.append((name, "-", "-", "-", f"unusable: {error}"))
+            rows.append((name, "-", "-", "-", "-", f"unusable: {error}"))
             continue
         grid = "x".join(str(n) for n in m.input_shape)
-        rows.append((name, str(m.version), m.modality, grid, ", ".join(m.classes)))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+        region = model_region(m) or "-"
+        rows.append((name, str(m.version), m.modality, region, grid, ", ".join(m.classes)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     _print_table(header, rows, widths)
     return 0
 

@@ -58,20 +58,22 @@ def test_the_dock_shows_and_uses_the_scans_choice_and_the_users_override(
     layer = _add(viewer, Volume(mr.voxels, mr.affine, "MR", {}))
 
     assert widget.scan.value is layer
-    assert widget.choice.value.startswith(
-        f"Chosen by the scan: MR head: {MR_HEAD}; modality from the scan's modality field; "
-        "region from the body outline ("
-    )
+    assert widget.choice.value.startswith(f"Chosen by the scan: MR head: {MR_HEAD}")
+    assert (
+        "; modality from the scan's modality field; region from the body outline ("
+    ) in widget.choice.value
     _run(qtbot, widget)
 
     result = layer.metadata[CLASSIFICATION_KEY]
     assert result["model"]["name"] == MR_HEAD
-    assert result["model_choice"]["reason"] == f"MR head: {MR_HEAD}"
-    assert f"Chosen by the scan: MR head: {MR_HEAD} (modality from" in widget.summary.value
+    assert result["model_choice"]["reason"].startswith(f"MR head: {MR_HEAD}")
+    assert f"Chosen by the scan: MR head: {MR_HEAD}" in widget.summary.value
 
     given = save_bundle(tiny_bundle(name="my_ct_model"), tmp_path / "given")
     widget.model.value = given
-    assert widget.choice.value == f"Given model overrides the scan's choice (MR head: {MR_HEAD})."
+    assert widget.choice.value.startswith(
+        f"Given model overrides the scan's choice (MR head: {MR_HEAD}"
+    )
     _run(qtbot, widget)
 
     result = layer.metadata[CLASSIFICATION_KEY]
@@ -85,15 +87,20 @@ def test_a_scan_no_model_covers_is_not_classified(
     ct = phantoms.make_ct_phantom(1, **SMALL).volume
     widget = ClassifyWidget(viewer)
     layer = _add(viewer, Volume(ct.voxels, ct.affine, "CT", {"body_part": "PELVIS"}))
-    expected = (
+    start = (
         "no installed model covers CT pelvis: install or train one (installed: demo_ct_lesion "
-        f"v5 for CT abdomen, {MR_HEAD} v1 for MR head); modality from the scan's modality "
-        "field; region from the header (BodyPartExamined PELVIS)"
+        "v5 for CT abdomen, "
+    )
+    end = (
+        f"{MR_HEAD} v1 for MR head); modality from the scan's modality field; region from the "
+        "header (BodyPartExamined PELVIS)"
     )
 
-    assert widget.choice.value == f"No model: {expected}"
+    assert widget.choice.value.startswith(f"No model: {start}")
+    assert widget.choice.value.endswith(end)
     _run(qtbot, widget)
 
     errors = [n.message for n in notifications if n.severity == NotificationSeverity.ERROR]
-    assert errors == [expected]
+    assert len(errors) == 1 and errors[0] == widget.choice.value.removeprefix("No model: ")
+    assert errors[0].startswith(start) and errors[0].endswith(end)
     assert CLASSIFICATION_KEY not in layer.metadata
