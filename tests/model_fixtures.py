@@ -103,10 +103,11 @@ def tiny_bundle(
 ) -> Bundle:
     """An untrained, seeded model: fast, and enough for checks that need no skill."""
     keras.utils.set_random_seed(0)
+    k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
     if architecture == "slice_gru":
-        model = build_slice_gru((*grid, 1), len(CLASSES), width=4, gru_units=4, dropout=0.5)
+        model = build_slice_gru((*grid, 1), k, width=4, gru_units=4, dropout=0.5)
     else:
-        model = build_cnn3d((*grid, 1), len(CLASSES), width=4, dropout=0.5)
+        model = build_cnn3d((*grid, 1), k, width=4, dropout=0.5)
     meta = metadata(architecture=architecture, input_shape=grid, **changes)
     return Bundle(meta, model)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_fixtures import SIDES, side_case, trained_sides_bundle
+from model_fixtures import SIDES, side_case, tiny_bundle, trained_sides_bundle
 from scipy import ndimage
 
 from napari_scan_classifier.errors import InvalidInputError
-from napari_scan_classifier.inference import classify
+from napari_scan_classifier.inference import classify, logits_of, prepare_input
 from napari_scan_classifier.io.nifti import save_nifti
-from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.models import Bundle, BundleMetadata
 from napari_scan_classifier.results import classify_paths, classify_scan
-from napari_scan_classifier.saliency import saliency_map
+from napari_scan_classifier.saliency import grad_cam, integrated_gradients, occlusion, saliency_map
 
 SHAPE = (36, 40, 44)  # larger than the 32^3 model grid: maps are stretched back onto the scan
 BOTH_SEEDS = (9000, 9001, 9002)
@@ -85,3 +85,22 @@ def test_a_chosen_class_is_explained_instead_of_the_predicted_one(sides, tmp_pat
     assert row["saliency"]["target_class"] == other and row["predicted_class"] == predicted
     with pytest.raises(InvalidInputError, match="'stroke', is not one of the model's classes"):
         classify_scan(volume, sides, passes=0, saliency_class="stroke")
+
+
+def test_by_default_the_class_the_model_predicts_is_explained_class_bias_included():
+    """A class bias can make another class than the largest logit's the answer; the default
+    map explains the answer."""
+    plain = tiny_bundle(classes=SIDES)
+    volume, _ = side_case(1, ["side_a"], SHAPE)
+    logits = logits_of(plain.model, prepare_input(volume, plain)[0][None])[0]
+    answer = int(np.argmin(logits))  # the least likely class without a bias
+    bias = [0.0, 0.0, 0.0]
+    bias[answer] = float(logits.max() - logits.min()) / plain.metadata.temperature + 5.0
+    metadata = BundleMetadata(**{**vars(plain.metadata), "class_bias": bias})
+    biased = Bundle(metadata, plain.model)
+
+    predicted = classify(volume, biased, method="none").predicted_class
+
+    assert predicted == SIDES[answer] != SIDES[int(np.argmax(logits))]
+    for explain in (grad_cam, integrated_gradients, occlusion):
+        assert explain(volume, biased).target_class == predicted

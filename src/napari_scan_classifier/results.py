@@ -164,6 +164,25 @@ def classify_scan(
     )
 
 
+def explain_prediction(
+    volume: Volume,
+    bundle: Bundle,
+    prediction: Prediction,
+    *,
+    method: str = "default",
+    faithfulness: bool = False,
+    saliency_class: str | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> ScanResult:
+    """Explain a prediction already made, for its predicted class or ``saliency_class``: another
+    class's map without classifying the scan again."""
+    check_saliency_class(bundle, saliency_class)
+    return _explained(
+        volume, bundle, prediction, method, faithfulness, saliency_class, progress, cancel
+    )
+
+
 def check_saliency_class(bundle: Bundle, saliency_class: str | None) -> None:
     """Refuse, before any work, a class to explain that the model does not have."""
     classes = bundle.metadata.classes
