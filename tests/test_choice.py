@@ -140,6 +140,11 @@ def test_what_cannot_be_told_is_left_unknown(ct: Volume) -> None:
     unknown = identify(Volume(noise, np.eye(4), "OT", {}))
     assert unknown.modality is None and unknown.regions == ()
     assert unknown.describe() == "unknown modality, region unknown"
+    blank = identify(Volume(np.full((4, 8, 8), np.nan), np.eye(4), "OT", {}))
+    assert (blank.modality, blank.modality_source) == (
+        None,
+        "nothing: the voxels hold no finite value",
+    )
 
 
 @pytest.mark.parametrize(

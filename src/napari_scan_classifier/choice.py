@@ -144,6 +144,9 @@ def _header_name(volume: Volume) -> str:
 def modality_from_values(sample: np.ndarray) -> tuple[str | None, str]:
     """CT, MR or None from the intensities, with the reason in words."""
     values = np.asarray(sample, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, "nothing: the voxels hold no finite value"
     air = float(np.mean((values >= CT_AIR_HU[0]) & (values <= CT_AIR_HU[1])))
     tissue = float(np.mean((values >= CT_TISSUE_HU[0]) & (values <= CT_TISSUE_HU[1])))
     negative = float(np.mean(values < 0))
