@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from model_fixtures import tiny_bundle
 
-from napari_scan_classifier import phantoms
+from napari_scan_classifier import datasets, phantoms
 from napari_scan_classifier.choice import (
     Chooser,
     ModelEntry,
@@ -37,6 +37,7 @@ from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
 from napari_scan_classifier.samples import sample_ct_path, sample_mr_path
+from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
 
 SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}
@@ -185,6 +186,40 @@ def test_a_bundle_without_a_region_takes_the_one_its_training_scans_named() -> N
 
     assert model_region(trained_on) == "head"
     assert model_region(mixed) is None and model_region(meta) is None
+
+
+@pytest.mark.slow
+def test_a_model_trained_from_scratch_records_the_region_its_scans_name() -> None:
+    scans = [
+        (
+            phantoms.make_mr_phantom(seed, (12, 24, 24), (12.0, 8.0, 8.0), lesions=label).volume,
+            label,
+        )
+        for seed in range(6)
+        for label in (0, 1)
+    ]
+    data = datasets.from_volumes(
+        [(volume, ("normal", "lesion")[label]) for volume, label in scans],
+        (8, 16, 16),
+        None,
+        {"kind": "zscore"},
+        class_names=("normal", "lesion"),
+    )
+    config = TrainingConfig(
+        architecture="cnn3d",
+        modality="MR",
+        input_shape=(8, 16, 16),
+        width=4,
+        batch_size=4,
+        epochs=1,
+        augment=False,
+        validation_fraction=0.34,
+    )
+
+    result = train(data, config)
+
+    assert {s["body_part"] for s in data.summaries} == {"HEAD"}
+    assert result.bundle.metadata.body_region == "head"
 
 
 def test_the_shipped_ct_model_records_its_region_and_its_files_still_match() -> None:
