@@ -271,6 +271,12 @@ def test_no_model_for_the_scan_is_said_not_guessed(models: Path, mr: Volume) -> 
     assert choice.reason.endswith(f", {MR_HEAD} v2 for MR head)")
     with pytest.raises(NoMatchingModelError, match="no installed model covers MR pelvis"):
         choice.require()
+    pet = choose_model(dicom(mr, "PT", "HEAD"))
+    assert pet.reason == "no installed model covers PT scans: models are made for CT or MR"
+    assert pet.identity.how() == (
+        "modality from the DICOM header (Modality PT); region from the DICOM header "
+        "(BodyPartExamined HEAD)"
+    )
     unknown = ScanIdentity("MR", (), "the DICOM header (Modality MR)", "nothing: x")
     assert choose(unknown, installed_models()).reason == (
         "could not tell the body region of this MR scan: choose a model"

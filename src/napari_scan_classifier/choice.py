@@ -370,6 +370,12 @@ def choose(identity: ScanIdentity, models: Sequence[ModelEntry]) -> Choice:
     scan = identity.describe()
     if identity.modality is None:
         return Choice(identity, None, "could not tell whether the scan is CT or MR: choose a model")
+    if identity.modality not in MODALITIES:
+        return Choice(
+            identity,
+            None,
+            f"no installed model covers {identity.modality} scans: models are made for CT or MR",
+        )
     if not identity.regions:
         return Choice(
             identity,
