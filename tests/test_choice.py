@@ -36,6 +36,7 @@ from napari_scan_classifier.models import BundleMetadata, load_bundle, save_bund
 from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
+from napari_scan_classifier.phantoms.brain import make_brain_mr_phantom
 from napari_scan_classifier.samples import sample_ct_path, sample_mr_path
 from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
@@ -107,10 +108,13 @@ def test_the_voxels_tell_ct_from_mr_and_a_head_from_a_trunk(mr: Volume, ct: Volu
     assert found["ct"].region_source.endswith("wider than deep, the shape of a trunk")
 
 
-def test_mr_in_other_units_is_still_mr_of_the_head(mr: Volume) -> None:
-    scaled = Volume(mr.voxels.astype(np.float32) * 3.7 + 200.0, mr.affine, "OT", {})
+@pytest.mark.parametrize("seed", [1002, 1011])  # a T1-like and a FLAIR-like acquisition
+def test_mr_in_other_units_is_still_mr_of_the_head(seed: int) -> None:
+    brain = make_brain_mr_phantom(seed).volume
+    scaled = Volume(brain.voxels.astype(np.float32) * 3.7 + 200.0, brain.affine, "OT", {})
 
-    assert identify(scaled).describe() == "MR head"
+    assert identify(bare(brain)).describe() == "MR head"
+    assert identify(scaled).describe() == "MR head"  # the background is 200 now, not 0
 
 
 def test_the_region_does_not_depend_on_how_the_slices_were_acquired(mr: Volume) -> None:
