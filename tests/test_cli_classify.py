@@ -270,10 +270,16 @@ def test_headless_demo_prints_the_result(
     assert "Saliency check FAILED: p(" in stdout and "no region carries this decision" in stdout
 
 
-def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_headless_demo_uses_the_model_the_sample_chooses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, stdout, stderr = _run(capsys, "demo", "--headless")
 
     assert code == 0, stderr
+    assert (
+        "  Chosen by the scan: CT abdomen: demo_ct_lesion (modality from the DICOM header "
+        "(Modality CT); region from the DICOM header (BodyPartExamined ABDOMEN))\n"
+    ) in stdout
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
     assert f"Model: demo_ct_lesion v{load_default_bundle().metadata.version} on " in stdout
     assert "OUT OF DISTRIBUTION" not in stdout
@@ -281,14 +287,17 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
     assert "Saliency check passed: removing the regions the map marks" in stdout
 
 
-def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:
+def test_classify_lets_the_sample_ct_choose_the_shipped_ct_model(tmp_path: Path, capsys) -> None:
     out = tmp_path / "results.json"
     code, _, stderr = _run(capsys, "classify", str(sample_ct_path()), "--out", str(out))
 
     assert code == 0, stderr
     report = json.loads(out.read_text())
     assert report["model"]["name"] == "demo_ct_lesion"
+    assert report["model"]["chosen_by"] == "the scan"
     (row,) = report["series"]
+    assert row["model_choice"]["reason"] == "CT abdomen: demo_ct_lesion"
+    assert "]: CT abdomen: demo_ct_lesion (modality from the DICOM header" in stderr
     assert row["status"] == "classified" and row["ood"]["in_distribution"]
     assert row["ood"]["score"] < row["ood"]["threshold"] and row["ood"]["reasons"] == []
     assert row["predicted_class"] == "lesion"

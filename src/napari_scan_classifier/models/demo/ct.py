@@ -44,6 +44,7 @@ TensorFlow's CPU kernels).
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
@@ -82,6 +83,7 @@ from napari_scan_classifier.training import (
 from napari_scan_classifier.volume import Volume
 
 DEMO_NAME = "demo_ct_lesion"
+BODY_REGION = "abdomen"  # the phantoms: chest/abdomen CT, read as abdomen (their BodyPartExamined)
 LAST_STAGE = 1  # index of the last stage: its phantoms stand for the training data
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
@@ -259,7 +261,9 @@ def build_demo(
         name: evaluate_bundle(result.bundle, on_grid(test, input_shape, name))
         for name, test in tests.items()
     }
-    result.bundle.metadata = replace(result.bundle.metadata, gradcam_layer=GRADCAM_LAYER)
+    result.bundle.metadata = replace(
+        result.bundle.metadata, gradcam_layer=GRADCAM_LAYER, body_region=BODY_REGION
+    )
     sample = sample_lesion_probability(result.bundle)
     saliency = sample_saliency_contrast(result.bundle)
     minutes = (time.perf_counter() - started) / 60
@@ -290,7 +294,7 @@ def add_applicability(
     rate: float = DEFAULT_FALSE_ABSTENTION,
 ) -> None:
     """Fit the applicability check (input ranges and feature detector) into ``bundle``: on the
-    first ``detector_cases`` phantoms of the polish stage and on the validation phantoms, the
+    first ``detector_cases`` phantoms of the last stage and on the validation phantoms, the
     same seeds :func:`build_demo` trained and validated with."""
     train_all = paired_cases(training_cases, seed + 40_000 * LAST_STAGE, shapes, TRAIN_LESIONS)
     training = (case for _, case in zip(range(detector_cases), train_all, strict=False))
@@ -308,11 +312,14 @@ def finalise(
 ) -> Path:
     """Write ``source`` (default: the shipped demo bundle) as its next version with the
     applicability check fitted (see the module doc) into ``out/demo_ct_lesion-v<version>``;
-    the plots travel with it."""
+    the plots travel with it. A freshly trained ``source`` is numbered after the shipped
+    bundle, so a shipped version is never reused."""
     folder = Path(source) if source is not None else bundled_model_path()
     base = load_bundle(folder)
     validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
     bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
+    version = max(bundle.metadata.version, _shipped_version() + 1)
+    bundle.metadata = replace(bundle.metadata, body_region=BODY_REGION, version=version)
     add_applicability(bundle, seed=seed)
     add_saliency_choice(bundle, seed=seed)
     _record_recalibration(bundle)
@@ -331,6 +338,12 @@ def finalise(
             f"-> {path}"
         )
     return path
+
+
+def _shipped_version() -> int:
+    """The version of the demo bundle shipped in the package (0 where none is)."""
+    metadata = bundled_model_path() / "bundle.json"
+    return int(json.loads(metadata.read_text())["version"]) if metadata.is_file() else 0
 
 
 def _record_recalibration(bundle: Bundle) -> None:

@@ -37,6 +37,7 @@ from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import GeneratorWorker
 
+from napari_scan_classifier.choice import Choice, Chooser, installed_models
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.inference import Prediction
 from napari_scan_classifier.models import Bundle
@@ -99,8 +100,14 @@ class ClassifyWidget(Container):
 
         self.scan = ComboBox(label="Scan", choices=self._scan_choices, nullable=True)
         self.model = FileEdit(label="Model", mode="r", filter=BUNDLE_FILTER)
-        self.model.line_edit.native.setPlaceholderText("bundled demo model")
-        self.model.tooltip = "A bundle folder (pick its bundle.json) or a .zip; empty: bundled"
+        self.model.line_edit.native.setPlaceholderText("chosen by the scan")
+        self.model.tooltip = (
+            "A bundle folder (pick its bundle.json), a .zip or a shipped model's name; empty: "
+            "the shipped or installed model made for the scan's modality and body region"
+        )
+        self.choice = Label(value="")  # which model the scan chooses, and why
+        self.choice.native.setWordWrap(True)
+        self.choice.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.saliency = ComboBox(
             label="Saliency",
             choices=[(SALIENCY_TITLES[m], m) for m in SALIENCY_METHODS],
@@ -135,7 +142,16 @@ class ClassifyWidget(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         self.extend(
-            [self.scan, self.model, self.saliency, self.explain, self.passes, self.check, buttons]
+            [
+                self.scan,
+                self.model,
+                self.choice,
+                self.saliency,
+                self.explain,
+                self.passes,
+                self.check,
+                buttons,
+            ]
         )
         views = (
             self.goto_button.native,
@@ -149,6 +165,7 @@ class ClassifyWidget(Container):
         self._follow_active()
         scroll_when_docked(self)
         self._show_stored()
+        self.show_choice()
 
     def _connect(self) -> None:
         layers = self._viewer.layers
@@ -162,6 +179,8 @@ class ClassifyWidget(Container):
         layers.selection.events.active.connect(self._follow_active)
         self._viewer.dims.events.current_step.connect(self._show_slice)
         self.scan.changed.connect(self._show_stored)
+        self.scan.changed.connect(self.show_choice)
+        self.model.changed.connect(self.show_choice)
         self.run_button.changed.connect(self.classify)
         self.cancel_button.changed.connect(self.cancel)
         self.goto_button.changed.connect(self.go_to_salient_slice)
@@ -210,6 +229,27 @@ class ClassifyWidget(Container):
             self.scan.value = active  # shows its stored result, if the choice changed
 
     # ------------------------------------------------------------------------------ running
+
+    def show_choice(self) -> Choice | None:
+        """Say which model the chosen scan chooses and why, or that the model field overrides
+        it; returns the scan's choice (None without a scan)."""
+        layer = self.scan.value
+        given = self.model.line_edit.value.strip()
+        if layer is None:
+            self.choice.value = "" if given else "The model will be chosen by the scan."
+            return None
+        try:
+            choice = Chooser(installed_models()).choose(scan_volume(layer))
+        except ScanClassifierError as error:
+            self.choice.value = f"No model chosen: {error}"
+            return None
+        if given:
+            self.choice.value = f"Given model overrides the scan's choice ({choice.reason})."
+        elif choice.model is None:
+            self.choice.value = f"No model: {choice.explanation()}"
+        else:
+            self.choice.value = f"Chosen by the scan: {choice.explanation()}"
+        return choice
 
     def classify(self) -> GeneratorWorker | None:
         """Classify the chosen scan in a worker thread; returns the started worker, or None
@@ -313,14 +353,16 @@ class ClassifyWidget(Container):
         bar.update(done - bar.n)
 
     def _on_result(
-        self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any]
+        self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any, Choice | None]
     ) -> None:
-        model, bundle, result, peak = outcome
+        model, bundle, result, peak, choice = outcome
         self._bundles[model] = bundle
         if layer not in self._viewer.layers:
             show_info(f"'{layer.name}' was closed before its classification finished.")
             return
         data = result.to_dict()
+        if choice is not None:
+            data["model_choice"] = choice.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
         self._sendable[layer] = (volume, result, bundle)
         self._show_saliency(layer, volume, result, data, peak)
@@ -464,17 +506,22 @@ def _classification(
     bundles: dict[str, Bundle],
     options: dict[str, Any],
     cancel: threading.Event,
-) -> Generator[Report, None, tuple[str, Bundle, ScanResult, tuple[float, ...] | None]]:
-    """Load the model (unless loaded before) and classify; yields progress reports.
+) -> Generator[Report, None, tuple[str, Bundle, ScanResult, Any, Choice | None]]:
+    """Choose the model by the scan unless one is given, load it (unless loaded before) and
+    classify; yields progress reports. No model for the scan: NoMatchingModelError.
 
     superqt's GeneratorWorker, not napari's: napari's would also report every error with its
     traceback, and the widget reports the ones the user can act on as one clear line.
     """
-    yield (0, 1, "loading the model")
-    bundle = bundles.get(model) or resolve_bundle(model or None)
+    yield (0, 1, "choosing the model" if not model else "loading the model")
+    choice = None
+    if not model:
+        choice = Chooser().choose(volume)
+        model = choice.require().location
+    bundle = bundles.get(model) or resolve_bundle(model)
     step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
     result = yield from _reporting(step, cancel)
-    return model, bundle, result, saliency_peak(volume, result)
+    return model, bundle, result, saliency_peak(volume, result), choice
 
 
 @thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
