@@ -26,6 +26,7 @@ from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
 from napari_scan_classifier.models.demo.common import Grid
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
+from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
 
 ARCHITECTURE = "cnn3d_mil"
@@ -81,6 +82,9 @@ def train_localised(
     keras.utils.set_random_seed(seed)
     classes = grid.classes
     model = ARCHITECTURES[ARCHITECTURE]((*grid.input_shape, 1), len(classes), width=width)
+    for layer in model.layers:  # as the training pipeline does: moving statistics keep up
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCHNORM_MOMENTUM
     evidence = model.get_layer(EVIDENCE_LAYER).output
     twin = keras.Model(model.input, {"volume": model.output["volume"], "cells": evidence[..., :1]})
     twin.compile(
