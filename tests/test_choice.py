@@ -239,7 +239,8 @@ def test_installed_models_are_the_latest_version_of_each_name(models: Path) -> N
 
     found = {(m.name, m.version, m.modality, m.region, m.shipped) for m in installed_models()}
 
-    assert ("demo_ct_lesion", 5, "CT", "abdomen", True) in found
+    shipped = read_metadata(bundled_model_path()).version
+    assert ("demo_ct_lesion", shipped, "CT", "abdomen", True) in found
     assert {entry for entry in found if not entry[4]} == {(MR_HEAD, 2, "MR", "head", False)}
 
 
