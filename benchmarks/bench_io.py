@@ -87,11 +87,11 @@ def main() -> None:
 
 def report(name: str, times: list[tuple[float, float]]) -> None:
     wall, cpu = [t[0] for t in times], [t[1] for t in times]
-    runs = ", ".join(f"{s:.3f}" for s in wall)
     print(
         f"{name:<22}: median {statistics.median(wall):.3f} s, best {min(wall):.3f} s, "
-        f"CPU median {statistics.median(cpu):.3f} s, best {min(cpu):.3f} s (runs: {runs})"
+        f"CPU median {statistics.median(cpu):.3f} s, best {min(cpu):.3f} s"
     )
+    print(f"{'':<22}  runs (wall/CPU s): " + ", ".join(f"{w:.3f}/{c:.3f}" for w, c in times))
 
 
 if __name__ == "__main__":

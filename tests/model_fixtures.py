@@ -5,6 +5,8 @@ signal: soft-tissue noise, plus one bright sphere for class 1. ``trained_sphere_
 width-8 cnn3d on a 32^3 grid trained on 160 of them (15-30 s on two cores), trained once per
 test session (cached) whichever module asks first. ``trained_brightness_bundle`` is its
 opposite for the saliency checks: it learns the whole scan's brightness and ignores spheres.
+``trained_sides_bundle`` has three classes that differ only by where the sphere is
+(``side_case``): none, in the low-x third, in the high-x third, for per-class saliency.
 
 Plain functions, imported by the test modules (tests/ is on sys.path in pytest's default
 "prepend" import mode); module fixtures wrap them where needed.
@@ -13,6 +15,7 @@ Plain functions, imported by the test modules (tests/ is on sys.path in pytest's
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -71,15 +74,40 @@ def sphere_case(
     return Volume(np.round(hu).astype(np.int16), affine, modality="CT"), mask
 
 
+SIDES = ["normal", "side_a", "side_b"]  # no sphere; one at low x; one at high x
+
+
+def side_case(
+    seed: int, sides: Sequence[str], shape: tuple[int, int, int] = GRID
+) -> tuple[Volume, dict[str, np.ndarray]]:
+    """A noisy soft-tissue CT with a bright sphere in each of ``sides`` ("side_a": the low-x
+    third, "side_b": the high-x third) and the sphere masks by side."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(40.0, NOISE_HU, shape)
+    grid = np.indices(shape, dtype=float)
+    masks = {}
+    for side in sides:
+        radius = rng.uniform(3.0, 4.5)
+        low, high = (radius + 1, shape[2] / 3) if side == "side_a" else (2 * shape[2] / 3, None)
+        high = shape[2] - radius - 2 if high is None else high
+        centre = [rng.uniform(radius + 1, n - radius - 2) for n in shape[:2]]
+        centre.append(rng.uniform(low, high))
+        masks[side] = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
+        hu[masks[side]] += SPHERE_HU
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    return Volume(np.round(hu).astype(np.int16), affine, modality="CT"), masks
+
+
 def tiny_bundle(
     architecture: str = "cnn3d", grid: tuple[int, int, int] = GRID, **changes: object
 ) -> Bundle:
     """An untrained, seeded model: fast, and enough for checks that need no skill."""
     keras.utils.set_random_seed(0)
+    k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
     if architecture == "slice_gru":
-        model = build_slice_gru((*grid, 1), len(CLASSES), width=4, gru_units=4, dropout=0.5)
+        model = build_slice_gru((*grid, 1), k, width=4, gru_units=4, dropout=0.5)
     else:
-        model = build_cnn3d((*grid, 1), len(CLASSES), width=4, dropout=0.5)
+        model = build_cnn3d((*grid, 1), k, width=4, dropout=0.5)
     meta = metadata(architecture=architecture, input_shape=grid, **changes)
     return Bundle(meta, model)
 
@@ -113,14 +141,29 @@ def trained_brightness_bundle(cases: int = 48, epochs: int = 3) -> Bundle:
     return _trained(volumes, labels, epochs)
 
 
+@functools.cache
+def trained_sides_bundle(cases: int = 150, epochs: int = 4) -> Bundle:
+    """A three-class cnn3d: no sphere, a sphere in the low-x third, one in the high-x third
+    (scans of varied sizes, as for ``trained_sphere_bundle``)."""
+    rng = np.random.default_rng(8)
+    labels = np.arange(cases) % 3
+    volumes = [
+        side_case(5000 + i, SIDES[1:][y - 1 : y], tuple(rng.integers(28, 45, 3)))[0]
+        for i, y in enumerate(labels)
+    ]
+    return _trained(volumes, labels, epochs, SIDES)
+
+
 def brightened(volume: Volume, hu: float) -> Volume:
     return volume.with_voxels((volume.voxels + np.int16(round(hu))).astype(np.int16))
 
 
-def _trained(volumes: list[Volume], labels: np.ndarray, epochs: int) -> Bundle:
+def _trained(
+    volumes: list[Volume], labels: np.ndarray, epochs: int, classes: list[str] = CLASSES
+) -> Bundle:
     keras.utils.set_random_seed(1)
-    model = build_cnn3d((*GRID, 1), len(CLASSES), width=8, dropout=0.2)
-    bundle = Bundle(metadata(), model)
+    model = build_cnn3d((*GRID, 1), len(classes), width=8, dropout=0.2)
+    bundle = Bundle(metadata(classes=classes), model)
     x = np.stack([prepare_input(volume, bundle)[0] for volume in volumes])[..., None]
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     xla = keras.backend.backend() != "torch"  # XLA under TensorFlow and JAX

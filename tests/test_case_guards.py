@@ -189,12 +189,12 @@ def test_training_npz_declaring_huge_arrays_is_refused_before_loading(tmp_path):
     finally:
         limits.set_memory_budget(None)
     assert str(huge.value) == (
-        "Training data 'huge.npz' would need 390.6 TiB of memory, more than the budget of "
+        "the input (training data) would need 390.6 TiB of memory, more than the budget of "
         "64.0 MiB (set NAPARI_SCAN_CLASSIFIER_MEMORY_BUDGET to change it)"
     )
     assert str(expanding.value) == (
-        "Training data 'bomb.npz': train_images.npy expands to 100.0 MiB, more than the limit of "
-        "64.0 MiB (set NAPARI_SCAN_CLASSIFIER_MEMORY_BUDGET to change it)"
+        "the input (training data): train_images.npy expands to 100.0 MiB, more than the limit "
+        "of 64.0 MiB (set NAPARI_SCAN_CLASSIFIER_MEMORY_BUDGET to change it)"
     )
 
 
@@ -207,5 +207,5 @@ def test_training_data_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
     with pytest.raises(TrainingError) as caught:
         load_npz(tmp_path / "cases.npz")
     assert str(caught.value) == (
-        "Training data 'cases.npz' cannot be read: it is a named pipe, not a file"
+        "the input (training data) cannot be read: it is a named pipe, not a file"
     )

@@ -10,16 +10,17 @@ import csv
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-from model_fixtures import CLASSES, tiny_bundle
+from model_fixtures import CLASSES, GRID, metadata, tiny_bundle
 
 from napari_scan_classifier.cli import main
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.dicom_write import write_series
-from napari_scan_classifier.io.nifti import load_nifti
-from napari_scan_classifier.models import load_bundle, save_bundle
+from napari_scan_classifier.io.nifti import load_nifti, save_nifti
+from napari_scan_classifier.models import Bundle, build_cnn3d, load_bundle, save_bundle
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
 from napari_scan_classifier.saliency import integrated_gradients, measure_faithfulness
@@ -269,10 +270,16 @@ def test_headless_demo_prints_the_result(
     assert "Saliency check FAILED: p(" in stdout and "no region carries this decision" in stdout
 
 
-def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_headless_demo_uses_the_model_the_sample_chooses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, stdout, stderr = _run(capsys, "demo", "--headless")
 
     assert code == 0, stderr
+    assert (
+        "  Chosen by the scan: CT abdomen: demo_ct_lesion (modality from the DICOM header "
+        "(Modality CT); region from the DICOM header (BodyPartExamined ABDOMEN))\n"
+    ) in stdout
     assert "Predicted: lesion" in stdout  # the sample CT phantom has two lesions
     assert f"Model: demo_ct_lesion v{load_default_bundle().metadata.version} on " in stdout
     assert "OUT OF DISTRIBUTION" not in stdout
@@ -280,15 +287,84 @@ def test_headless_demo_uses_the_bundled_model(capsys: pytest.CaptureFixture[str]
     assert "Saliency check passed: removing the regions the map marks" in stdout
 
 
-def test_classify_defaults_to_the_bundled_model(tmp_path: Path, capsys) -> None:
+def test_classify_lets_the_sample_ct_choose_the_shipped_ct_model(tmp_path: Path, capsys) -> None:
     out = tmp_path / "results.json"
     code, _, stderr = _run(capsys, "classify", str(sample_ct_path()), "--out", str(out))
 
     assert code == 0, stderr
     report = json.loads(out.read_text())
     assert report["model"]["name"] == "demo_ct_lesion"
+    assert report["model"]["chosen_by"] == "the scan"
     (row,) = report["series"]
+    assert row["model_choice"]["reason"] == "CT abdomen: demo_ct_lesion"
+    assert "]: CT abdomen: demo_ct_lesion (modality from the DICOM header" in stderr
     assert row["status"] == "classified" and row["ood"]["in_distribution"]
     assert row["ood"]["score"] < row["ood"]["threshold"] and row["ood"]["reasons"] == []
     assert row["predicted_class"] == "lesion"
     assert row["probabilities"]["lesion"] > 0.5
+
+
+THREE = ["normal", "tumour", "infarct"]
+
+
+@pytest.fixture(scope="module")
+def three_class_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained three-class model: the checks are about which class is explained."""
+    keras.utils.set_random_seed(0)
+    model = build_cnn3d((*GRID, 1), 3, width=4, dropout=0.0)
+    bundle = Bundle(metadata(classes=THREE), model)
+    return save_bundle(bundle, tmp_path_factory.mktemp("model") / "three")
+
+
+def test_saliency_class_explains_that_class_in_every_series(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, three_class_dir: Path
+) -> None:
+    volumes = [make_ct_phantom(seed, shape=(20, 40, 40)).volume for seed in (1, 2)]
+    scans = [save_nifti(v, tmp_path / f"scan{n}.nii.gz") for n, v in enumerate(volumes, start=1)]
+    bundle = load_bundle(three_class_dir)
+    options = ("--model", three_class_dir, "--passes", "0", "--method", "integrated_gradients")
+    out, maps = tmp_path / "r.json", tmp_path / "maps"
+
+    code, _, stderr = _run(
+        capsys,
+        "classify",
+        *scans,
+        *options,
+        "--saliency-class",
+        "infarct",
+        "--saliency-dir",
+        maps,
+        "--out",
+        out,
+    )
+
+    assert code == 0, stderr
+    rows = json.loads(out.read_text())["series"]
+    assert len(rows) == 2
+    for row, volume in zip(rows, volumes, strict=True):
+        assert row["saliency"]["target_class"] == "infarct"
+        assert row["saliency"]["file"].endswith("_integrated_gradients_infarct.nii.gz")
+        saved = load_nifti(maps / row["saliency"]["file"]).voxels
+        infarct = integrated_gradients(volume, bundle, "infarct").values
+        normal = integrated_gradients(volume, bundle, "normal").values
+        np.testing.assert_allclose(saved, infarct, atol=1e-4)
+        assert np.abs(infarct - normal).max() > 0.1  # another class has another map
+
+    code, stdout, stderr = _run(
+        capsys,
+        "classify",
+        *scans,
+        *options,
+        "--saliency-class",
+        "stroke",
+        "--out",
+        tmp_path / "x.json",
+    )
+    _assert_one_clean_line(
+        code,
+        stdout,
+        stderr,
+        "The class to explain, 'stroke', is not one of the model's classes ('normal', 'tumour', "
+        "'infarct')",
+    )
+    assert not (tmp_path / "x.json").exists()

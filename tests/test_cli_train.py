@@ -124,6 +124,24 @@ def test_errors_are_one_line_without_a_traceback(tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
+def test_training_data_is_named_by_place_and_shown_only_with_show_paths(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--cases", "Doe_Jane/cases.npz", "--out", "out"]
+
+    assert main(argv) == 2
+    plain = capsys.readouterr().err
+    assert main(["--show-paths", *argv]) == 2
+    shown = capsys.readouterr().err
+
+    assert plain == "error: <input 1> (training data): no such file or folder\n"
+    assert shown == (
+        f"input 1 is {Path.cwd() / 'Doe_Jane' / 'cases.npz'}\n"
+        "error: <input 1> (training data): no such file or folder\n"
+    )
+
+
 def test_evaluate_rejects_a_split_the_data_lack(tmp_path, capsys):
     npz = write_npz(tmp_path / "tiny.npz")
     from napari_scan_classifier.models import Bundle, BundleMetadata, build_cnn3d, save_bundle

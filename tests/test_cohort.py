@@ -109,6 +109,20 @@ def test_journal_drops_a_line_cut_short_by_a_kill(tmp_path: Path) -> None:
     assert path.read_text().count("\n") == 2
 
 
+def test_a_damaged_journal_is_refused_without_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "Doe_Jane.jsonl"  # beside an --out named after a patient
+    path.write_bytes(b"\xff not json\n")
+
+    with pytest.raises(ScanClassifierError) as refused:
+        Journal(path).rows()
+
+    assert str(refused.value) == (
+        "the results journal beside --out (its .jsonl file) is not a results journal of this "
+        "program ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte); "
+        "choose another --out"
+    )
+
+
 def test_list_file_paths_are_relative_to_it_and_missing_ones_named(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b.nii").write_bytes(b"")
@@ -179,12 +193,19 @@ def test_resuming_with_another_model_is_refused(
     tmp_path: Path, cohort_dir: Path, bundle_dir: Path
 ) -> None:
     out = tmp_path / "results.csv"
-    other = save_bundle(tiny_bundle(name="other"), tmp_path / "other")
+    other = tiny_bundle(name="other")  # seeded like the first: its weights made to differ
+    other.model.set_weights([w + 0.01 for w in other.model.get_weights()])
+    other = save_bundle(other, tmp_path / "other")
     first = sorted(cohort_dir.iterdir())[0]
     classify_cohort([first], bundle_dir, out, options=Options(passes=0))
 
-    with pytest.raises(ScanClassifierError, match=r"results.jsonl holds results of another model"):
+    with pytest.raises(ScanClassifierError) as refused:
         classify_cohort([first], other, out, options=Options(passes=0))
+    ours = model_sha256(load_bundle(bundle_dir))
+    assert str(refused.value) == (
+        "the results journal beside --out (its .jsonl file) holds results of another model "
+        f"(SHA-256 {ours[:12]}); choose another --out to classify with other v1"
+    )
 
 
 # ---------------------------------------------------------------------- on Dask clusters

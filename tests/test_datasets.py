@@ -98,6 +98,7 @@ def test_an_npz_with_only_a_test_split_loads_for_evaluation(tmp_path):
     )
     data = datasets.load_npz(path, class_names=("normal", "lesion"))
 
+    assert data.description == "npz file of 5 test volumes"  # never the file's name
     assert set(data.splits) == {"test"}
     assert data.split(None).y.tolist() == [0, 1, 1, 0, 1]
     assert data.class_names == ("normal", "lesion")
@@ -109,21 +110,62 @@ def test_an_npz_with_only_a_test_split_loads_for_evaluation(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("missing.npz", None, "no such file"),
-        ("garbage.npz", b"not a zip at all", "neither a case library folder nor a readable"),
-        ("flat.npz", {"train_images": np.zeros((3, 8, 8), np.uint8)}, "3D volumes"),
-        ("nolabels.npz", {"train_images": np.zeros((3, 4, 4, 4), np.uint8)}, "no train_labels"),
-        ("other.npz", {"x": np.zeros(3)}, "none of train_images, val_images, test_images"),
+        ("missing.npz", None, ": no such file or folder"),
+        (
+            "flat.npz",
+            {"train_images": np.zeros((3, 8, 8), np.uint8)},
+            ": train_images has shape (3, 8, 8); expected 3D volumes N x D x H x W (a 2D "
+            "MedMNIST set cannot train a 3D model)",
+        ),
+        (
+            "nolabels.npz",
+            {"train_images": np.zeros((3, 4, 4, 4), np.uint8)},
+            " has train_images but no train_labels",
+        ),
+        (
+            "other.npz",
+            {"x": np.zeros(3)},
+            " has none of train_images, val_images, test_images: not a MedMNIST-style npz",
+        ),
     ],
 )
-def test_unreadable_sources_raise_training_errors(tmp_path, name, content, message):
-    path = tmp_path / name
+def test_unreadable_sources_raise_training_errors_that_do_not_name_them(
+    tmp_path, name, content, message
+):
+    path = tmp_path / "Doe_Jane" / name  # folders are often named after patients
+    path.parent.mkdir()
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         np.savez(path, **content)
-    with pytest.raises(TrainingError, match=message):
+    with pytest.raises(TrainingError) as error:
         datasets.load_source(path, (8, 8, 8), None, CT_WINDOW)
+    assert str(error.value) == f"the input (training data){message}"
+
+
+def test_a_file_numpy_cannot_read_is_refused_without_its_name(tmp_path):
+    path = tmp_path / "Doe_Jane" / "garbage.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(TrainingError) as error:
+        datasets.load_source(path, (8, 8, 8), None, CT_WINDOW)
+    text = str(error.value)
+    assert text.startswith(
+        "the input (training data) is neither a case library folder nor a readable .npz file ("
+    )
+    assert "Doe_Jane" not in text and "garbage" not in text
+
+
+def test_a_folder_that_is_no_case_library_is_refused_without_its_name(tmp_path):
+    (tmp_path / "Doe_Jane").mkdir()
+    with pytest.raises(TrainingError) as empty:
+        datasets.load_source(tmp_path / "Doe_Jane", (8, 8, 8), None, CT_WINDOW)
+    with pytest.raises(TrainingError) as not_a_folder:
+        datasets.load_case_library(tmp_path / "Doe_Jane.npz", (8, 8, 8), None, CT_WINDOW)
+    assert str(empty.value) == (
+        "the input (training data) is a case library that holds no readable cases"
+    )
+    assert str(not_a_folder.value) == "the input (training data) is not a case library folder"
 
 
 def test_case_library_is_prepared_on_the_model_grid(tmp_path):

@@ -4,6 +4,7 @@ reason, never a NaN, a singular affine, a raw exception or a huge allocation."""
 
 from __future__ import annotations
 
+import gzip
 import struct
 from pathlib import Path
 
@@ -230,6 +231,73 @@ def test_a_series_larger_than_the_memory_budget_is_refused_with_its_size(tmp_pat
         f"series 3 ({info.key}) (4x12x10 voxels) would need 960 bytes of memory, more than the "
         f"budget of 900 bytes (set {BUDGET_ENV} to change it)"
     )
+
+
+def write_gzipped_stack(folder: Path, *, header: int = 0, trailing: int = 0) -> Path:
+    """Three RLE slices, each gzipped; the first gets ``header`` zero bytes in a private element
+    and ``trailing`` zero bytes after its pixel data. Returns the first file."""
+    uids = SeriesUIDs()
+    for k, position in enumerate(POSITIONS[:3]):
+        ds = slice_dataset(
+            slice_pixels(k),
+            position=position,
+            orientation=AXIAL,
+            pixel_spacing=(0.8, 0.6),
+            uids=uids,
+            instance_number=k + 1,
+        )
+        ds.compress(RLELossless)
+        if k == 0 and header:
+            ds.private_block(0x0029, "A VENDOR", create=True).add_new(0x10, "OB", bytes(header))
+        if k == 0 and trailing:
+            ds.DataSetTrailingPadding = bytes(trailing)
+        plain = folder / f"{k}.dcm"
+        dcmwrite(plain, ds, enforce_file_format=True)
+        (folder / f"{k}.dcm.gz").write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+    return folder / "0.dcm.gz"
+
+
+BOMB_REASON = (
+    f"gzipped, it expands to more than the memory budget of 1.0 MiB (set {BUDGET_ENV} to change it)"
+)
+
+
+def test_a_gzipped_header_that_expands_past_the_budget_is_skipped(tmp_path, monkeypatch):
+    packed = write_gzipped_stack(tmp_path, header=3_000_000)  # a few kB of gzip
+    monkeypatch.setenv(BUDGET_ENV, "1M")
+
+    (info,) = list_series(tmp_path)
+    result = load_dicom(tmp_path)
+
+    assert packed.stat().st_size < 10_000
+    assert info.n_frames == 2
+    assert [(s.label, s.reason) for s in result.skipped] == [("file 1", BOMB_REASON)]
+    assert result.volumes[0].shape == (2, 12, 10)
+
+
+def test_gzipped_pixel_data_that_expands_past_the_budget_is_skipped(tmp_path, monkeypatch):
+    packed = write_gzipped_stack(tmp_path, trailing=3_000_000)  # read only when decoding
+    monkeypatch.setenv(BUDGET_ENV, "1M")
+
+    (info,) = list_series(tmp_path)  # listing reads headers only
+    result = load_dicom(tmp_path)
+
+    assert packed.stat().st_size < 10_000
+    assert info.n_frames == 3
+    (skipped,) = result.skipped
+    assert skipped.reason == BOMB_REASON
+    assert skipped.label.startswith("file 1 (series 1 (")
+    assert result.volumes[0].shape == (2, 12, 10)
+
+
+def test_gzipped_files_within_the_budget_load_whole(tmp_path):
+    write_gzipped_stack(tmp_path, header=3_000_000, trailing=3_000_000)
+
+    result = load_dicom(tmp_path)
+
+    assert result.skipped == []
+    assert_slices_in_place(result.volumes[0], POSITIONS[:3], [slice_pixels(k) for k in range(3)])
 
 
 # ----------------------------------------------------------------------------- NIfTI

@@ -4,6 +4,7 @@ chance on phantoms it never saw, and its Grad-CAM points at the sample CT's lesi
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from napari_scan_classifier.models import check_model, load_bundle
@@ -66,6 +67,11 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     assert "not a diagnostic device" in bundle.metadata.model_card
     metrics = bundle.metadata.training["metrics"]
     assert metrics["held_out_clear"]["n"] == metrics["held_out_make_cases"]["n"] == 8
+    clear = metrics["held_out_clear"]
+    assert list(clear["per_class"]) == ["normal", "lesion"]
+    assert np.sum(clear["confusion_matrix"], axis=1).tolist() == [
+        clear["per_class"][name]["n"] for name in ("normal", "lesion")
+    ]
     assert {"history.png", "roc.png", "reliability.png"} <= {p.name for p in folder.iterdir()}
 
     with pytest.raises(FileExistsError, match=DEMO_NAME):  # never replaced

@@ -382,3 +382,33 @@ def test_progress_messages_read_well():
     event = training.TrainingEvent("epoch", 2, 5, 10, 10, 0.5, 0.4, 0.9, 2)
     assert event.message == "epoch 2/5 loss 0.5000 val_loss 0.4000 val_auc 0.900 (best epoch 2)"
     assert training.TrainingEvent("load", 0, 0, 3, 9).message == "loading cases 3/9"
+
+
+@pytest.mark.slow
+def test_three_imbalanced_classes_train_calibrate_and_report_per_class(tmp_path):
+    """normal : lesion (a bright ball) : cyst (a dark one) = 3 : 2 : 1, class-weighted."""
+    labels = ["normal", "normal", "normal", "lesion", "lesion", "cyst"] * 14
+    config = TrainingConfig(
+        **{**FAST, "batch_size": 8}, epochs=6, learning_rate=3e-3, patience=3, seed=2
+    )
+
+    result = train(phantom_cases(labels, seed=6), config, out=tmp_path)
+
+    m = result.bundle.metadata
+    classes = ["normal", "lesion", "cyst"]
+    assert m.classes == classes and len(m.class_bias) == 3
+    assert m.calibration["prior"] == pytest.approx(
+        {"normal": 0.5, "lesion": 1 / 3, "cyst": 1 / 6}, abs=0.02
+    )
+    validation = m.training["metrics"]["validation"]
+    report = result.report
+    assert report.confusion.shape == (3, 3) and report.confusion.sum() == validation["n"]
+    assert validation["confusion_matrix"] == report.confusion.tolist()
+    assert validation["per_class_auc"] == pytest.approx(
+        {name: report.per_class[name].auc for name in classes}
+    )
+    assert validation["auc"] == pytest.approx(np.mean(list(validation["per_class_auc"].values())))
+    assert report.accuracy >= validation["majority_rate"]
+    assert {"roc.png", "confusion.png", "reliability.png"} <= {
+        p.name for p in result.bundle.path.iterdir()
+    }

@@ -60,6 +60,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: l
 
 def _models_command(args: argparse.Namespace) -> int:
     """The shipped models (usable by name) and the versions trained into the models folder."""
+    from napari_scan_classifier.choice import model_region
     from napari_scan_classifier.models import load_bundle
     from napari_scan_classifier.models.bundled import bundled_names, named_bundle_path
 
@@ -70,17 +71,18 @@ def _models_command(args: argparse.Namespace) -> int:
     if not found:
         print("no models installed")
         return 0
-    header = ("name", "version", "modality", "grid", "classes")
+    header = ("name", "version", "modality", "region", "grid", "classes")
     rows = []
     for name, path in found:
         try:
             m = load_bundle(path).metadata
         except ScanClassifierError as error:
-            rows.append((name, "-", "-", "-", f"unusable: {error}"))
+            rows.append((name, "-", "-", "-", "-", f"unusable: {error}"))
             continue
         grid = "x".join(str(n) for n in m.input_shape)
-        rows.append((name, str(m.version), m.modality, grid, ", ".join(m.classes)))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+        region = model_region(m) or "-"
+        rows.append((name, str(m.version), m.modality, region, grid, ", ".join(m.classes)))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     _print_table(header, rows, widths)
     return 0
 
@@ -128,12 +130,13 @@ def _classify_cohort(args: argparse.Namespace) -> int:
     """Local files and folders: series by series, resumable, here or on a Dask cluster."""
     from napari_scan_classifier.cohort import Options, classify_cohort
 
-    explain = bool(args.saliency_dir or args.faithfulness)
+    explain = bool(args.saliency_dir or args.faithfulness or args.saliency_class)
     options = Options(
         saliency=(args.method or "default") if explain else "none",
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
+        saliency_class=args.saliency_class,
     )
     try:
         result = classify_cohort(
@@ -152,6 +155,7 @@ def _classify_cohort(args: argparse.Namespace) -> int:
     outside = f", {result.out_of_distribution} out of distribution" * bool(
         result.out_of_distribution
     )
+    outside += f", {result.no_model} with no model for them" * bool(result.no_model)
     print(
         f"wrote {result.out} ({classified} of {result.total} series classified{outside}{resumed})"
     )
@@ -164,7 +168,9 @@ def _classify_here(args: argparse.Namespace) -> int:
     from napari_scan_classifier.results import check_output, classify_paths, write_report
 
     out = check_output(args.out)
-    explain = bool(args.saliency_dir or args.faithfulness or args.store_results)
+    explain = bool(
+        args.saliency_dir or args.faithfulness or args.store_results or args.saliency_class
+    )
     paths, model, on_result = args.paths, args.model, None
     if args.store_results:
         from napari_scan_classifier.dicom_results import store_results_hook
@@ -177,6 +183,7 @@ def _classify_here(args: argparse.Namespace) -> int:
         passes=args.passes,
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
+        saliency_class=args.saliency_class,
         on_row=_print_row,
         on_result=on_result,
         checkpoint=lambda partial: write_report(partial, out),
@@ -187,6 +194,7 @@ def _classify_here(args: argparse.Namespace) -> int:
     outside = f", {report.out_of_distribution} out of distribution" * bool(
         report.out_of_distribution
     )
+    outside += f", {report.no_model} with no model for them" * bool(report.no_model)
     print(f"wrote {out} ({report.classified} of {len(report.series)} series classified{outside})")
     return 0
 
@@ -196,6 +204,9 @@ def _print_row(row: dict[str, Any]) -> None:
     outcome = row.get("predicted_class") or "not classified"
     if row["status"] == "out_of_distribution":
         outcome = f"out of distribution (the model would say {outcome})"
+    choice = row.get("model_choice")
+    if choice and row["status"] != "no_model":  # without a model, the error says why
+        print(f"{row['series']}: {choice['reason']} ({choice['how']})", flush=True)
     print(f"{row['series']}: {outcome}", flush=True)
     reasons = (row.get("ood") or {}).get("reasons", [])
     modality = None if reasons else row.get("modality_warning")  # the reasons say it too
@@ -214,6 +225,7 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 def _print_demo_result(model: str | None) -> int:
     """Classify the sample CT as the demo window does, and print what the window would show."""
+    from napari_scan_classifier.choice import Chooser, is_auto
     from napari_scan_classifier.io import load_scans
     from napari_scan_classifier.results import classify_scan, resolve_bundle, summary_lines
     from napari_scan_classifier.samples import sample_ct_path
@@ -222,9 +234,14 @@ def _print_demo_result(model: str | None) -> int:
     for volume in volumes:
         spacing = " x ".join(f"{mm:g}" for mm in volume.spacing)
         print(f"{volume.display_name()}: {volume.shape} voxels, {spacing} mm", flush=True)
-    bundle = resolve_bundle(model)
+    chooser = Chooser() if is_auto(model) else None
+    given = None if chooser else resolve_bundle(model)
     for volume in volumes:
+        choice = chooser.choose(volume) if chooser else None
+        bundle = chooser.bundle(choice.require()) if chooser and choice else given
         result = classify_scan(volume, bundle, faithfulness=True).to_dict()
+        if choice is not None:
+            result["model_choice"] = choice.to_dict()
         print("\n".join(f"  {line}" for line in summary_lines(result)), flush=True)
     return 0
 
@@ -410,6 +427,10 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
 DEMO = "demo_ct_lesion"
 MODEL_HELP = f"model bundle folder or .zip, or a shipped model's name ({DEMO})"
+AUTO_HELP = (
+    "model bundle folder or .zip, a shipped model's name, or 'auto': for each scan, the shipped "
+    "or installed model made for its modality and body region (printed with the reason)"
+)
 CLASSES_HELP = (
     "names of an npz file's label indices 0, 1, ... in order (a file's own class_names win)"
 )
@@ -493,12 +514,17 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         help="DICOM folder/file, NIfTI, @list.txt or DICOMweb address",
     )
     classify.add_argument("--out", required=True, help="results file: .json or .csv")
-    classify.add_argument("--model", help=MODEL_HELP + " (default: the bundled one)")
+    classify.add_argument("--model", default="auto", help=AUTO_HELP)
     classify.add_argument("--saliency-dir", help="write a saliency map per series here (NIfTI)")
     classify.add_argument(
         "--method",
         choices=("gradcam", "integrated_gradients", "occlusion"),
         help="saliency method (default: the model's own, else integrated_gradients)",
+    )
+    classify.add_argument(
+        "--saliency-class",
+        metavar="CLASS",
+        help="explain this class of the model in every series (default: each one's prediction)",
     )
     classify.add_argument(
         "--faithfulness",
@@ -575,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify_command(commands)
     demo = commands.add_parser("demo", help="open napari with the sample scan, classified")
     demo.add_argument("--headless", action="store_true", help="print the result, open no window")
-    demo.add_argument("--model", help=MODEL_HELP + " (default: the bundled one)")
+    demo.add_argument("--model", default="auto", help=AUTO_HELP)
     demo.set_defaults(run=_demo_command)
 
     _add_training_commands(commands)
@@ -583,10 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_models_folder() -> Path:
-    """Where the Train dock saves new model versions unless told otherwise."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-scan-classifier")) / "models"
+    """Where the Train dock saves new model versions unless told otherwise, and where ``--model
+    auto`` finds the installed models (``$NAPARI_SCAN_CLASSIFIER_MODELS`` overrides it)."""
+    return outputs.models_folder()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from napari_scan_classifier.choice import (
+    ModelEntry,
+    bundle_path,
+    choose,
+    identify,
+    installed_models,
+    is_auto,
+)
 from napari_scan_classifier.errors import (
     InvalidBundleError,
     InvalidInputError,
@@ -30,20 +38,26 @@ from napari_scan_classifier.errors import (
 )
 from napari_scan_classifier.limits import special_file_reason
 from napari_scan_classifier.models import Bundle
-from napari_scan_classifier.models.bundle import MODEL_FILE
+from napari_scan_classifier.models.bundle import MODEL_FILE, read_metadata
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.privacy import Redactor, numbered
 from napari_scan_classifier.results import (
     ANSWERED,
+    NO_MODEL,
     BatchReport,
     check_output,
+    check_saliency_class,
+    chosen_models_summary,
     classify_series,
     json_safe,
+    no_model_row,
     resolve_bundle,
     write_report,
 )
 
 JOURNAL_SUFFIX = ".jsonl"
+# How messages name the journal: by its place, not its name (an --out may be named after a patient)
+_JOURNAL = f"the results journal beside --out (its {JOURNAL_SUFFIX} file)"
 IN_PROCESS = "in-process"  # the "worker" of a row classified without a cluster
 PROGRESS_INTERVAL_S = 10.0  # plain progress lines when the output is not a terminal
 _HASH_BLOCK = 1 << 20
@@ -64,6 +78,21 @@ class BundleRef:
 
 
 @dataclass(frozen=True)
+class AutoRef:
+    """The models each series chooses from by its modality and body region (see choice.py),
+    with the reference a worker loads each by."""
+
+    models: tuple[tuple[ModelEntry, BundleRef], ...]
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return [entry for entry, _ in self.models]
+
+    def ref_of(self, entry: ModelEntry) -> BundleRef:
+        return next(ref for known, ref in self.models if known == entry)
+
+
+@dataclass(frozen=True)
 class SeriesTask:
     """One series to classify: ``index`` counts series over the cohort, ``number`` is the input's
     position on the command line; ``files`` are its DICOM files (None: a NIfTI file)."""
@@ -81,6 +110,7 @@ class Options:
     passes: int = 10
     faithfulness: bool = False
     saliency_dir: str | None = None
+    saliency_class: str | None = None  # None: each series' predicted class
 
 
 @dataclass
@@ -96,6 +126,7 @@ class CohortResult:
     failed: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
     out_of_distribution: int = 0  # rows answered for scans unlike the model's training data
+    no_model: int = 0  # rows of series no installed model covers (model chosen by the scan)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -191,8 +222,23 @@ def model_sha256(bundle: Bundle) -> str:
     if recorded:
         return recorded
     source = Path(bundle.path or bundled_model_path())
+    return _file_sha256(source if source.is_file() else source / MODEL_FILE)
+
+
+def auto_ref(models: Sequence[ModelEntry] | None = None) -> AutoRef:
+    """The installed models (default: :func:`~.choice.installed_models`) as workers find them:
+    shipped ones by name, the others by path, each with the SHA-256 of its model file."""
+    pairs = []
+    for entry in installed_models() if models is None else models:
+        path = bundle_path(entry)
+        sha256 = read_metadata(path).files.get(MODEL_FILE) or _file_sha256(path / MODEL_FILE)
+        pairs.append((entry, BundleRef(entry.location, entry.name, entry.version, sha256)))
+    return AutoRef(tuple(pairs))
+
+
+def _file_sha256(file: Path) -> str:
     digest = hashlib.sha256()
-    with (source if source.is_file() else source / MODEL_FILE).open("rb") as stream:
+    with file.open("rb") as stream:
         while block := stream.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -257,33 +303,48 @@ def _worker_address() -> str:
 # ------------------------------------------------------------------------------- one series
 
 
-def classify_task(task: SeriesTask, ref: BundleRef, options: Options) -> dict[str, Any]:
-    """Read, classify and explain one series where this runs; its row, or the reason it failed.
+def classify_task(task: SeriesTask, ref: BundleRef | AutoRef, options: Options) -> dict[str, Any]:
+    """Read, classify and explain one series where this runs (with the model it chooses, for an
+    AutoRef); its row, or the reason it failed or no model covers it.
 
     What the data or the model refuse becomes a failed row; anything else (a bug, no memory)
     raises, so Dask retries the task once.
     """
     start = time.perf_counter()
+    used = ref if isinstance(ref, BundleRef) else None
+    choice = None
     try:
         volume = _load_series(task)
         loaded = time.perf_counter() - start
-        row = classify_series(
-            task.index,
-            task.number,
-            volume,
-            worker_bundle(ref),
-            saliency=options.saliency,
-            passes=options.passes,
-            faithfulness=options.faithfulness,
-            saliency_dir=options.saliency_dir,
-        )
+        if isinstance(ref, AutoRef):
+            choice = choose(identify(volume), ref.entries)
+            used = None if choice.model is None else ref.ref_of(choice.model)
+        if used is None:
+            row = no_model_row(task.index, task.number, volume, choice)
+        else:
+            bundle = worker_bundle(used)
+            if choice is not None:  # the class to explain is checked against the model chosen
+                check_saliency_class(bundle, options.saliency_class)
+            row = classify_series(
+                task.index,
+                task.number,
+                volume,
+                bundle,
+                saliency=options.saliency,
+                passes=options.passes,
+                faithfulness=options.faithfulness,
+                saliency_dir=options.saliency_dir,
+                saliency_class=options.saliency_class,
+            )
         if "timings" in row:
             row["timings"]["load"] = loaded  # reading and decoding the series where it ran
     except ScanClassifierError as error:
         row = failed_row(task, str(error))
+    if choice is not None:
+        row["model_choice"] = choice.to_dict()
     row["series_key"] = task.key
     row["worker"] = _worker_address()
-    row["bundle"] = ref.summary()
+    row["bundle"] = None if used is None else used.summary()
     return json_safe(row)
 
 
@@ -340,7 +401,7 @@ class Journal:
             return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line]
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ScanClassifierError(
-                f"{self.path.name} is not a results journal of this program ({error}); "
+                f"{_JOURNAL} is not a results journal of this program ({error}); "
                 "choose another --out"
             ) from None
 
@@ -357,13 +418,19 @@ def journal_path(out: Path) -> Path:
     return out.with_suffix(JOURNAL_SUFFIX)
 
 
-def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef, journal: Path) -> None:
-    other = {row.get("bundle", {}).get("sha256") for row in rows} - {ref.sha256}
+def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef | AutoRef) -> None:
+    refs = [ref] if isinstance(ref, BundleRef) else [r for _, r in ref.models]
+    found = {(row.get("bundle") or {}).get("sha256") for row in rows} - {None}
+    other = found - {r.sha256 for r in refs}
     if other:
-        raise ScanClassifierError(
-            f"{journal.name} holds results of another model (SHA-256 "
-            f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with "
+        models = (
             f"{ref.name} v{ref.version}"
+            if isinstance(ref, BundleRef)
+            else "the models the scans choose"
+        )
+        raise ScanClassifierError(
+            f"{_JOURNAL} holds results of another model (SHA-256 "
+            f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with {models}"
         )
 
 
@@ -430,16 +497,17 @@ class CohortProgress:
 
 
 def _run_in_process(
-    tasks: Sequence[SeriesTask], bundle: Bundle, ref: BundleRef, options: Options
+    tasks: Sequence[SeriesTask], bundle: Bundle | None, ref: BundleRef | AutoRef, options: Options
 ) -> Iterator[dict[str, Any]]:
-    _BUNDLES.setdefault(ref.sha256, bundle)
+    if bundle is not None and isinstance(ref, BundleRef):
+        _BUNDLES.setdefault(ref.sha256, bundle)
     for task in tasks:
         yield classify_task(task, ref, options)
 
 
 def _run_on_dask(
     tasks: Sequence[SeriesTask],
-    ref: BundleRef,
+    ref: BundleRef | AutoRef,
     options: Options,
     workers: int,
     scheduler: str | None,
@@ -477,16 +545,20 @@ def _run_on_dask(
                 row = future.result()
             except KilledWorker:
                 row = failed_row(task, "the worker running it died twice (out of memory?)")
-                row.update(worker=None, bundle=ref.summary())
+                row.update(worker=None, bundle=_summary_of(ref))
             except Exception as error:  # a bug or a resource limit: recorded, cohort goes on
                 row = failed_row(task, f"{type(error).__name__}: {error}")
-                row.update(worker=None, bundle=ref.summary())
+                row.update(worker=None, bundle=_summary_of(ref))
             future.release()
             yield row
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _summary_of(ref: BundleRef | AutoRef) -> dict[str, Any] | None:
+    return ref.summary() if isinstance(ref, BundleRef) else None
 
 
 # ------------------------------------------------------------------------------------- a run
@@ -503,7 +575,9 @@ def classify_cohort(
     stream: TextIO | None = None,
 ) -> CohortResult:
     """Classify every series under ``paths`` (folders, files, ``@list.txt``) into ``out``'s
-    journal and then ``out`` itself, skipping series the journal already holds.
+    journal and then ``out`` itself, skipping series the journal already holds (but those no
+    model covered: a model may have been installed since). ``model`` ``"auto"``: each series
+    chooses its model (see choice.py), and the choice is noted on ``stream``.
 
     ``workers`` > 0 starts a local Dask cluster of that many processes; ``scheduler`` uses an
     existing one; neither: this process. Progress goes to ``stream`` (stderr by default).
@@ -516,13 +590,15 @@ def classify_cohort(
     if not tasks:
         reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
         raise UnreadableScanError(f"no scan found to classify ({reasons})")
-    bundle = resolve_bundle(model)
-    ref = bundle_ref(bundle)
+    bundle = None if is_auto(model) else resolve_bundle(model)
+    if bundle is not None:
+        check_saliency_class(bundle, options.saliency_class)
+    ref = auto_ref() if bundle is None else bundle_ref(bundle)
     journal = Journal(journal_path(target))
     journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
-    _check_same_bundle(earlier, ref, journal.path)
-    done = {row["series_key"] for row in earlier}
+    _check_same_bundle(earlier, ref)
+    done = {row["series_key"] for row in earlier if row["status"] != NO_MODEL}
     pending = [task for task in tasks if task.key not in done]
     progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)
     for left_out in skipped:
@@ -537,11 +613,14 @@ def classify_cohort(
             _redact_row(row, redact)
             journal.append(row)
             progress.update(row)
+            choice = row.get("model_choice")
+            if choice and row["status"] != NO_MODEL:
+                progress.note(f"{row['series']}: {choice['reason']} ({choice['how']})")
             for note in filter(None, [row["error"], row.get("modality_warning")]):
                 progress.note(f"warning: {row['series']}: {note}")
     finally:
         progress.close()
-    return _summarise(target, journal, ref, bundle, len(earlier), skipped)
+    return _summarise(target, journal, ref, bundle, len(done & {t.key for t in tasks}), skipped)
 
 
 def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
@@ -555,23 +634,29 @@ def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
 def _summarise(
     out: Path,
     journal: Journal,
-    ref: BundleRef,
-    bundle: Bundle,
+    ref: BundleRef | AutoRef,
+    bundle: Bundle | None,
     resumed: int,
     skipped: list[dict[str, Any]],
 ) -> CohortResult:
-    rows = sorted(journal.rows(), key=lambda row: row["index"])
-    meta = bundle.metadata
-    model = {
-        "name": meta.name,
-        "version": meta.version,
-        "sha256": ref.sha256,
-        "classes": list(meta.classes),
-        "modality": meta.modality,
-    }
+    latest = {row["series_key"]: row for row in journal.rows()}  # a series tried again: its last
+    rows = sorted(latest.values(), key=lambda row: row["index"])
+    if bundle is None or not isinstance(ref, BundleRef):
+        model = chosen_models_summary(rows)
+    else:
+        meta = bundle.metadata
+        model = {
+            "name": meta.name,
+            "version": meta.version,
+            "sha256": ref.sha256,
+            "classes": list(meta.classes),
+            "modality": meta.modality,
+        }
     report = BatchReport(model, rows, skipped)
     write_report(report, out)
     failed = len(rows) - report.classified
     added = len(rows) - resumed
     outside = report.out_of_distribution
-    return CohortResult(out, journal.path, len(rows), resumed, added, failed, skipped, outside)
+    return CohortResult(
+        out, journal.path, len(rows), resumed, added, failed, skipped, outside, report.no_model
+    )

@@ -38,6 +38,7 @@ from napari_scan_classifier import limits
 from napari_scan_classifier.applicability import summarise
 from napari_scan_classifier.errors import CancelledError, TrainingError
 from napari_scan_classifier.preprocess import model_grid, prepare, resample_to_grid
+from napari_scan_classifier.privacy import THE_INPUT, strip_paths
 from napari_scan_classifier.volume import Volume
 
 # Called with (done, total) as cases are read and resampled.
@@ -45,6 +46,9 @@ LoadProgress = Callable[[int, int], None]
 
 AXIAL_AXES = (0, 2)  # (superior-inferior, left-right) index axes of an axial (z, y, x) stack
 ALL = "all"
+# How messages name the source, never by its name (folders are often named after patients); a
+# command line numbers it (``<input 1> (training data): ...``).
+_SOURCE = f"{THE_INPUT} (training data)"
 NPZ_SPLITS = ("train", "val", "test")
 # Label names of the MedMNIST 3D data sets (medmnist/info.py), for callers to pass by data set.
 MEDMNIST_CLASSES: dict[str, tuple[str, ...]] = {
@@ -150,7 +154,7 @@ def load_source(
     ``class_names`` name an npz's label indices and do not apply to a library)."""
     path = Path(source)
     if not path.exists():
-        raise TrainingError(f"Training data '{path.name}': no such file or folder")
+        raise TrainingError(f"{_SOURCE}: no such file or folder")
     if path.is_dir():
         if class_names is not None:
             raise TrainingError(
@@ -178,17 +182,17 @@ def load_npz(
     for name in NPZ_SPLITS:
         if f"{name}_images" not in arrays:
             continue
-        x = _npz_images(arrays, name, path, shape)
-        y = _npz_labels(arrays, name, path, len(x))
+        x = _npz_images(arrays, name, shape)
+        y = _npz_labels(arrays, name, len(x))
         splits[name] = Split(x, y, np.tile(AXIAL_AXES, (len(y), 1)))
         n_classes = max(n_classes, int(y.max()) + 1)
     if not splits:
         raise TrainingError(
-            f"'{path.name}' has none of train_images, val_images, test_images: not a "
-            "MedMNIST-style npz"
+            f"{_SOURCE} has none of train_images, val_images, test_images: not a MedMNIST-style npz"
         )
-    names = _npz_class_names(arrays, path, n_classes, class_names)
-    return LabelledData(names, splits, f"npz file '{path.name}'")
+    names = _npz_class_names(arrays, n_classes, class_names)
+    counts = ", ".join(f"{len(split.y)} {name}" for name, split in splits.items())
+    return LabelledData(names, splits, f"npz file of {counts} volumes")
 
 
 def load_case_library(
@@ -205,11 +209,11 @@ def load_case_library(
 
     root = Path(root)
     if not root.is_dir():
-        raise TrainingError(f"Training data '{root.name}' is not a case library folder")
+        raise TrainingError(f"{_SOURCE} is not a case library folder")
     library = CaseLibrary(root)
     records = library.list()
     if not records:
-        raise TrainingError(f"The case library '{root.name}' holds no readable cases")
+        raise TrainingError(f"{_SOURCE} is a case library that holds no readable cases")
     volumes: list[np.ndarray] = []
     summaries: list[dict[str, Any]] = []
     axes: list[tuple[int, int]] = []
@@ -292,16 +296,16 @@ def _indices(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     special = limits.special_file_reason(path)
     if special is not None:  # reading a named pipe would block forever
-        raise TrainingError(f"Training data '{path.name}' cannot be read: {special}")
+        raise TrainingError(f"{_SOURCE} cannot be read: {special}")
     _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        text = strip_paths(str(error), path)
+        reason = text.splitlines()[0][:200] if text else type(error).__name__
         raise TrainingError(
-            f"Training data '{path.name}' is neither a case library folder nor a readable "
-            f".npz file ({reason})"
+            f"{_SOURCE} is neither a case library folder nor a readable .npz file ({reason})"
         ) from None
 
 
@@ -311,16 +315,16 @@ def _check_npz_size(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         return  # np.load reports what it is
     declared = 0
-    with limits.open_zip(path, f"Training data '{path.name}'", TrainingError) as archive:
+    with limits.open_zip(path, _SOURCE, TrainingError) as archive:
         for info in archive.infolist():
-            what = f"Training data '{path.name}': {info.filename}"
+            what = f"{_SOURCE}: {info.filename}"
             # No expansion-ratio test: volumes of mostly background compress far more than
             # 100-fold (AdrenalMNIST3D 64^3: 222-fold), and what an array may expand to is
             # bounded anyway by the budget checks of its declared size and of the member's.
             limits.check_member(info, what, TrainingError, limits.memory_budget(), max_ratio=None)
             if info.filename.endswith(".npy"):
                 declared += _npy_bytes(archive, info, what)
-    limits.check_memory(declared, f"Training data '{path.name}'", TrainingError)
+    limits.check_memory(declared, _SOURCE, TrainingError)
 
 
 def _npy_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> int:
@@ -340,14 +344,14 @@ def _npy_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> in
 
 
 def _npz_images(
-    arrays: Mapping[str, np.ndarray], split: str, path: Path, shape: Sequence[int] | None
+    arrays: Mapping[str, np.ndarray], split: str, shape: Sequence[int] | None
 ) -> np.ndarray:
     images = arrays[f"{split}_images"]
     if images.ndim == 5 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 4 or len(images) == 0:
         raise TrainingError(
-            f"'{path.name}': {split}_images has shape {images.shape}; expected 3D volumes "
+            f"{_SOURCE}: {split}_images has shape {images.shape}; expected 3D volumes "
             "N x D x H x W (a 2D MedMNIST set cannot train a 3D model)"
         )
     if np.issubdtype(images.dtype, np.integer):
@@ -355,7 +359,7 @@ def _npz_images(
     elif np.issubdtype(images.dtype, np.floating):
         gain = np.float32(1.0)
     else:
-        raise TrainingError(f"'{path.name}': {split}_images of type {images.dtype} are not voxels")
+        raise TrainingError(f"{_SOURCE}: {split}_images of type {images.dtype} are not voxels")
     if shape is None or tuple(shape) == images.shape[1:]:
         return images.astype(np.float32) * gain
     # One volume at a time: a whole 64^3 split in float32 would cost several times the result.
@@ -371,16 +375,16 @@ def _resize(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return resample_to_grid(volume, grid, cval=0.0)
 
 
-def _npz_labels(arrays: Mapping[str, np.ndarray], split: str, path: Path, n: int) -> np.ndarray:
+def _npz_labels(arrays: Mapping[str, np.ndarray], split: str, n: int) -> np.ndarray:
     key = f"{split}_labels"
     if key not in arrays:
-        raise TrainingError(f"'{path.name}' has {split}_images but no {key}")
+        raise TrainingError(f"{_SOURCE} has {split}_images but no {key}")
     labels = np.asarray(arrays[key])
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise TrainingError(
-            f"'{path.name}': {key} must hold one class index (0, 1, ...) per volume, "
+            f"{_SOURCE}: {key} must hold one class index (0, 1, ...) per volume, "
             f"got shape {labels.shape} of type {labels.dtype}"
         )
     return labels.astype(int)
@@ -388,7 +392,6 @@ def _npz_labels(arrays: Mapping[str, np.ndarray], split: str, path: Path, n: int
 
 def _npz_class_names(
     arrays: Mapping[str, np.ndarray],
-    path: Path,
     n_classes: int,
     given: Sequence[str] | None,
 ) -> tuple[str, ...]:
@@ -397,11 +400,11 @@ def _npz_class_names(
     if "class_names" in arrays:
         stored = np.asarray(arrays["class_names"])
         if stored.ndim != 1 or stored.dtype.kind not in "US":
-            raise TrainingError(f"'{path.name}': class_names must be a list of texts")
+            raise TrainingError(f"{_SOURCE}: class_names must be a list of texts")
         own = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in stored)
     if own is not None and given is not None and tuple(given) != own:
         raise TrainingError(
-            f"'{path.name}' names its classes {list(own)}, not {list(given)}; drop --classes "
+            f"{_SOURCE} names its classes {list(own)}, not {list(given)}; drop --classes "
             "or give the file's own names"
         )
     names = own if own is not None else None if given is None else tuple(given)
@@ -409,7 +412,7 @@ def _npz_class_names(
         return tuple(str(index) for index in range(max(n_classes, 2)))
     if len(names) < max(n_classes, 2) or len(set(names)) != len(names):
         raise TrainingError(
-            f"'{path.name}' has labels 0 to {n_classes - 1} but {len(names)} class names "
+            f"{_SOURCE} has labels 0 to {n_classes - 1} but {len(names)} class names "
             f"{list(names)}: give one distinct name per label index, in index order"
         )
     return tuple(names)

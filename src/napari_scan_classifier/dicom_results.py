@@ -26,6 +26,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from napari_scan_classifier import __version__
+from napari_scan_classifier.choice import Chooser, is_auto
 from napari_scan_classifier.errors import DicomWebError
 from napari_scan_classifier.io.dicom_write import stack_geometry
 from napari_scan_classifier.io.dicomweb import DicomWebServer, DicomWebSource
@@ -265,9 +266,10 @@ def send_results(
 
 def store_results_hook(
     paths: Sequence[str], model: str | None
-) -> tuple[list[str], Bundle, Callable[[int, Volume, ScanResult], None]]:
+) -> tuple[list[str], Bundle | Chooser, Callable[[int, Volume, ScanResult], None]]:
     """For ``classify --store-results``: every address expanded to its series (results go back
-    per series), the model, and the callback that sends each scan's results where it came from."""
+    per series), the model (a Chooser for ``"auto"``: each scan chooses), and the callback that
+    sends each scan's results where it came from."""
     from napari_scan_classifier.io.dicomweb import Credentials, is_dicomweb_url
     from napari_scan_classifier.results import resolve_bundle
 
@@ -286,15 +288,22 @@ def store_results_hook(
             (server, DicomWebSource(source.base_url, s.study_uid, s.series_uid))
             for s in server.series_of(source)
         ]
-    bundle = resolve_bundle(model)
+    given = Chooser() if is_auto(model) else resolve_bundle(model)
 
     def send(number: int, volume: Volume, result: ScanResult) -> None:
         server, source = series[number - 1]
+        bundle = given if isinstance(given, Bundle) else _used(given, result)
         sent = send_results(server, source, volume, result, bundle)
         stored = "a report and a saliency map" if sent.map_uid else "a report"
         print(f"stored {stored} on the DICOMweb server ({series_description(bundle)})", flush=True)
 
-    return [source.url for _, source in series], bundle, send
+    return [source.url for _, source in series], given, send
+
+
+def _used(chooser: Chooser, result: ScanResult) -> Bundle:
+    """The bundle the scan chose (loaded once, by the chooser)."""
+    name = result.prediction.model_name
+    return chooser.bundle(next(m for m in chooser.models if m.name == name))
 
 
 def read_report(report: Dataset) -> dict[str, Any]:

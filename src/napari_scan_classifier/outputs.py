@@ -27,6 +27,7 @@ FOLDER_MODE = 0o755
 STAGING_SUFFIX = ".partial"
 STALE_AFTER_S = 3600.0
 STAGING_EXTRA_CHARS = 20  # what staging adds to a name: dots, random letters, ".partial"
+MODELS_FOLDER_VARIABLE = "NAPARI_SCAN_CLASSIFIER_MODELS"  # overrides the installed-models folder
 
 
 class OutputError(ScanClassifierError):
@@ -140,3 +141,14 @@ def _reason(error: OSError) -> str:
     if isinstance(error, PermissionError) or error.errno == errno.EROFS:
         return "permission denied or read-only"
     return error.strerror or type(error).__name__
+
+
+def models_folder() -> Path:
+    """Where trained models are saved and found (the Train dock, ``--model auto``):
+    ``$NAPARI_SCAN_CLASSIFIER_MODELS``, else the user's data folder."""
+    given = os.environ.get(MODELS_FOLDER_VARIABLE)
+    if given:
+        return Path(given).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-scan-classifier")) / "models"

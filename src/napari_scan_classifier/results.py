@@ -21,12 +21,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_scan_classifier import outputs
+from napari_scan_classifier.choice import Choice, Chooser, is_auto
 from napari_scan_classifier.errors import (
     InvalidInputError,
     ScanClassifierError,
@@ -50,6 +52,7 @@ BATCH_SIZE = 8  # scans per forward batch on the command line: bounded memory, s
 OUTPUT_SUFFIXES = (".json", ".csv")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 OUT_OF_DISTRIBUTION = "out_of_distribution"
+NO_MODEL = "no_model"  # status of a series no installed model covers (model chosen by the scan)
 ANSWERED = ("classified", OUT_OF_DISTRIBUTION)  # statuses of rows that carry probabilities
 
 
@@ -148,12 +151,47 @@ def classify_scan(
     saliency: str = "default",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
-    """Classify one scan and explain its predicted class: what the widget and the demo show."""
+    """Classify one scan and explain its predicted class (or ``saliency_class``, one of the
+    model's classes): what the widget and the demo show."""
+    check_saliency_class(bundle, saliency_class)
     (prediction,) = predict([volume], bundle, passes, progress, cancel)
-    return _explained(volume, bundle, prediction, saliency, faithfulness, progress, cancel)
+    return _explained(
+        volume, bundle, prediction, saliency, faithfulness, saliency_class, progress, cancel
+    )
+
+
+def explain_prediction(
+    volume: Volume,
+    bundle: Bundle,
+    prediction: Prediction,
+    *,
+    method: str = "default",
+    faithfulness: bool = False,
+    saliency_class: str | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> ScanResult:
+    """Explain a prediction already made, for its predicted class or ``saliency_class``: another
+    class's map without classifying the scan again."""
+    check_saliency_class(bundle, saliency_class)
+    return _explained(
+        volume, bundle, prediction, method, faithfulness, saliency_class, progress, cancel
+    )
+
+
+def check_saliency_class(bundle: Bundle, saliency_class: str | None) -> None:
+    """Refuse, before any work, a class to explain that the model does not have."""
+    classes = bundle.metadata.classes
+    if saliency_class is not None and saliency_class not in classes:
+        listing = ", ".join(f"'{name}'" for name in classes)
+        raise InvalidInputError(
+            f"The class to explain, '{saliency_class}', is not one of the model's classes "
+            f"({listing})"
+        )
 
 
 def _explained(
@@ -162,6 +200,7 @@ def _explained(
     prediction: Prediction,
     method: str,
     faithfulness: bool,
+    saliency_class: str | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> ScanResult:
@@ -170,7 +209,7 @@ def _explained(
         volume,
         bundle,
         method,
-        prediction.predicted_class,
+        saliency_class or prediction.predicted_class,
         faithfulness=faithfulness,
         progress=progress,
         cancel=cancel,
@@ -198,6 +237,11 @@ class BatchReport:
     def out_of_distribution(self) -> int:
         return sum(row["status"] == OUT_OF_DISTRIBUTION for row in self.series)
 
+    @property
+    def no_model(self) -> int:
+        """Series no installed model covers (when each scan chooses its model)."""
+        return sum(row["status"] == NO_MODEL for row in self.series)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "series": self.series, "skipped_files": self.skipped}
 
@@ -217,19 +261,22 @@ def check_output(path: str | os.PathLike[str]) -> Path:
 
 def classify_paths(
     paths: Sequence[str | os.PathLike[str]],
-    bundle: Bundle | str | os.PathLike[str] | None,
+    bundle: Bundle | Chooser | str | os.PathLike[str] | None,
     *,
     saliency: str = "none",
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[int, Volume, ScanResult], None] | None = None,
     checkpoint: Callable[[BatchReport], None] | None = None,
 ) -> BatchReport:
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
-    bundled one for None); maps go to ``saliency_dir`` as NIfTI; ``on_row`` gets each series'
-    row as soon as it is done (a long batch shows its progress); ``on_result`` gets each
+    bundled one for None; ``"auto"`` or a Chooser: the model each scan chooses, see choice.py);
+    maps of each series' predicted class (or of ``saliency_class``) go to ``saliency_dir`` as
+    NIfTI; ``on_row`` gets each series' row as soon as it is done (a long batch shows its
+    progress); ``on_result`` gets each
     classified scan with its input's position (to send results on, e.g. to a PACS);
     ``checkpoint`` the report so far after each input and series (to write it, so a late
     failure keeps what was done).
@@ -245,9 +292,21 @@ def classify_paths(
     ]
     if missing:
         raise UnreadableScanError(f"{', '.join(missing)}: no such file or folder")
-    if not isinstance(bundle, Bundle):
+    if is_auto(bundle):
+        bundle = Chooser()
+    if not isinstance(bundle, Bundle | Chooser):
         bundle = resolve_bundle(bundle)
-    report = BatchReport(_model_summary(bundle))
+    chosen = isinstance(bundle, Chooser)
+    if not chosen:
+        check_saliency_class(bundle, saliency_class)
+    explained = partial(
+        result_row,
+        saliency=saliency,
+        faithfulness=faithfulness,
+        saliency_dir=saliency_dir,
+        saliency_class=saliency_class,
+    )
+    report = BatchReport(chosen_models_summary([]) if chosen else _model_summary(bundle))
     redact = Redactor(paths)
     save = checkpoint or (lambda _report: None)
     index = 0
@@ -255,15 +314,19 @@ def classify_paths(
         volumes = _load(path, number, report, redact)
         save(report)
         for chunk in _chunks(volumes, BATCH_SIZE):
-            for volume, outcome in zip(chunk, _predict_each(chunk, bundle, passes), strict=True):
+            for volume, (outcome, used, choice) in zip(
+                chunk, _predict_chunk(chunk, bundle, passes), strict=True
+            ):
                 index += 1
-                row, result = result_row(
-                    index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+                row, result = _row(
+                    index, number, volume, outcome, used, choice, explained, saliency_class
                 )
                 row["geometry_warnings"] = [redact(w) for w in row["geometry_warnings"]]
                 if result is not None and on_result is not None:
                     on_result(number, volume, result)
                 report.series.append(row)
+                if chosen:
+                    report.model = chosen_models_summary(report.series)
                 save(report)
                 if on_row is not None:
                     on_row(row)
@@ -273,6 +336,77 @@ def classify_paths(
         )
         raise UnreadableScanError(f"no scan could be classified ({reasons or 'nothing found'})")
     return report
+
+
+def _predict_chunk(
+    volumes: list[Volume], bundle: Bundle | Chooser, passes: int
+) -> list[tuple[Prediction | str | None, Bundle | None, Choice | None]]:
+    """Each scan's outcome, the bundle that gave it and, when the scan chose it, the choice:
+    the scans that chose the same model go through it in one batch; a scan no model covers gets
+    no outcome and no bundle."""
+    if isinstance(bundle, Bundle):
+        return [(outcome, bundle, None) for outcome in _predict_each(volumes, bundle, passes)]
+    choices = [bundle.choose(volume) for volume in volumes]
+    found: list[tuple[Prediction | str | None, Bundle | None, Choice | None]] = [
+        (None, None, choice) for choice in choices
+    ]
+    for entry in {c.model for c in choices if c.model is not None}:
+        positions = [i for i, c in enumerate(choices) if c.model == entry]
+        used = bundle.bundle(entry)
+        outcomes = _predict_each([volumes[i] for i in positions], used, passes)
+        for i, outcome in zip(positions, outcomes, strict=True):
+            found[i] = (outcome, used, choices[i])
+    return found
+
+
+def _row(
+    index: int,
+    number: int,
+    volume: Volume,
+    outcome: Prediction | str | None,
+    used: Bundle | None,
+    choice: Choice | None,
+    explained: Callable[..., tuple[dict[str, Any], ScanResult | None]],
+    saliency_class: str | None,
+) -> tuple[dict[str, Any], ScanResult | None]:
+    """A series' row and result from ``explained`` (:func:`result_row` with the options);
+    with the model the scan chose, or why none covers it."""
+    if used is None or outcome is None:
+        row, result = no_model_row(index, number, volume, choice), None
+    else:
+        if choice is not None:  # the class to explain was not checked against this model yet
+            try:
+                check_saliency_class(used, saliency_class)
+            except InvalidInputError as error:
+                outcome = str(error)
+        row, result = explained(index, number, volume, outcome, used)
+    if choice is not None:
+        row["model_choice"] = choice.to_dict()
+    return row, result
+
+
+def no_model_row(index: int, number: int, volume: Volume, choice: Choice | None) -> dict[str, Any]:
+    """The row of a series no installed model covers: why, and how the scan was identified."""
+    row = series_row(index, number, volume)
+    row.update(status=NO_MODEL, error=choice.explanation() if choice else "no model chosen")
+    return row
+
+
+def chosen_models_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The report's ``model`` when each scan chose its model: the one model every answered row
+    used (as for one given model), else ``"auto"`` with each model used and all their classes."""
+    used: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] in ANSWERED:
+            model = {**row["model"], **(row.get("bundle") or {})}
+            model["classes"] = list(row["probabilities"])
+            model["modality"] = (row.get("model_choice") or {}).get("modality")
+            used.setdefault((model["name"], model["version"]), model)
+    models = list(used.values())
+    if len(models) == 1:
+        return {**models[0], "chosen_by": "the scan"}
+    classes = list(dict.fromkeys(name for m in models for name in m["classes"]))
+    return {"name": "auto", "chosen_by": "the scan", "models": models, "classes": classes}
 
 
 def status_of(prediction: Prediction) -> str:
@@ -291,13 +425,22 @@ def classify_series(
     passes: int = DEFAULT_PASSES,
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
+    saliency_class: str | None = None,
 ) -> dict[str, Any]:
     """One series' row, as :func:`classify_paths` makes it, for work sent out series by series
     (a cohort): ``index`` and ``number`` as in :func:`series_row`. Its texts are not redacted
     (the caller knows the inputs)."""
     (outcome,) = _predict_each([volume], bundle, passes)
     row, _ = result_row(
-        index, number, volume, outcome, bundle, saliency, faithfulness, saliency_dir
+        index,
+        number,
+        volume,
+        outcome,
+        bundle,
+        saliency,
+        faithfulness,
+        saliency_dir,
+        saliency_class=saliency_class,
     )
     return row
 
@@ -311,14 +454,17 @@ def result_row(
     saliency: str,
     faithfulness: bool,
     saliency_dir: str | os.PathLike[str] | None,
+    *,
+    saliency_class: str | None = None,
 ) -> tuple[dict[str, Any], ScanResult | None]:
-    """The series' label, then its prediction and saliency summary (the map saved into
-    ``saliency_dir``), or the reason it could not be classified; and the result itself."""
+    """The series' label, then its prediction and saliency summary (the map of the predicted
+    class, or of ``saliency_class``, saved into ``saliency_dir``), or the reason it could not be
+    classified; and the result itself."""
     row = series_row(index, number, volume)
     if not isinstance(outcome, Prediction):
         row.update(status="failed", error=outcome)
         return row, None
-    result = _explained(volume, bundle, outcome, saliency, faithfulness)
+    result = _explained(volume, bundle, outcome, saliency, faithfulness, saliency_class)
     row.update(status=status_of(outcome), **result.to_dict())
     row["saliency"] = _saved_map(volume, result, index, saliency_dir)
     return row, result
@@ -467,6 +613,7 @@ def to_csv(report: BatchReport) -> str:
         "ood_score",
         "ood_threshold",
         "ood_reasons",
+        "model_choice",
         "modality_warning",
         "geometry_warnings",
         "note",
@@ -493,15 +640,16 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     flat["note"] = row["error"] or ""
     flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle
     flat["model_sha256"] = (row.get("bundle") or {}).get("sha256", "")
+    flat["model_choice"] = (row.get("model_choice") or {}).get("reason", "")
     if row["status"] not in ANSWERED:
         return flat
     uncertainty = row["uncertainty"]
     saliency = row["saliency"] or {}
     faithfulness = saliency.get("faithfulness") or {}
     ood = row.get("ood") or {}
-    for name in classes:
-        flat[f"p_{name}"] = _fmt(row["probabilities"][name])
-        flat[f"sd_{name}"] = _fmt(uncertainty["std"][name])
+    for name in classes:  # a model chosen by the scan may have other classes than the others
+        flat[f"p_{name}"] = _fmt(row["probabilities"].get(name))
+        flat[f"sd_{name}"] = _fmt(uncertainty["std"].get(name))
     flat.update(
         predicted_class=row["predicted_class"],
         predictive_entropy=_fmt(uncertainty["predictive_entropy"]),
@@ -574,6 +722,7 @@ def summary_lines(
         *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
         *(probability_lines(result) if probabilities else []),
+        *_choice_lines(result.get("model_choice")),
         f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
         f"Time: {timings['total'] + timings.get('saliency', 0.0):.2f} s ({parts})",
     ]
@@ -581,6 +730,13 @@ def summary_lines(
     if result.get("modality_warning"):
         lines.append(f"Warning: {result['modality_warning']}")
     return lines
+
+
+def _choice_lines(choice: Mapping[str, Any] | None) -> list[str]:
+    """Which model the scan chose and why (nothing when the model was given)."""
+    if not choice:
+        return []
+    return [f"Chosen by the scan: {choice['reason']} ({choice['how']})"]
 
 
 def ood_lines(result: Mapping[str, Any]) -> list[str]:

@@ -29,6 +29,7 @@ from napari_scan_classifier.plugin.layers import (
 from napari_scan_classifier.plugin.widgets.classify import (
     CLASSIFICATION_KEY,
     PEAK_KEY,
+    PREDICTED_CHOICE,
     SALIENCY_KIND,
     SCAN_NAME_KEY,
     ClassifyWidget,
@@ -39,6 +40,7 @@ from napari_scan_classifier.saliency import grad_cam
 from napari_scan_classifier.volume import Volume
 
 PLUGIN = "napari-scan-classifier"
+THREE = ["normal", "tumour", "infarct"]
 WAIT_MS = 60_000
 
 
@@ -50,6 +52,12 @@ def cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def gru_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_bundle(tiny_bundle("slice_gru"), tmp_path_factory.mktemp("models") / "gru")
+
+
+@pytest.fixture(scope="module")
+def three_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    bundle = tiny_bundle("slice_gru", classes=THREE)
+    return save_bundle(bundle, tmp_path_factory.mktemp("models") / "three")
 
 
 def _widget(viewer: ViewerModel, model: Path, **options: object) -> ClassifyWidget:
@@ -373,3 +381,58 @@ def _wait(condition, limit_s: float) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def test_three_classes_get_bars_curves_and_a_map_for_any_class(
+    viewer: ViewerModel, qtbot: QtBot, three_dir: Path
+) -> None:
+    scan = _sample(viewer)
+    widget = _widget(viewer, three_dir, saliency="gradcam", passes=0, check=False)
+    assert widget.explain.choices == (None,)  # the predicted class; the model is not loaded yet
+
+    _run(qtbot, widget)
+
+    volume: Volume = scan.metadata[VOLUME_KEY]
+    bundle = load_bundle(three_dir)
+    result = scan.metadata[CLASSIFICATION_KEY]
+    expected = classify(volume, bundle, method="none")
+    predicted = expected.predicted_class
+    assert result["predicted_class"] == predicted
+    assert widget.explain.choices == (None, *THREE)
+    assert [widget.explain.native.itemText(i) for i in range(4)] == [PREDICTED_CHOICE, *THREE]
+    bars, slices = widget.chart.figure.axes
+    widths = [bar.get_width() for bar in bars.patches]
+    assert widths == pytest.approx([expected.probabilities[c] for c in THREE])
+    assert [bar.get_y() + bar.get_height() / 2 for bar in bars.patches] == [2, 1, 0]  # top down
+    assert [t.get_text() for t in bars.get_yticklabels()] == THREE
+    curves = [line for line in slices.lines if line.get_label() in THREE]
+    assert [line.get_label() for line in curves] == THREE
+    for line, name in zip(curves, THREE, strict=True):
+        per_slice = np.array([np.nan if v is None else v for v in result["per_slice"][name]])
+        np.testing.assert_allclose(line.get_ydata(), per_slice)
+    saliency = find_result_layer(viewer.layers, scan, SALIENCY_KIND)
+    assert saliency.name == f"Grad-CAM · {predicted}"
+
+    other = next(c for c in THREE if c != predicted)
+    widget.explain.value = other  # explains that class of the same prediction
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert find_result_layer(viewer.layers, scan, SALIENCY_KIND) is saliency  # in place
+    assert saliency.name == f"Grad-CAM · {other}" and len(viewer.layers) == 2
+    reference = grad_cam(volume, bundle, other).values
+    aligned = volume.with_voxels(reference).world_aligned().voxels
+    np.testing.assert_allclose(saliency.data, aligned, atol=1e-6)
+    assert not np.allclose(
+        aligned,
+        volume.with_voxels(grad_cam(volume, bundle).values).world_aligned().voxels,
+        atol=1e-3,
+    )
+    result = scan.metadata[CLASSIFICATION_KEY]
+    assert result["saliency"]["target_class"] == other and result["predicted_class"] == predicted
+    assert widget.explain.value == other
+
+    widget.passes.value = 1
+    _run(qtbot, widget)  # classifying again keeps the chosen class
+    assert scan.metadata[CLASSIFICATION_KEY]["saliency"]["target_class"] == other
+    assert scan.metadata[CLASSIFICATION_KEY]["uncertainty"]["passes"] == 1

@@ -27,9 +27,9 @@ def position_problem(position: np.ndarray | None) -> str | None:
     if position is None:
         return None
     position = position.tolist() if isinstance(position, np.ndarray) else position
-    if not all(math.isfinite(v) for v in position):
+    if not all(map(math.isfinite, position)):
         return "its image position (ImagePositionPatient) is not a finite number"
-    if max(abs(v) for v in position) > MAX_COORDINATE_MM:
+    if max(map(abs, position)) > MAX_COORDINATE_MM:
         return "its image position (ImagePositionPatient) lies over a kilometre from the origin"
     return None
 
@@ -39,12 +39,12 @@ def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
     this runs once per slice, where numpy's call overhead would dominate)."""
     if orientation is None:
         return None
-    if not all(math.isfinite(v) for v in orientation):
+    if not all(map(math.isfinite, orientation)):
         return "its image orientation (ImageOrientationPatient) is not a finite number"
-    row, col = orientation[:3], orientation[3:]
-    norms = math.hypot(*row), math.hypot(*col)
-    cosine = sum(a * b for a, b in zip(row, col, strict=True))
-    if max(abs(n - 1) for n in norms) > ORTHONORMAL_TOL or abs(cosine) > ORTHONORMAL_TOL:
+    x1, y1, z1, x2, y2, z2 = orientation
+    norms = math.hypot(x1, y1, z1), math.hypot(x2, y2, z2)
+    cosine = 0.0 + x1 * x2 + y1 * y2 + z1 * z2  # as sum() adds: -0.0 reads as 0
+    if max(abs(norms[0] - 1), abs(norms[1] - 1)) > ORTHONORMAL_TOL or abs(cosine) > ORTHONORMAL_TOL:
         return (
             "its image orientation (ImageOrientationPatient) is not two perpendicular unit "
             f"vectors (lengths {norms[0]:.3g} and {norms[1]:.3g}, cosine {cosine:.3g})"
@@ -55,7 +55,7 @@ def orientation_problem(orientation: tuple[float, ...] | None) -> str | None:
 def spacing_problem(spacing: tuple[float, ...] | None) -> str | None:
     if spacing is None:
         return None
-    if not all(finite_positive(v) for v in spacing):
+    if not all(map(finite_positive, spacing)):
         shown = "\\".join(f"{v:g}" for v in spacing)
         return f"its pixel spacing ({shown}) is not two positive finite lengths in mm"
     return None

@@ -59,6 +59,19 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "bundle.json"
 DETECTOR_FILE = "applicability.npz"
 MODALITIES = ("CT", "MR")
+# Body regions a model may be made for (``body_region``); the scan's region is matched against
+# them when a model is chosen by the scan (see choice.py).
+REGIONS = (
+    "head",
+    "neck",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "spine",
+    "breast",
+    "upper limb",
+    "lower limb",
+)
 TASKS = ("volume", "region")
 TRUSTED_MODULES = ("keras", "napari_scan_classifier")
 MAX_METADATA_BYTES = 1_000_000
@@ -110,6 +123,9 @@ class BundleMetadata:
     # classes {"kind": "threshold", "positive_class": ..., "threshold": ...}; plus a description
     decision_rule: dict[str, Any] = field(default_factory=lambda: {"kind": "argmax"})
     calibration: dict[str, Any] = field(default_factory=dict)  # how it was fitted, on what
+    # the body region (one of REGIONS) the model is made for; None in bundles saved before it
+    # was recorded (see choice.py for what stands in for it then)
+    body_region: str | None = None
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) of volume logits (n, classes)."""
@@ -342,6 +358,16 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     except (InvalidBundleError, ResourceLimitError) as error:
         raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
     return Bundle(metadata, model, source, detector)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> BundleMetadata:
+    """The validated ``bundle.json`` of a bundle folder, without loading its model: what a list
+    of models needs (the model is checked when it is loaded to be used)."""
+    source = Path(path)
+    try:
+        return _read_metadata(_read_member(source, METADATA_FILE))
+    except (InvalidBundleError, ResourceLimitError) as error:
+        raise InvalidBundleError(f"Model bundle '{source.name}' cannot be used: {error}") from None
 
 
 def _detector(metadata: BundleMetadata, read: Callable[[], bytes]) -> FeatureDetector | None:
@@ -611,6 +637,10 @@ def _check_metadata(m: BundleMetadata) -> None:
     )
     _expect(m.modality in MODALITIES, f"modality must be one of {MODALITIES}")
     _expect(m.task in TASKS, f"task must be one of {TASKS}")
+    _expect(
+        m.body_region is None or m.body_region in REGIONS,
+        f"body_region must be one of {REGIONS}, or null",
+    )
     _expect(_is_triple(m.input_shape, _is_int), "input_shape must be three whole numbers (D, H, W)")
     voxels = math.prod(m.input_shape)
     limits.check_memory(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import napari
 from qtpy.QtCore import QTimer
 
+from napari_scan_classifier.choice import is_auto
 from napari_scan_classifier.phantoms import sample_ct_phantom
 from napari_scan_classifier.plugin.layout import fit_window
 from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
@@ -25,14 +26,14 @@ def open_demo_viewer(
 ) -> napari.Viewer:
     """A viewer holding the sample CT series with the plugin's widgets docked; with ``classify``
     the classification starts at once (in a worker: the window stays live), with ``model`` (a
-    bundle path) instead of the bundled model. When it ends, the view moves to the largest
+    bundle path) instead of the model the scan chooses. When it ends, the view moves to the largest
     lesion with the saliency map shown."""
     viewer = napari.Viewer(title="napari-scan-classifier demo", show=show)
     fit_window(viewer)
     viewer.open_sample(PLUGIN, "phantom_ct")
     viewer.window.add_dock_widget(DisplayWidget(viewer), name="Display", area="right")
     widget = ClassifyWidget(viewer)
-    if model:
+    if model and not is_auto(model):
         widget.model.value = model
     viewer.window.add_dock_widget(widget, name=CLASSIFY_DOCK, area="right", tabify=True)
     widget.native.parent().raise_()  # the Classify tab in front

@@ -95,8 +95,14 @@ def normalised(values: np.ndarray) -> np.ndarray:
 
 
 def target_index(bundle: Bundle, target: Target, logits: np.ndarray) -> int:
-    """The class to explain: the given one, or the most probable for ``None``."""
-    return int(np.argmax(logits)) if target is None else class_index(bundle, target)
+    """The class to explain: the given one, or for ``None`` the class the model predicts from
+    these volume logits (its calibration, class bias included, and decision rule: a bias can
+    make another class than the largest logit's the answer)."""
+    if target is not None:
+        return class_index(bundle, target)
+    m = bundle.metadata
+    row = np.asarray(logits, dtype=float).reshape(1, -1)
+    return int(m.decide(m.probabilities(row))[0])
 
 
 def class_index(bundle: Bundle, target: str | int) -> int:

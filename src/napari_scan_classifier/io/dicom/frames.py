@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import struct
@@ -46,6 +45,7 @@ from napari_scan_classifier.io.dicom.records import (
     _DEFAULT_IOP,
     _File,
     _Frame,
+    _Gunzipped,
     _SkipFileError,
     _value_range,
 )
@@ -81,7 +81,7 @@ def _read_file(path: Path, known: dict[tuple, dict]) -> list[_Frame]:
             gzipped = raw.read(2) == _GZIP_MAGIC
             size = _unpacked_size(raw) if gzipped else os.fstat(raw.fileno()).st_size
             raw.seek(0)
-            with gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else nullcontext(raw) as fp:
+            with _Gunzipped(raw) if gzipped else nullcontext(raw) as fp:
                 ds = _read_dataset(fp)
                 if _tag("Rows") not in ds or _tag("Columns") not in ds:
                     raise _SkipFileError(_no_pixels_reason(ds))

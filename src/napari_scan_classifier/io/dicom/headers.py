@@ -66,9 +66,6 @@ def _raw_vr(elem: Any) -> str:
 
 def _binary(ds: Dataset, elem: Any, value: bytes) -> list[str] | None:
     """A binary-VR raw value (US, UL, FL, ...) decoded with the dataset's byte order."""
-    vr = getattr(elem, "VR", None)
-    if vr in _TEXT_VRS:  # the common case: no dictionary lookup
-        return None
     code = _BINARY_VRS.get(_raw_vr(elem))
     if code is None:
         return None
@@ -90,7 +87,8 @@ def _strings(ds: Dataset | None, keyword: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, bytes):
-        numbers = _binary(ds, elem, value)
+        # text VRs, the common case, go straight to splitting: no dictionary lookup
+        numbers = None if getattr(elem, "VR", None) in _TEXT_VRS else _binary(ds, elem, value)
         if numbers is not None:
             return numbers
         text = value.decode("latin-1").strip(" \0")

@@ -33,6 +33,7 @@ from napari_scan_classifier.io.dicom.records import (
     _Frame,
     _OverflowError,
     _Plan,
+    _SkipFileError,
     _Stack,
     _value_range,
 )
@@ -183,6 +184,8 @@ def _decode_job(
                 dest[...] = dest[::-1].copy()
     except (_OverflowError, CancelledError):
         raise
+    except _SkipFileError as exc:  # a gzip bomb, found while decompressing
+        return str(exc)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
     except (KeyboardInterrupt, SystemExit):

@@ -11,6 +11,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from pydicom.uid import UID, ExplicitVRBigEndian
 
+from napari_scan_classifier.limits import BUDGET_ENV, format_bytes, memory_budget
+
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
 _DEFAULT_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -44,6 +46,56 @@ class _OverflowError(Exception):
     """Rescaled values do not fit the chosen integer type; decode again with a wider one."""
 
 
+class _Gunzipped:
+    """The decompressed bytes of a ``.dcm.gz``, refused past the memory budget: a few kilobytes
+    of gzip can expand to gigabytes (a bomb), which pydicom would hold in memory. Seeking on is
+    allowed (it decompresses without keeping anything); reading past the budget is not.
+    ``owner``: closing it closes ``packed`` as well."""
+
+    def __init__(self, packed: BinaryIO, *, owner: bool = False) -> None:
+        self._packed = packed if owner else None
+        self._fp = gzip.GzipFile(fileobj=packed, mode="rb")
+        self._limit = memory_budget()
+        self.name = getattr(packed, "name", "")
+
+    def read(self, size: int | None = -1) -> bytes:
+        room = max(0, self._limit + 1 - self._fp.tell())
+        data = self._fp.read(room if size is None or size < 0 else min(size, room))
+        self._check()
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        room = max(0, self._limit + 1 - self._fp.tell())
+        count = self._fp.readinto(view[:room])
+        self._check()
+        return count
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def close(self) -> None:
+        self._fp.close()
+        if self._packed is not None:
+            self._packed.close()
+
+    def __enter__(self) -> _Gunzipped:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _check(self) -> None:
+        if self._fp.tell() > self._limit:
+            raise _SkipFileError(
+                f"gzipped, it expands to more than the memory budget of "
+                f"{format_bytes(self._limit)} (set {BUDGET_ENV} to change it)"
+            )
+
+
 @dataclass(eq=False)
 class _File:
     """What the loader needs from one file's header (no patient fields)."""
@@ -75,9 +127,10 @@ class _File:
     table: tuple[int, np.ndarray] | None = None  # (first stored value, values): a LUT to apply
     position: int = 0  # its place among the files found under the input (how messages name it)
 
-    def open(self) -> BinaryIO:
-        """The file's bytes (decompressed for a .dcm.gz)."""
-        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
+    def open(self) -> Any:
+        """The file's bytes (decompressed for a .dcm.gz, within the memory budget)."""
+        raw = open(self.path, "rb")  # noqa: SIM115 - closed with the stream returned
+        return _Gunzipped(raw, owner=True) if self.gzipped else raw
 
     @property
     def stored_dtype(self) -> np.dtype:

@@ -32,7 +32,17 @@ from napari_scan_classifier.training import (
 from napari_scan_classifier.volume import Volume
 
 STAGES_FOLDER = "stages"
-HELD_OUT_KEYS = ("n", "auc", "accuracy", "sensitivity", "specificity", "ece")
+# headline figures, then each class against the rest and the confusion matrix (rows: true class)
+HELD_OUT_KEYS = (
+    "n",
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "ece",
+    "per_class",
+    "confusion_matrix",
+)
 Cases = Iterator[tuple[Volume, str]]
 
 

@@ -82,6 +82,7 @@ from napari_scan_classifier.training import (
 from napari_scan_classifier.volume import Volume
 
 DEMO_NAME = "demo_ct_lesion"
+BODY_REGION = "abdomen"  # the phantoms: chest/abdomen CT, read as abdomen (their BodyPartExamined)
 POLISH_STAGE = 2  # index of the last stage: its phantoms stand for the training data
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
@@ -232,7 +233,9 @@ def build_demo(
         name: evaluate_bundle(result.bundle, on_grid(test, input_shape, name))
         for name, test in tests.items()
     }
-    result.bundle.metadata = replace(result.bundle.metadata, gradcam_layer=GRADCAM_LAYER)
+    result.bundle.metadata = replace(
+        result.bundle.metadata, gradcam_layer=GRADCAM_LAYER, body_region=BODY_REGION
+    )
     sample = sample_lesion_probability(result.bundle)
     saliency = sample_saliency_contrast(result.bundle)
     minutes = (time.perf_counter() - started) / 60
@@ -286,6 +289,7 @@ def finalise(
     base = load_bundle(folder)
     validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
     bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
+    bundle.metadata = replace(bundle.metadata, body_region=BODY_REGION)
     add_applicability(bundle, seed=seed)
     add_saliency_choice(bundle, seed=seed)
     _record_recalibration(bundle)

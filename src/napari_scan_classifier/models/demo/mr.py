@@ -68,6 +68,7 @@ from napari_scan_classifier.saliency import saliency_map
 from napari_scan_classifier.training import TrainingConfig, evaluate_bundle, train
 
 DEMO_NAME = "demo_mr_brain"
+BODY_REGION = "head"  # what the model is made for (bundle.json body_region)
 ARCHITECTURE = "slice_gru"
 GRID = Grid((24, 96, 96), (6.5, 2.2, 2.2), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
 DETECTOR_CASES = 240
@@ -194,7 +195,9 @@ def _config(width: int, batch_size: int, seed: int, architecture: str = ARCHITEC
 
 
 def finalise_mr(bundle: Bundle, *, seed: int, cases: int, val_cases: int) -> None:
-    """Applicability check, saliency choice and the sample figures, into ``bundle``."""
+    """Body region, applicability check, saliency choice and the sample figures, into
+    ``bundle``."""
+    bundle.metadata = replace(bundle.metadata, body_region=BODY_REGION)
     seeds = _seeds(seed)
     last = len(demo_stages(1, 1, 1)) - 1
     training = triplet_cases(cases, seed + 40_000 * last, (CLEAR, SUBTLE))

@@ -1,6 +1,10 @@
 """The "Classify scan" dock widget: classify the chosen scan with a model bundle, show the class
 probabilities with their uncertainty, and lay the saliency map over the anatomy.
 
+The map explains the predicted class unless "Explain" names another of the model's classes;
+choosing one after a classification explains that class of the same prediction again (only the
+map is recomputed), so a three-class model's evidence for each class can be compared.
+
 The widget only wires things together. The job is the core's
 :func:`~napari_scan_classifier.results.classify_scan`, run in a napari ``thread_worker`` (the Qt
 thread never waits on a model); the worker is a generator that yields the core's (done, total,
@@ -33,7 +37,9 @@ from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import GeneratorWorker
 
+from napari_scan_classifier.choice import Choice, Chooser, installed_models
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
+from napari_scan_classifier.inference import Prediction
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
     find_result_layer,
@@ -50,6 +56,7 @@ from napari_scan_classifier.results import (
     SALIENCY_TITLES,
     ScanResult,
     classify_scan,
+    explain_prediction,
     ood_lines,
     resolve_bundle,
     slice_text,
@@ -72,6 +79,7 @@ BAR_PX, AXES_PX, SLICES_PX = 28, 60, 150  # chart heights: per class bar, titles
 _POLL_S = 0.05  # how often the worker looks for the core's progress reports
 BANNER_STYLE = "background-color: #8a2a12; color: white; padding: 6px; border-radius: 3px;"
 OOD_BAR_COLOR = "#8a8f93"
+PREDICTED_CHOICE = "the predicted class"
 
 Report = tuple[int, int, str]
 _LOG = logging.getLogger(__name__)
@@ -92,13 +100,21 @@ class ClassifyWidget(Container):
 
         self.scan = ComboBox(label="Scan", choices=self._scan_choices, nullable=True)
         self.model = FileEdit(label="Model", mode="r", filter=BUNDLE_FILTER)
-        self.model.line_edit.native.setPlaceholderText("bundled demo model")
-        self.model.tooltip = "A bundle folder (pick its bundle.json) or a .zip; empty: bundled"
+        self.model.line_edit.native.setPlaceholderText("chosen by the scan")
+        self.model.tooltip = (
+            "A bundle folder (pick its bundle.json), a .zip or a shipped model's name; empty: "
+            "the shipped or installed model made for the scan's modality and body region"
+        )
+        self.choice = Label(value="")  # which model the scan chooses, and why
+        self.choice.native.setWordWrap(True)
+        self.choice.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.saliency = ComboBox(
             label="Saliency",
             choices=[(SALIENCY_TITLES[m], m) for m in SALIENCY_METHODS],
             value="default",
         )
+        self.explain = ComboBox(label="Explain", choices=self._class_choices, value=None)
+        self.explain.tooltip = "The class the saliency map explains (default: the predicted one)"
         self.passes = SpinBox(label="Uncertainty passes", min=0, max=100, value=DEFAULT_PASSES)
         self.passes.tooltip = "Monte Carlo dropout samples for the ± spread (0: none)"
         self.check = CheckBox(text="Check the saliency map (faithfulness)", value=True)
@@ -125,7 +141,18 @@ class ClassifyWidget(Container):
             labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
-        self.extend([self.scan, self.model, self.saliency, self.passes, self.check, buttons])
+        self.extend(
+            [
+                self.scan,
+                self.model,
+                self.choice,
+                self.saliency,
+                self.explain,
+                self.passes,
+                self.check,
+                buttons,
+            ]
+        )
         views = (
             self.goto_button.native,
             self.banner.native,
@@ -138,6 +165,7 @@ class ClassifyWidget(Container):
         self._follow_active()
         scroll_when_docked(self)
         self._show_stored()
+        self.show_choice()
 
     def _connect(self) -> None:
         layers = self._viewer.layers
@@ -151,10 +179,13 @@ class ClassifyWidget(Container):
         layers.selection.events.active.connect(self._follow_active)
         self._viewer.dims.events.current_step.connect(self._show_slice)
         self.scan.changed.connect(self._show_stored)
+        self.scan.changed.connect(self.show_choice)
+        self.model.changed.connect(self.show_choice)
         self.run_button.changed.connect(self.classify)
         self.cancel_button.changed.connect(self.cancel)
         self.goto_button.changed.connect(self.go_to_salient_slice)
         self.send_button.changed.connect(self.send)
+        self.explain.changed.connect(self.explain_again)
 
     def _scan_choices(self, _: Any = None) -> list[tuple[str, Layer]]:
         return [
@@ -162,6 +193,26 @@ class ClassifyWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and not is_result_layer(layer)
         ]
+
+    def _class_choices(self, _: Any = None) -> list[tuple[str, str | None]]:
+        """The predicted class, then the classes of the model that classified the chosen scan
+        (or of the model loaded for the field, before any classification)."""
+        layer = self.scan.value
+        result = layer.metadata.get(CLASSIFICATION_KEY) if layer is not None else None
+        bundle = self._bundles.get(self.model.line_edit.value.strip())
+        if result:
+            classes = list(result["probabilities"])
+        else:
+            classes = [] if bundle is None else list(bundle.metadata.classes)
+        return [(PREDICTED_CHOICE, None)] + [(name, name) for name in classes]
+
+    def _refresh_classes(self) -> None:
+        """New class choices, keeping the chosen class where the model still has it."""
+        chosen = self.explain.value
+        with self.explain.changed.blocked():
+            self.explain.reset_choices()
+            names = [value for _, value in self._class_choices()]
+            self.explain.value = chosen if chosen in names else None
 
     def _refresh_scans(self) -> None:
         """New choices, keeping the chosen scan (magicgui would lose it when it was renamed)."""
@@ -178,6 +229,27 @@ class ClassifyWidget(Container):
             self.scan.value = active  # shows its stored result, if the choice changed
 
     # ------------------------------------------------------------------------------ running
+
+    def show_choice(self) -> Choice | None:
+        """Say which model the chosen scan chooses and why, or that the model field overrides
+        it; returns the scan's choice (None without a scan)."""
+        layer = self.scan.value
+        given = self.model.line_edit.value.strip()
+        if layer is None:
+            self.choice.value = "" if given else "The model will be chosen by the scan."
+            return None
+        try:
+            choice = Chooser(installed_models()).choose(scan_volume(layer))
+        except ScanClassifierError as error:
+            self.choice.value = f"No model chosen: {error}"
+            return None
+        if given:
+            self.choice.value = f"Given model overrides the scan's choice ({choice.reason})."
+        elif choice.model is None:
+            self.choice.value = f"No model: {choice.explanation()}"
+        else:
+            self.choice.value = f"Chosen by the scan: {choice.explanation()}"
+        return choice
 
     def classify(self) -> GeneratorWorker | None:
         """Classify the chosen scan in a worker thread; returns the started worker, or None
@@ -198,6 +270,7 @@ class ClassifyWidget(Container):
             "saliency": self.saliency.value,
             "passes": self.passes.value,
             "faithfulness": self.check.value and self.saliency.value != "none",
+            "saliency_class": self.explain.value,
         }
         model = self.model.line_edit.value.strip()
         worker = _classification(volume, model, dict(self._bundles), options, self._cancel_event)
@@ -210,6 +283,47 @@ class ClassifyWidget(Container):
         self.worker = worker
         worker.start()
         return worker
+
+    def explain_again(self) -> GeneratorWorker | None:
+        """Recompute the chosen scan's map for the class now chosen in "Explain" (the prediction
+        stays); returns the started worker, or None when there is no result to explain again
+        or its map already shows that class."""
+        layer = self.scan.value
+        if self.worker is not None or layer is None or layer not in self._sendable:
+            return None
+        volume, result, bundle = self._sendable[layer]
+        target = self.explain.value or result.prediction.predicted_class
+        shown = result.saliency
+        if self.saliency.value == "none" or (shown is not None and shown.target_class == target):
+            return None
+        self._cancel_event = threading.Event()
+        options = {
+            "method": self.saliency.value,
+            "faithfulness": self.check.value,
+            "saliency_class": target,
+        }
+        worker = _explanation(volume, bundle, result.prediction, options, self._cancel_event)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(partial(self._on_explained, layer, volume, bundle))
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: show_info("Classification cancelled."))
+        worker.finished.connect(self._on_finished)
+        self._set_running(True, f"Explaining {target} in {layer.name}")
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _on_explained(
+        self, layer: Layer, volume: Volume, bundle: Bundle, outcome: tuple[ScanResult, Any]
+    ) -> None:
+        result, peak = outcome
+        if layer not in self._viewer.layers:
+            return
+        data = {**layer.metadata.get(CLASSIFICATION_KEY, {}), "saliency": None}
+        data.update(result.to_dict())
+        layer.metadata[CLASSIFICATION_KEY] = data
+        self._sendable[layer] = (volume, result, bundle)
+        self._show_saliency(layer, volume, result, data, peak)
 
     def cancel(self) -> None:
         """Ask the running classification to stop at its next step."""
@@ -239,14 +353,16 @@ class ClassifyWidget(Container):
         bar.update(done - bar.n)
 
     def _on_result(
-        self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any]
+        self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any, Choice | None]
     ) -> None:
-        model, bundle, result, peak = outcome
+        model, bundle, result, peak, choice = outcome
         self._bundles[model] = bundle
         if layer not in self._viewer.layers:
             show_info(f"'{layer.name}' was closed before its classification finished.")
             return
         data = result.to_dict()
+        if choice is not None:
+            data["model_choice"] = choice.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
         self._sendable[layer] = (volume, result, bundle)
         self._show_saliency(layer, volume, result, data, peak)
@@ -317,6 +433,7 @@ class ClassifyWidget(Container):
         self.goto_button.visible = self._salient_point() is not None
         self.chart.show(result)
         self._show_slice()
+        self._refresh_classes()
 
     def _salient_point(self) -> tuple[float, ...] | None:
         """World mm (z, y, x) of the chosen scan's saliency peak, if it has a map."""
@@ -389,17 +506,36 @@ def _classification(
     bundles: dict[str, Bundle],
     options: dict[str, Any],
     cancel: threading.Event,
-) -> Generator[Report, None, tuple[str, Bundle, ScanResult, tuple[float, ...] | None]]:
-    """Load the model (unless loaded before) and classify; yields progress reports.
+) -> Generator[Report, None, tuple[str, Bundle, ScanResult, Any, Choice | None]]:
+    """Choose the model by the scan unless one is given, load it (unless loaded before) and
+    classify; yields progress reports. No model for the scan: NoMatchingModelError.
 
     superqt's GeneratorWorker, not napari's: napari's would also report every error with its
     traceback, and the widget reports the ones the user can act on as one clear line.
     """
-    yield (0, 1, "loading the model")
-    bundle = bundles.get(model) or resolve_bundle(model or None)
+    yield (0, 1, "choosing the model" if not model else "loading the model")
+    choice = None
+    if not model:
+        choice = Chooser().choose(volume)
+        model = choice.require().location
+    bundle = bundles.get(model) or resolve_bundle(model)
     step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
     result = yield from _reporting(step, cancel)
-    return model, bundle, result, saliency_peak(volume, result)
+    return model, bundle, result, saliency_peak(volume, result), choice
+
+
+@thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
+def _explanation(
+    volume: Volume,
+    bundle: Bundle,
+    prediction: Prediction,
+    options: dict[str, Any],
+    cancel: threading.Event,
+) -> Generator[Report, None, tuple[ScanResult, tuple[float, ...] | None]]:
+    """The map of another class for a prediction already made; yields progress reports."""
+    step = partial(explain_prediction, volume, bundle, prediction, cancel=cancel, **options)
+    result = yield from _reporting(step, cancel)
+    return result, saliency_peak(volume, result)
 
 
 def saliency_peak(volume: Volume, result: ScanResult) -> tuple[float, ...] | None:

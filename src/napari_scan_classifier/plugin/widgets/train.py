@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import platformdirs
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -35,6 +34,7 @@ from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QMessageBox, QTabWidget
 from superqt.utils import FunctionWorker
 
+from napari_scan_classifier import outputs
 from napari_scan_classifier.cases import default_root
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.evaluation import EvaluationReport
@@ -78,8 +78,9 @@ RESULT_FIGURES = (("roc", "ROC"), ("confusion", "Confusion"), ("reliability", "R
 
 
 def default_models_dir() -> Path:
-    """Where new model versions go unless the user chooses another folder."""
-    return Path(platformdirs.user_data_dir("napari-scan-classifier")) / "models"
+    """Where new model versions go unless the user chooses another folder (where the Classify
+    dock's automatic choice finds them)."""
+    return outputs.models_folder()
 
 
 class TrainWidget(Container):
