@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from model_fixtures import tiny_bundle
 
-from napari_scan_classifier import phantoms
+from napari_scan_classifier import datasets, phantoms
 from napari_scan_classifier.choice import (
     Chooser,
     ModelEntry,
@@ -36,7 +36,9 @@ from napari_scan_classifier.models import BundleMetadata, load_bundle, save_bund
 from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
+from napari_scan_classifier.phantoms.brain import make_brain_mr_phantom
 from napari_scan_classifier.samples import sample_ct_path, sample_mr_path
+from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
 
 SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}
@@ -106,10 +108,13 @@ def test_the_voxels_tell_ct_from_mr_and_a_head_from_a_trunk(mr: Volume, ct: Volu
     assert found["ct"].region_source.endswith("wider than deep, the shape of a trunk")
 
 
-def test_mr_in_other_units_is_still_mr_of_the_head(mr: Volume) -> None:
-    scaled = Volume(mr.voxels.astype(np.float32) * 3.7 + 200.0, mr.affine, "OT", {})
+@pytest.mark.parametrize("seed", [1002, 1011])  # a T1-like and a FLAIR-like acquisition
+def test_mr_in_other_units_is_still_mr_of_the_head(seed: int) -> None:
+    brain = make_brain_mr_phantom(seed).volume
+    scaled = Volume(brain.voxels.astype(np.float32) * 3.7 + 200.0, brain.affine, "OT", {})
 
-    assert identify(scaled).describe() == "MR head"
+    assert identify(bare(brain)).describe() == "MR head"
+    assert identify(scaled).describe() == "MR head"  # the background is 200 now, not 0
 
 
 def test_the_region_does_not_depend_on_how_the_slices_were_acquired(mr: Volume) -> None:
@@ -140,6 +145,11 @@ def test_what_cannot_be_told_is_left_unknown(ct: Volume) -> None:
     unknown = identify(Volume(noise, np.eye(4), "OT", {}))
     assert unknown.modality is None and unknown.regions == ()
     assert unknown.describe() == "unknown modality, region unknown"
+    blank = identify(Volume(np.full((4, 8, 8), np.nan), np.eye(4), "OT", {}))
+    assert (blank.modality, blank.modality_source) == (
+        None,
+        "nothing: the voxels hold no finite value",
+    )
 
 
 @pytest.mark.parametrize(
@@ -180,6 +190,40 @@ def test_a_bundle_without_a_region_takes_the_one_its_training_scans_named() -> N
 
     assert model_region(trained_on) == "head"
     assert model_region(mixed) is None and model_region(meta) is None
+
+
+@pytest.mark.slow
+def test_a_model_trained_from_scratch_records_the_region_its_scans_name() -> None:
+    scans = [
+        (
+            phantoms.make_mr_phantom(seed, (12, 24, 24), (12.0, 8.0, 8.0), lesions=label).volume,
+            label,
+        )
+        for seed in range(6)
+        for label in (0, 1)
+    ]
+    data = datasets.from_volumes(
+        [(volume, ("normal", "lesion")[label]) for volume, label in scans],
+        (8, 16, 16),
+        None,
+        {"kind": "zscore"},
+        class_names=("normal", "lesion"),
+    )
+    config = TrainingConfig(
+        architecture="cnn3d",
+        modality="MR",
+        input_shape=(8, 16, 16),
+        width=4,
+        batch_size=4,
+        epochs=1,
+        augment=False,
+        validation_fraction=0.34,
+    )
+
+    result = train(data, config)
+
+    assert {s["body_part"] for s in data.summaries} == {"HEAD"}
+    assert result.bundle.metadata.body_region == "head"
 
 
 def test_the_shipped_ct_model_records_its_region_and_its_files_still_match() -> None:
@@ -231,6 +275,12 @@ def test_no_model_for_the_scan_is_said_not_guessed(models: Path, mr: Volume) -> 
     assert choice.reason.endswith(f", {MR_HEAD} v2 for MR head)")
     with pytest.raises(NoMatchingModelError, match="no installed model covers MR pelvis"):
         choice.require()
+    pet = choose_model(dicom(mr, "PT", "HEAD"))
+    assert pet.reason == "no installed model covers PT scans: models are made for CT or MR"
+    assert pet.identity.how() == (
+        "modality from the DICOM header (Modality PT); region from the DICOM header "
+        "(BodyPartExamined HEAD)"
+    )
     unknown = ScanIdentity("MR", (), "the DICOM header (Modality MR)", "nothing: x")
     assert choose(unknown, installed_models()).reason == (
         "could not tell the body region of this MR scan: choose a model"

@@ -71,11 +71,11 @@ CT_TISSUE_HU = (-150.0, 150.0)  # fat's upper end, water, soft tissue, blood
 MIN_AIR_FRACTION = 0.01
 MIN_TISSUE_FRACTION = 0.02
 MAX_NEGATIVE_FRACTION = 0.001  # MR magnitude: (almost) no negative values
-_SAMPLE_VOXELS = 2_000_000
+_SAMPLE_VOXELS = 500_000
 
 # Body outline (millimetres, in axial slabs)
 CT_BODY_HU = -500.0  # denser than air and lung
-MR_BODY_FRACTION = 0.1  # of the 99th percentile: brighter than the background noise
+MR_BODY_FRACTION = 0.1  # of the way from the background (1st percentile) to the 99th percentile
 SLAB_MM = 20.0
 MIN_SLAB_POINTS = 50
 HEAD_MAX_RATIO = 0.92  # width / depth of a head (adults about 0.8; a trunk about 1.3-1.6)
@@ -144,6 +144,9 @@ def _header_name(volume: Volume) -> str:
 def modality_from_values(sample: np.ndarray) -> tuple[str | None, str]:
     """CT, MR or None from the intensities, with the reason in words."""
     values = np.asarray(sample, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None, "nothing: the voxels hold no finite value"
     air = float(np.mean((values >= CT_AIR_HU[0]) & (values <= CT_AIR_HU[1])))
     tissue = float(np.mean((values >= CT_TISSUE_HU[0]) & (values <= CT_TISSUE_HU[1])))
     negative = float(np.mean(values < 0))
@@ -195,7 +198,7 @@ def regions_from_outline(
         return (), "nothing: the body outline needs the modality"
     voxels, affine = _coarse(volume)
     values = _sample(volume.voxels) if sample is None else sample
-    threshold = CT_BODY_HU if modality == "CT" else MR_BODY_FRACTION * np.percentile(values, 99)
+    threshold = CT_BODY_HU if modality == "CT" else _mr_body_threshold(values)
     body = _largest_component(voxels > threshold)
     if not body.any():
         return (), "nothing: no body found in the image"
@@ -213,6 +216,12 @@ def regions_from_outline(
     return (), f"{shape}: neither a head's nor a trunk's shape"
 
 
+def _mr_body_threshold(values: np.ndarray) -> float:
+    """Brighter than the background noise, whatever the unit and offset of the intensities."""
+    background, bright = np.nanpercentile(values, [1.0, 99.0])
+    return float(background + MR_BODY_FRACTION * (bright - background))
+
+
 def _sample(voxels: np.ndarray) -> np.ndarray:
     spatial = voxels[0] if voxels.ndim == 4 else voxels
     step = max(1, round((spatial.size / _SAMPLE_VOXELS) ** (1 / 3)))
@@ -220,7 +229,7 @@ def _sample(voxels: np.ndarray) -> np.ndarray:
 
 
 def _coarse(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """The spatial voxels on a grid of at most about two million, and that grid's affine."""
+    """The spatial voxels on a grid of about half a million at most, and that grid's affine."""
     spatial = volume.voxels[0] if volume.voxels.ndim == 4 else volume.voxels
     step = max(1, round((spatial.size / _SAMPLE_VOXELS) ** (1 / 3)))
     affine = volume.affine.copy()
@@ -367,6 +376,12 @@ def choose(identity: ScanIdentity, models: Sequence[ModelEntry]) -> Choice:
     scan = identity.describe()
     if identity.modality is None:
         return Choice(identity, None, "could not tell whether the scan is CT or MR: choose a model")
+    if identity.modality not in MODALITIES:
+        return Choice(
+            identity,
+            None,
+            f"no installed model covers {identity.modality} scans: models are made for CT or MR",
+        )
     if not identity.regions:
         return Choice(
             identity,

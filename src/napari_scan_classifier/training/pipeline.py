@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from napari_scan_classifier import datasets
 from napari_scan_classifier.applicability import fit_applicability
+from napari_scan_classifier.choice import model_region
 from napari_scan_classifier.datasets import LabelledData, Split
 from napari_scan_classifier.errors import (
     CancelledError,
@@ -172,6 +173,8 @@ def train(
         config.false_abstention_rate,
     )
     metadata = replace(metadata, applicability=applicability)
+    if metadata.body_region is None:  # from scratch: the one region its scans' headers name
+        metadata = replace(metadata, body_region=model_region(metadata))
     result = TrainingResult(
         Bundle(metadata, model, detector=detector),
         fitted.history,
