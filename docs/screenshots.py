@@ -3,7 +3,9 @@
 1. ``demo.png``: the demo, the sample CT classified by the bundled model, its saliency map over
    the anatomy, on the slice through the largest lesion;
 2. ``annotate.png``: the Annotate dock after the scan was saved as a labelled case with a mask;
-3. ``train.png``: the Train dock after a short training run, with its curves.
+3. ``train.png``: the Train dock after a short training run, with its curves;
+4. ``mr_demo.png``: the sample brain MR with a tumour, classified by the model the scan chose
+   (``demo_mr_brain``), its saliency map over the slice through the tumour.
 
     python docs/screenshots.py [--out docs/images] [--width 1100]
 
@@ -122,7 +124,36 @@ def make_pictures(out: Path, width: int) -> list[Path]:
     _wait(lambda: True, settle_s=2.0)
     pictures.append(_save(viewer, out / "train.png", width))
     viewer.close()
+    pictures.append(mr_picture(out, width))
     return pictures
+
+
+def mr_picture(out: Path, width: int) -> Path:
+    """The sample brain MR with a tumour, classified with the model chosen for it."""
+    import napari
+
+    from napari_scan_classifier.phantoms import sample_mr_phantom
+    from napari_scan_classifier.plugin.demo import CLASSIFY_DOCK, PLUGIN, fit_view
+    from napari_scan_classifier.plugin.layout import fit_window
+    from napari_scan_classifier.plugin.widgets.classify import ClassifyWidget
+
+    viewer = napari.Viewer(title="napari-scan-classifier: brain MR", show=True)
+    fit_window(viewer)
+    viewer.window._qt_window.resize(*SCREEN)
+    viewer.open_sample(PLUGIN, "phantom_mr")
+    classify = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(classify, name=CLASSIFY_DOCK, area="right")
+    fit_view(viewer)
+    classify.classify()
+    _wait(lambda: classify.worker is None, settle_s=2.0)
+    classify.go_to_salient_slice()
+    (tumour,) = sample_mr_phantom().volume.metadata["phantom_lesions"]
+    viewer.dims.set_point(range(viewer.dims.ndim - 3, viewer.dims.ndim), tumour["centre_mm"])
+    viewer.reset_view()
+    _wait(lambda: True, settle_s=2.0)
+    picture = _save(viewer, out / "mr_demo.png", width)
+    viewer.close()
+    return picture
 
 
 def main() -> None:

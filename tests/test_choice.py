@@ -37,7 +37,11 @@ from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
 from napari_scan_classifier.phantoms.brain import make_brain_mr_phantom
-from napari_scan_classifier.samples import sample_ct_path, sample_mr_path
+from napari_scan_classifier.samples import (
+    sample_ct_path,
+    sample_mr_infarct_path,
+    sample_mr_path,
+)
 from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
 
@@ -361,3 +365,26 @@ def test_classify_runs_each_scan_with_its_own_model_unless_one_is_given(
     assert report["model"]["name"] == "demo_ct_lesion" and "model_choice" not in row
     assert row["status"] == "out_of_distribution"
     assert "the scan is MR but the model was trained on CT scans" in row["ood"]["reasons"]
+
+
+@pytest.mark.slow
+def test_the_sample_mrs_choose_the_shipped_brain_model_and_the_sample_ct_the_ct_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --model, nothing installed: the shipped models only."""
+    scans = [sample_mr_path(), sample_mr_infarct_path(), sample_ct_path()]
+    out = tmp_path / "results.json"
+
+    code = main(["classify", *map(str, scans), "--out", str(out), "--passes", "0"])
+
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads(out.read_text())["series"]
+    assert [(row["model"]["name"], row["model_choice"]["reason"]) for row in rows] == [
+        ("demo_mr_brain", "MR head: demo_mr_brain"),
+        ("demo_mr_brain", "MR head: demo_mr_brain"),
+        ("demo_ct_lesion", "CT abdomen: demo_ct_lesion"),
+    ]
+    assert "002 MR: MR head: demo_mr_brain (modality from the NIfTI header (MR); region " in (
+        captured.err
+    )

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     build_demo(
         args.out,
-        cases=args.cases,
+        cases=_or(args.cases, 480),
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 100),
         localise_epochs=_or(args.localise_epochs, LOCALISE_EPOCHS),
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_shape=tuple(args.input_shape),
         shapes=[tuple(s) for s in args.phantom_shape] if args.phantom_shape else PHANTOM_SHAPES,
         width=_or(args.width, WIDTH),
-        batch_size=args.batch_size,
+        batch_size=_or(args.batch_size, 8),
         seed=seed,
     )
     return 0
@@ -93,13 +93,14 @@ def _main_mr(args: argparse.Namespace) -> int:
         )
     mr.build_mr_demo(
         args.out,
-        cases=args.cases,
+        cases=_or(args.cases, 360),
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 150),
-        epochs=_or(args.epochs, 15),
-        mixed_epochs=_or(args.polish_epochs, 8),
+        warmup_epochs=_or(args.warmup_epochs, 8),
+        epochs=_or(args.epochs, 8),
+        mixed_epochs=_or(args.polish_epochs, 6),
         width=_or(args.width, 16),
-        batch_size=args.batch_size,
+        batch_size=_or(args.batch_size, mr.BATCH_SIZE),
         seed=seed,
         comparison=comparison,
     )
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--from", dest="source", help="bundle folder to finalise (default: the shipped one)"
     )
-    parser.add_argument("--cases", type=int, default=480, help="training phantoms per stage")
+    parser.add_argument("--cases", type=int, help="training phantoms per stage (CT 480, MR 360)")
     parser.add_argument("--val-cases", type=int, default=96, help="validation phantoms")
     parser.add_argument(
         "--test-cases", type=int, help="held-out phantoms per test set (CT 100, MR 150)"
@@ -131,10 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--localise-epochs", type=int, help=f"CT stage on lesion masks ({LOCALISE_EPOCHS})"
     )
+    parser.add_argument("--warmup-epochs", type=int, help="MR warm-up epochs (8)")
     parser.add_argument(
-        "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (15)"
+        "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (8)"
     )
-    parser.add_argument("--polish-epochs", type=int, help="MR mixed stage (8)")
+    parser.add_argument("--polish-epochs", type=int, help="MR mixed stage (6)")
     parser.add_argument("--input-shape", type=int, nargs=3, default=INPUT_SHAPE, help="CT only")
     parser.add_argument(
         "--phantom-shape",
@@ -144,14 +146,14 @@ def _parser() -> argparse.ArgumentParser:
         help="CT phantom grid (z y x), repeatable; default: 64 96 96 and 72 128 128",
     )
     parser.add_argument("--width", type=int, help=f"network width (CT {WIDTH}, MR 16)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="CT 8, MR 4")
     parser.add_argument("--seed", type=int, help="CT 2024, MR 2025")
     parser.add_argument(
         "--compare", action="store_true", help="MR: compare slice_gru with cnn3d first"
     )
     parser.add_argument("--comparison", help="MR: an earlier comparison's JSON for the card")
-    parser.add_argument("--compare-cases", type=int, default=150)
-    parser.add_argument("--compare-epochs", type=int, default=8)
+    parser.add_argument("--compare-cases", type=int, default=180)
+    parser.add_argument("--compare-epochs", type=int, default=5)
     parser.add_argument("--compare-test-cases", type=int, default=60)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class Stage:
     epochs: int
     learning_rate: float
     data: Any = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # TrainingConfig fields to override
 
 
 def train_stages(
@@ -104,7 +105,7 @@ def train_stages(
     result: TrainingResult | None = None
     for index, stage in enumerate(stages[done:], start=done):
         settings = TrainingConfig(
-            **config,
+            **{**config, **stage.settings},
             epochs=stage.epochs,
             learning_rate=stage.learning_rate,
             patience=max(3, stage.epochs // 3),
