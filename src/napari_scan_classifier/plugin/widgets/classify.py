@@ -274,15 +274,9 @@ class ClassifyWidget(Container):
         }
         model = self.model.line_edit.value.strip()
         worker = _classification(volume, model, dict(self._bundles), options, self._cancel_event)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_result, layer, volume))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: show_info("Classification cancelled."))
-        worker.finished.connect(self._on_finished)
-        self._set_running(True, f"Classifying {layer.name}")
-        self.worker = worker
-        worker.start()
-        return worker
+        return self._start(
+            worker, partial(self._on_result, layer, volume), f"Classifying {layer.name}"
+        )
 
     def explain_again(self) -> GeneratorWorker | None:
         """Recompute the chosen scan's map for the class now chosen in "Explain" (the prediction
@@ -303,12 +297,22 @@ class ClassifyWidget(Container):
             "saliency_class": target,
         }
         worker = _explanation(volume, bundle, result.prediction, options, self._cancel_event)
+        return self._start(
+            worker,
+            partial(self._on_explained, layer, volume, bundle),
+            f"Explaining {target} in {layer.name}",
+        )
+
+    def _start(
+        self, worker: GeneratorWorker, on_returned: Callable[[Any], None], status: str
+    ) -> GeneratorWorker:
+        """Wire a worker's progress, result, errors and cancel to the dock, then run it."""
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_explained, layer, volume, bundle))
+        worker.returned.connect(on_returned)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: show_info("Classification cancelled."))
         worker.finished.connect(self._on_finished)
-        self._set_running(True, f"Explaining {target} in {layer.name}")
+        self._set_running(True, status)
         self.worker = worker
         worker.start()
         return worker
