@@ -37,7 +37,14 @@ from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import GeneratorWorker
 
-from napari_scan_classifier.choice import Choice, Chooser, installed_models
+from napari_scan_classifier.choice import (
+    Choice,
+    Chooser,
+    ScanIdentity,
+    choose,
+    identify,
+    installed_models,
+)
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.inference import Prediction
 from napari_scan_classifier.models import Bundle
@@ -86,6 +93,9 @@ _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+IDENTIFYING = "Telling the scan's modality and body region…"  # while a worker reads the scan
+
+
 class ClassifyWidget(Container):
     """Scan and model pickers, options, Classify/Cancel, and the result of the chosen scan."""
 
@@ -129,6 +139,10 @@ class ClassifyWidget(Container):
         self.send_button = PushButton(text="Send to PACS", enabled=False)
         self.send_button.tooltip = "Store the report and the saliency map beside the scan's series"
         self._sendable: weakref.WeakKeyDictionary[Layer, tuple] = weakref.WeakKeyDictionary()
+        self._identities: weakref.WeakKeyDictionary[Layer, ScanIdentity | ScanClassifierError] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._identifying: weakref.WeakSet[Layer] = weakref.WeakSet()
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
         self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -232,14 +246,30 @@ class ClassifyWidget(Container):
 
     def show_choice(self) -> Choice | None:
         """Say which model the chosen scan chooses and why, or that the model field overrides
-        it; returns the scan's choice (None without a scan)."""
+        it; returns the scan's choice (None without a scan, or while the scan is identified).
+
+        Identifying a scan reads its voxels (a few hundred ms for a 512x512x300 CT), so it runs
+        in a worker once per layer; the choice among the installed models is remade each time,
+        as models come and go."""
         layer = self.scan.value
         given = self.model.line_edit.value.strip()
         if layer is None:
             self.choice.value = "" if given else "The model will be chosen by the scan."
             return None
+        identity = self._identities.get(layer)
+        if identity is None:
+            try:
+                volume = scan_volume(layer)
+            except ScanClassifierError as error:
+                self.choice.value = f"No model chosen: {error}"
+                return None
+            self.choice.value = IDENTIFYING
+            self._identify(layer, volume)
+            return None
         try:
-            choice = Chooser(installed_models()).choose(scan_volume(layer))
+            if isinstance(identity, ScanClassifierError):
+                raise identity
+            choice = choose(identity, installed_models())
         except ScanClassifierError as error:
             self.choice.value = f"No model chosen: {error}"
             return None
@@ -250,6 +280,20 @@ class ClassifyWidget(Container):
         else:
             self.choice.value = f"Chosen by the scan: {choice.explanation()}"
         return choice
+
+    def _identify(self, layer: Layer, volume: Volume) -> None:
+        if layer in self._identifying:
+            return
+        self._identifying.add(layer)
+        worker = _identification(volume)
+        worker.returned.connect(partial(self._on_identified, layer))
+        worker.start()
+
+    def _on_identified(self, layer: Layer, identity: ScanIdentity | ScanClassifierError) -> None:
+        self._identifying.discard(layer)
+        self._identities[layer] = identity
+        if self.scan.value is layer:
+            self.show_choice()
 
     def classify(self) -> GeneratorWorker | None:
         """Classify the chosen scan in a worker thread; returns the started worker, or None
@@ -501,6 +545,15 @@ def _text_overlay(viewer: napari.viewer.Viewer) -> TextOverlay:
     """The canvas text overlay (``viewer.canvas`` since napari 0.9; ``text_overlay`` before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.overlays.text if canvas is not None else viewer.text_overlay
+
+
+@thread_worker
+def _identification(volume: Volume) -> ScanIdentity | ScanClassifierError:
+    """The scan's identity, or the error that says why it cannot be told (shown in the dock)."""
+    try:
+        return identify(volume)
+    except ScanClassifierError as error:
+        return error
 
 
 @thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
