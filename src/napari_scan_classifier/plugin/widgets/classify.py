@@ -133,6 +133,8 @@ class ClassifyWidget(Container):
             weakref.WeakKeyDictionary()
         )
         self._identifying: weakref.WeakSet[Layer] = weakref.WeakSet()
+        self._closed = False  # an identification may return after the dock is gone
+        self.native.destroyed.connect(self._on_destroyed)
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
         self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -279,10 +281,13 @@ class ClassifyWidget(Container):
         worker.returned.connect(partial(self._on_identified, layer))
         worker.start()
 
+    def _on_destroyed(self) -> None:
+        self._closed = True
+
     def _on_identified(self, layer: Layer, identity: ScanIdentity | ScanClassifierError) -> None:
         self._identifying.discard(layer)
         self._identities[layer] = identity
-        if self.scan.value is layer:
+        if not self._closed and self.scan.value is layer:
             self.show_choice()
 
     def classify(self) -> GeneratorWorker | None:
