@@ -96,7 +96,7 @@ def _main_mr(args: argparse.Namespace) -> int:
         cases=_or(args.cases, 360),
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 150),
-        warmup_epochs=_or(args.warmup_epochs, 8),
+        slice_epochs=_or(args.slice_epochs, mr.SLICE_EPOCHS),
         epochs=_or(args.epochs, 8),
         mixed_epochs=_or(args.polish_epochs, 6),
         width=_or(args.width, 16),
@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--localise-epochs", type=int, help=f"CT stage on lesion masks ({LOCALISE_EPOCHS})"
     )
-    parser.add_argument("--warmup-epochs", type=int, help="MR warm-up epochs (8)")
+    parser.add_argument(
+        "--slice-epochs", type=int, help=f"MR stage on lesion masks by slice ({mr.SLICE_EPOCHS})"
+    )
     parser.add_argument(
         "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (8)"
     )

@@ -20,16 +20,14 @@ import numpy as np
 from keras import ops
 
 from napari_scan_classifier.datasets import LabelledData
-from napari_scan_classifier.evaluation import evaluate
-from napari_scan_classifier.models.architectures import ARCHITECTURES
-from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
+from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
+from napari_scan_classifier.models.demo.mask_stage import fit_epochs, fresh_model, stage_bundle
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
-from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
-from napari_scan_classifier.training.model import volume_logits
 
 ARCHITECTURE = "cnn3d_mil"
+STAGE_NAME = "localise"
 EVIDENCE_LAYER = "evidence"  # its first channel learns here to mark the cells with a lesion
 LESION_CELL_WEIGHT = 30.0  # a (rare) cell with a lesion weighs as much as this many without
 
@@ -79,12 +77,7 @@ def train_localised(
 ) -> Bundle:
     """A ``cnn3d_mil`` trained from scratch on ``training``'s scan and cell labels (see the
     module doc), as a version-1 bundle whose lineage holds this stage."""
-    keras.utils.set_random_seed(seed)
-    classes = grid.classes
-    model = ARCHITECTURES[ARCHITECTURE]((*grid.input_shape, 1), len(classes), width=width)
-    for layer in model.layers:  # as the training pipeline does: moving statistics keep up
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = BATCHNORM_MOMENTUM
+    model = fresh_model(ARCHITECTURE, grid, width, seed)
     evidence = model.get_layer(EVIDENCE_LAYER).output
     twin = keras.Model(model.input, {"volume": model.output["volume"], "cells": evidence[..., :1]})
     twin.compile(
@@ -96,45 +89,23 @@ def train_localised(
     )
     cells_shape = tuple(int(n) for n in evidence.shape[1:4])
     x, y, cells = cell_labelled(training, grid, cells_shape)
-    val = validation.splits[next(iter(validation.splits))]
-    aucs = []
-    for epoch in range(epochs):
-        history = twin.fit(
-            x[..., None], {"volume": y, "cells": cells}, batch_size=batch_size, verbose=0
-        )
-        logits = volume_logits(model, val.x, batch_size)
-        aucs.append(evaluate(val.y, keras.ops.softmax(logits).numpy(), classes).auc)
-        if verbose:
-            loss = {k: round(float(v[0]), 4) for k, v in history.history.items()}
-            print(f"localise: epoch {epoch + 1}/{epochs} {loss} val AUC {aucs[-1]:.3f}", flush=True)
-    return Bundle(_metadata(grid, classes, description, epochs, aucs), model)
-
-
-def _metadata(
-    grid: Grid, classes: Sequence[str], description: str, epochs: int, aucs: list[float]
-) -> BundleMetadata:
-    stage = {
-        "name": "localise",
-        "data": description,
-        "epochs_run": epochs,
-        "validation_auc": aucs[-1],
-    }
-    return BundleMetadata(
-        name="localise",
-        version=1,
-        classes=list(classes),
+    aucs = fit_epochs(
+        twin,
+        model,
+        x,
+        {"volume": y, "cells": cells},
+        validation,
+        epochs=epochs,
+        batch_size=batch_size,
+        name=STAGE_NAME,
+        verbose=verbose,
+    )
+    return stage_bundle(
+        model,
+        grid,
+        name=STAGE_NAME,
         modality="CT",
-        task="volume",
-        input_shape=grid.input_shape,
-        target_spacing_mm=grid.spacing,
-        intensity=dict(grid.intensity),
         architecture=ARCHITECTURE,
-        training={
-            "data": description,
-            "epochs_run": epochs,
-            "metrics": {"validation": {"auc": aucs[-1]}},
-            "history": {"val_auc": [round(a, 5) for a in aucs]},
-            "stages": [stage],
-        },
-        description=f"{ARCHITECTURE} trained on {description} with lesion masks",
+        description=description,
+        aucs=aucs,
     )

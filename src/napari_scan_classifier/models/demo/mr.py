@@ -5,8 +5,12 @@ on :func:`~napari_scan_classifier.phantoms.make_brain_mr_phantom` phantoms throu
 :func:`~napari_scan_classifier.training.train` as a user's training, in stages (each on fresh
 phantoms, from the stage before):
 
-1. **clear** from scratch, on clear lesions (:data:`~napari_scan_classifier.phantoms.CLEAR`);
-2. **mixed** at a lower learning rate, on triplets alternately clear and subtle
+1. **slices** from scratch, on triplets alternately conspicuous and clear, with each slice's
+   label from the lesion mask beside the scan's (:mod:`.slices`: with the scan's label alone
+   the network did not learn T1-like scans or small lesions);
+2. **clear** on clear lesions (:data:`~napari_scan_classifier.phantoms.CLEAR`), scan labels only
+   from here on, as a user's data has them;
+3. **mixed** at a lower learning rate, on triplets alternately clear and subtle
    (:data:`~napari_scan_classifier.phantoms.SUBTLE`).
 
 Training phantoms come in triplets (one per class) that share head, acquisition and noise and
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from napari_scan_classifier.inference import classify
-from napari_scan_classifier.models.bundle import Bundle
+from napari_scan_classifier.models.bundle import Bundle, save_bundle
+from napari_scan_classifier.models.demo import slices
 from napari_scan_classifier.models.demo.common import (
     STAGES_FOLDER,
     Cases,
@@ -76,21 +81,28 @@ VALIDATION_CASES = 96
 SALIENCY_CASES = 4
 SAMPLES = {"tumour": sample_mr_phantom, "infarct": sample_mr_infarct_phantom}
 COMPARISON_FILE = "architecture_comparison.json"
+SLICE_EPOCHS = 12
 BATCH_SIZE = 4  # twice the steps of 8 for the same time: from scratch, steps are what is short
-# Warm-up lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network
+# First-stage lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network
 # stayed near chance for 6 epochs of 150 cases).
 CONSPICUOUS = Lesions(
     conspicuity=(1.5, 1.9), tumour_radius_mm=(12.0, 20.0), infarct_width=(0.8, 1.0)
 )
 
 
-def triplet_cases(n: int, seed: int, lesions: Sequence[Lesions] = (CLEAR,)) -> Cases:
-    """``n`` cases as triplets (normal, tumour, infarct) sharing head, acquisition and noise;
+def triplet_phantoms(n: int, seed: int, lesions: Sequence[Lesions] = (CLEAR,)) -> Iterator[Phantom]:
+    """``n`` phantoms as triplets (normal, tumour, infarct) sharing head, acquisition and noise;
     the triplets cycle through ``lesions``."""
     for index in range(n // len(BRAIN_CLASSES)):
         kind = lesions[index % len(lesions)]
         for name in BRAIN_CLASSES:
-            yield make_brain_mr_phantom(seed + index, name, lesions=kind).volume, name
+            yield make_brain_mr_phantom(seed + index, name, lesions=kind)
+
+
+def triplet_cases(n: int, seed: int, lesions: Sequence[Lesions] = (CLEAR,)) -> Cases:
+    """:func:`triplet_phantoms` as (volume, class) cases."""
+    for phantom in triplet_phantoms(n, seed, lesions):
+        yield phantom.volume, phantom.class_name
 
 
 def unpaired_cases(n: int, seed: int, lesions: Sequence[Lesions] = (CLEAR,)) -> Cases:
@@ -104,11 +116,11 @@ def unpaired_cases(n: int, seed: int, lesions: Sequence[Lesions] = (CLEAR,)) -> 
 _KIND_NAMES = {CONSPICUOUS: "conspicuous", CLEAR: "clear", SUBTLE: "subtle"}
 
 
-def demo_stages(warmup_epochs: int, epochs: int, mixed_epochs: int) -> list[Stage]:
+def demo_stages(slice_epochs: int, epochs: int, mixed_epochs: int) -> list[Stage]:
     """The recipe (see the module docstring); each stage's data: the lesion ranges its
     triplets cycle through, and whether it augments."""
     return [
-        Stage("warm-up", warmup_epochs, 1e-3, (CONSPICUOUS,), {"augment": False}),
+        Stage(slices.STAGE_NAME, slice_epochs, 1e-3, (CONSPICUOUS, CLEAR), {"augment": False}),
         Stage("clear", epochs, 5e-4, (CLEAR,)),
         Stage("mixed", mixed_epochs, 3e-4, (CLEAR, SUBTLE)),
     ]
@@ -125,7 +137,7 @@ def build_mr_demo(
     cases: int = 360,
     val_cases: int = VALIDATION_CASES,
     test_cases: int = 150,
-    warmup_epochs: int = 8,
+    slice_epochs: int = SLICE_EPOCHS,
     epochs: int = 8,
     mixed_epochs: int = 6,
     width: int = 16,
@@ -144,11 +156,27 @@ def build_mr_demo(
     validation_cases = unpaired_cases(val_cases, seeds["validation"], (CLEAR, SUBTLE))
     validation = on_grid(validation_cases, GRID, "validation")
     config = _config(width, batch_size, seed)
-    stages = demo_stages(warmup_epochs, epochs, mixed_epochs)
+    stages = demo_stages(slice_epochs, epochs, mixed_epochs)
+    first = Path(out) / STAGES_FOLDER / stages[0].name
+    if not first.is_dir():
+        save_bundle(
+            slices.train_slice_localised(
+                triplet_phantoms(cases, seed, stages[0].data),
+                validation,
+                GRID,
+                epochs=stages[0].epochs,
+                learning_rate=stages[0].learning_rate,
+                width=width,
+                batch_size=batch_size,
+                seed=seed,
+                description=_stage_description(cases, stages[0]),
+                verbose=verbose,
+            ),
+            first,
+        )
 
     def stage_data(index: int, stage: Stage) -> Any:
-        kinds = " and ".join(_KIND_NAMES[k] for k in stage.data)
-        description = f"{cases} brain MR phantoms in triplets, {kinds} lesions"
+        description = _stage_description(cases, stage)
         data = on_grid(triplet_cases(cases, seed + 40_000 * index, stage.data), GRID, description)
         return training_split(data, validation)
 
@@ -176,6 +204,11 @@ def build_mr_demo(
             flush=True,
         )
     return path
+
+
+def _stage_description(cases: int, stage: Stage) -> str:
+    kinds = " and ".join(_KIND_NAMES[k] for k in stage.data)
+    return f"{cases} brain MR phantoms in triplets, {kinds} lesions"
 
 
 def _config(width: int, batch_size: int, seed: int, architecture: str = ARCHITECTURE) -> dict:
@@ -339,8 +372,9 @@ def compare_architectures(
     architectures: Sequence[str] = ("slice_gru", "cnn3d"),
     verbose: bool = True,
 ) -> Path:
-    """Train each architecture as the warm-up stage does (same phantoms, settings and seed) and
-    measure it on the same held-out phantoms; writes ``out/architecture_comparison.json``."""
+    """Train each architecture on the first stage's phantoms with scan labels only (same
+    settings and seed) and measure it on the same held-out phantoms; writes
+    ``out/architecture_comparison.json``."""
     seeds = _seeds(seed)
     validation = on_grid(
         unpaired_cases(VALIDATION_CASES // 2, seeds["validation"], (CLEAR,)), GRID, "val"

@@ -1,0 +1,97 @@
+"""What the demos' first, lesion-mask-supervised stages share (:mod:`.localise` for CT cells,
+:mod:`.slices` for MR slices): a fresh seeded network, epochs of ``fit`` with the validation AUC
+after each, and the version-1 bundle whose lineage holds the stage. Written by hand because the
+training pipeline (:mod:`napari_scan_classifier.training`) trains on scan labels only, as a
+user's data has them; these stages add a second, per-location target."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from napari_scan_classifier.datasets import LabelledData
+from napari_scan_classifier.evaluation import evaluate
+from napari_scan_classifier.models.architectures import ARCHITECTURES
+from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
+from napari_scan_classifier.models.demo.common import Grid
+from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
+from napari_scan_classifier.training.model import volume_logits
+
+
+def fresh_model(architecture: str, grid: Grid, width: int, seed: int) -> keras.Model:
+    """A new network, seeded, with the batch-norm momentum of the training pipeline (moving
+    statistics keep up)."""
+    keras.utils.set_random_seed(seed)
+    model = ARCHITECTURES[architecture]((*grid.input_shape, 1), len(grid.classes), width=width)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCHNORM_MOMENTUM
+    return model
+
+
+def fit_epochs(
+    trained: keras.Model,
+    scored: keras.Model,
+    x: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    validation: LabelledData,
+    *,
+    epochs: int,
+    batch_size: int,
+    name: str,
+    verbose: bool,
+) -> list[float]:
+    """Fit ``trained`` (compiled, sharing its layers with ``scored``) epoch by epoch; the
+    validation macro AUC of ``scored``'s scan logits after each."""
+    val = validation.splits[next(iter(validation.splits))]
+    aucs = []
+    for epoch in range(epochs):
+        history = trained.fit(x[..., None], dict(targets), batch_size=batch_size, verbose=0)
+        logits = volume_logits(scored, val.x, batch_size)
+        aucs.append(evaluate(val.y, keras.ops.softmax(logits).numpy(), validation.class_names).auc)
+        if verbose:
+            loss = {k: round(float(v[0]), 4) for k, v in history.history.items()}
+            print(f"{name}: epoch {epoch + 1}/{epochs} {loss} val AUC {aucs[-1]:.3f}", flush=True)
+    return aucs
+
+
+def stage_bundle(
+    model: keras.Model,
+    grid: Grid,
+    *,
+    name: str,
+    modality: str,
+    architecture: str,
+    description: str,
+    aucs: Sequence[float],
+) -> Bundle:
+    """The stage's network as a version-1 bundle whose training record holds this stage."""
+    stage: dict[str, Any] = {
+        "name": name,
+        "data": description,
+        "epochs_run": len(aucs),
+        "validation_auc": aucs[-1],
+    }
+    metadata = BundleMetadata(
+        name=name,
+        version=1,
+        classes=list(grid.classes),
+        modality=modality,
+        task="volume",
+        input_shape=grid.input_shape,
+        target_spacing_mm=grid.spacing,
+        intensity=dict(grid.intensity),
+        architecture=architecture,
+        training={
+            "data": description,
+            "epochs_run": len(aucs),
+            "metrics": {"validation": {"auc": aucs[-1]}},
+            "history": {"val_auc": [round(a, 5) for a in aucs]},
+            "stages": [stage],
+        },
+        description=f"{architecture} trained on {description} with lesion masks",
+    )
+    return Bundle(metadata, model)

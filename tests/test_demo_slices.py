@@ -1,0 +1,61 @@
+"""The MR demo's first stage: slice labels follow the lesion mask on the model grid, and a short
+run trains both heads and records the stage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_scan_classifier.datasets import ALL
+from napari_scan_classifier.models.demo import slices
+from napari_scan_classifier.models.demo.common import Grid, on_grid
+from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
+from napari_scan_classifier.preprocess import prepare, resample_to_grid
+
+GRID = Grid((8, 24, 24), (20.0, 9.0, 9.0), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
+
+
+def _triplet(seed: int):
+    return [make_brain_mr_phantom(seed, name) for name in BRAIN_CLASSES]
+
+
+def test_slice_labels_mark_the_lesions_slices_with_its_class_and_the_rest_normal() -> None:
+    phantoms = _triplet(3)
+
+    x, y, slice_y = slices.slice_labelled(phantoms, GRID)
+
+    assert x.shape == (3, *GRID.input_shape) and y.tolist() == [0, 1, 2]
+    assert slice_y.shape == (3, GRID.input_shape[0]) and not slice_y[0].any()
+    for index, phantom in enumerate(phantoms[1:], start=1):
+        _, grid = prepare(phantom.volume, GRID.input_shape, GRID.spacing, GRID.intensity)
+        lesion = resample_to_grid(phantom.lesion_mask.astype(np.float32), grid, 0.0) > 0.5
+        expected = np.where(lesion.any(axis=(1, 2)), index, 0)
+        assert 0 < np.count_nonzero(expected) < GRID.input_shape[0]
+        np.testing.assert_array_equal(slice_y[index], expected)
+
+
+def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
+    validation = on_grid(
+        ((p.volume, p.class_name) for s in (40, 41) for p in _triplet(s)), GRID, "validation"
+    )
+    phantoms = [p for seed in range(3) for p in _triplet(seed)]
+
+    bundle = slices.train_slice_localised(
+        phantoms,
+        validation,
+        GRID,
+        epochs=2,
+        learning_rate=1e-3,
+        width=4,
+        batch_size=3,
+        seed=0,
+        description="9 phantoms",
+        verbose=False,
+    )
+
+    m = bundle.metadata
+    assert (m.name, m.version, m.architecture, m.modality) == ("slices", 1, "slice_gru", "MR")
+    assert [s["name"] for s in m.training["stages"]] == ["slices"]
+    assert len(m.training["history"]["val_auc"]) == 2
+    assert 0.0 <= m.training["metrics"]["validation"]["auc"] <= 1.0
+    outputs = bundle.model(validation.splits[ALL].x[:2, ..., None])
+    assert outputs["volume"].shape == (2, 3) and outputs["slices"].shape == (2, 8, 3)
