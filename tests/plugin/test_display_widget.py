@@ -7,6 +7,7 @@ import pytest
 from napari.components import ViewerModel
 from napari.layers import Image
 from napari.utils.notifications import Notification
+from qtpy.QtCore import Qt
 
 from napari_scan_classifier.plugin.layers import (
     map_to_layer_data,
@@ -142,7 +143,12 @@ def test_cancelled_open_adds_nothing(
     viewer: ViewerModel, qtbot, ct_series, notifications: list[Notification]
 ) -> None:
     widget = DisplayWidget(viewer)
-    widget._relay.received.connect(lambda _: widget.cancel())  # at the first report
+    # The first report cancels from inside the reader's thread, before it reads on: a queued
+    # cancel could arrive after a small series is already read.
+    widget._relay.received.connect(
+        lambda _: widget._cancel.set(), Qt.ConnectionType.DirectConnection
+    )
+    widget._relay.received.connect(lambda _: widget.cancel())  # the button, on the Qt thread
 
     widget.open(ct_series.folder)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)

@@ -16,7 +16,11 @@ from napari_scan_classifier import phantoms
 from napari_scan_classifier.models import save_bundle
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
-from napari_scan_classifier.plugin.widgets.classify import CLASSIFICATION_KEY, ClassifyWidget
+from napari_scan_classifier.plugin.widgets.classify import (
+    CLASSIFICATION_KEY,
+    IDENTIFYING,
+    ClassifyWidget,
+)
 from napari_scan_classifier.volume import Volume
 
 MR_HEAD = "tiny_mr_brain"
@@ -43,6 +47,10 @@ def _add(viewer: ViewerModel, volume: Volume) -> Layer:
     return layer
 
 
+def _identified(qtbot: QtBot, widget: ClassifyWidget) -> None:
+    qtbot.waitUntil(lambda: widget.choice.value != IDENTIFYING, timeout=WAIT_MS)
+
+
 def _run(qtbot: QtBot, widget: ClassifyWidget) -> None:
     widget.run_button.clicked.emit()
     assert widget.worker is not None
@@ -57,6 +65,8 @@ def test_the_dock_shows_and_uses_the_scans_choice_and_the_users_override(
     widget.passes.value, widget.saliency.value = 0, "none"
     layer = _add(viewer, Volume(mr.voxels, mr.affine, "MR", {}))
 
+    assert widget.choice.value == IDENTIFYING  # the voxels are read in a worker, not here
+    _identified(qtbot, widget)
     assert widget.scan.value is layer
     assert widget.choice.value.startswith(f"Chosen by the scan: MR head: {MR_HEAD}")
     assert (
@@ -87,6 +97,7 @@ def test_a_scan_no_model_covers_is_not_classified(
     ct = phantoms.make_ct_phantom(1, **SMALL).volume
     widget = ClassifyWidget(viewer)
     layer = _add(viewer, Volume(ct.voxels, ct.affine, "CT", {"body_part": "PELVIS"}))
+    _identified(qtbot, widget)
     start = (
         "no installed model covers CT pelvis: install or train one (installed: demo_ct_lesion "
         "v5 for CT abdomen, "

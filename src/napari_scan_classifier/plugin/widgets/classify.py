@@ -17,29 +17,28 @@ layer aligned by plugin/layers.py, both updated in place when the scan is classi
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import weakref
-from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.layers import Image, Layer
-from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QSizePolicy
 from superqt.utils import GeneratorWorker
 
-from napari_scan_classifier.choice import Choice, Chooser, installed_models
+from napari_scan_classifier.choice import (
+    Choice,
+    ScanIdentity,
+    choose,
+    installed_models,
+)
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
-from napari_scan_classifier.inference import Prediction
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
     find_result_layer,
@@ -50,15 +49,19 @@ from napari_scan_classifier.plugin.layers import (
     scan_volume,
 )
 from napari_scan_classifier.plugin.layout import scroll_when_docked
+from napari_scan_classifier.plugin.widgets.result_chart import ResultChart
+from napari_scan_classifier.plugin.widgets.workers import (
+    Report,
+    classification,
+    explanation,
+    identification,
+)
 from napari_scan_classifier.results import (
     DEFAULT_PASSES,
     SALIENCY_METHODS,
     SALIENCY_TITLES,
     ScanResult,
-    classify_scan,
-    explain_prediction,
     ood_lines,
-    resolve_bundle,
     slice_text,
     summary_lines,
 )
@@ -74,16 +77,13 @@ SCAN_NAME_KEY = "scan"  # result layer metadata: the name of the scan it was mad
 PEAK_KEY = "saliency_peak_mm"  # saliency layer metadata: world (z, y, x) of its maximum
 SALIENCY_KIND = "saliency"
 BUNDLE_FILTER = "Model bundles (bundle.json *.zip)"
-MIN_CHART_WIDTH = 220  # px
-BAR_PX, AXES_PX, SLICES_PX = 28, 60, 150  # chart heights: per class bar, titles, slice plot
-_POLL_S = 0.05  # how often the worker looks for the core's progress reports
 BANNER_STYLE = "background-color: #8a2a12; color: white; padding: 6px; border-radius: 3px;"
-OOD_BAR_COLOR = "#8a8f93"
 PREDICTED_CHOICE = "the predicted class"
 
-Report = tuple[int, int, str]
 _LOG = logging.getLogger(__name__)
-T = TypeVar("T")
+
+
+IDENTIFYING = "Telling the scan's modality and body region…"  # while a worker reads the scan
 
 
 class ClassifyWidget(Container):
@@ -129,6 +129,12 @@ class ClassifyWidget(Container):
         self.send_button = PushButton(text="Send to PACS", enabled=False)
         self.send_button.tooltip = "Store the report and the saliency map beside the scan's series"
         self._sendable: weakref.WeakKeyDictionary[Layer, tuple] = weakref.WeakKeyDictionary()
+        self._identities: weakref.WeakKeyDictionary[Layer, ScanIdentity | ScanClassifierError] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._identifying: weakref.WeakSet[Layer] = weakref.WeakSet()
+        self._closed = False  # an identification may return after the dock is gone
+        self.native.destroyed.connect(self._on_destroyed)
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
         self.summary.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -232,14 +238,30 @@ class ClassifyWidget(Container):
 
     def show_choice(self) -> Choice | None:
         """Say which model the chosen scan chooses and why, or that the model field overrides
-        it; returns the scan's choice (None without a scan)."""
+        it; returns the scan's choice (None without a scan, or while the scan is identified).
+
+        Identifying a scan reads its voxels (a few hundred ms for a 512x512x300 CT), so it runs
+        in a worker once per layer; the choice among the installed models is remade each time,
+        as models come and go."""
         layer = self.scan.value
         given = self.model.line_edit.value.strip()
         if layer is None:
             self.choice.value = "" if given else "The model will be chosen by the scan."
             return None
+        identity = self._identities.get(layer)
+        if identity is None:
+            try:
+                volume = scan_volume(layer)
+            except ScanClassifierError as error:
+                self.choice.value = f"No model chosen: {error}"
+                return None
+            self.choice.value = IDENTIFYING
+            self._identify(layer, volume)
+            return None
         try:
-            choice = Chooser(installed_models()).choose(scan_volume(layer))
+            if isinstance(identity, ScanClassifierError):
+                raise identity
+            choice = choose(identity, installed_models())
         except ScanClassifierError as error:
             self.choice.value = f"No model chosen: {error}"
             return None
@@ -250,6 +272,23 @@ class ClassifyWidget(Container):
         else:
             self.choice.value = f"Chosen by the scan: {choice.explanation()}"
         return choice
+
+    def _identify(self, layer: Layer, volume: Volume) -> None:
+        if layer in self._identifying:
+            return
+        self._identifying.add(layer)
+        worker = identification(volume)
+        worker.returned.connect(partial(self._on_identified, layer))
+        worker.start()
+
+    def _on_destroyed(self) -> None:
+        self._closed = True
+
+    def _on_identified(self, layer: Layer, identity: ScanIdentity | ScanClassifierError) -> None:
+        self._identifying.discard(layer)
+        self._identities[layer] = identity
+        if not self._closed and self.scan.value is layer:
+            self.show_choice()
 
     def classify(self) -> GeneratorWorker | None:
         """Classify the chosen scan in a worker thread; returns the started worker, or None
@@ -273,16 +312,10 @@ class ClassifyWidget(Container):
             "saliency_class": self.explain.value,
         }
         model = self.model.line_edit.value.strip()
-        worker = _classification(volume, model, dict(self._bundles), options, self._cancel_event)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_result, layer, volume))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: show_info("Classification cancelled."))
-        worker.finished.connect(self._on_finished)
-        self._set_running(True, f"Classifying {layer.name}")
-        self.worker = worker
-        worker.start()
-        return worker
+        worker = classification(volume, model, dict(self._bundles), options, self._cancel_event)
+        return self._start(
+            worker, partial(self._on_result, layer, volume), f"Classifying {layer.name}"
+        )
 
     def explain_again(self) -> GeneratorWorker | None:
         """Recompute the chosen scan's map for the class now chosen in "Explain" (the prediction
@@ -302,13 +335,23 @@ class ClassifyWidget(Container):
             "faithfulness": self.check.value,
             "saliency_class": target,
         }
-        worker = _explanation(volume, bundle, result.prediction, options, self._cancel_event)
+        worker = explanation(volume, bundle, result.prediction, options, self._cancel_event)
+        return self._start(
+            worker,
+            partial(self._on_explained, layer, volume, bundle),
+            f"Explaining {target} in {layer.name}",
+        )
+
+    def _start(
+        self, worker: GeneratorWorker, on_returned: Callable[[Any], None], status: str
+    ) -> GeneratorWorker:
+        """Wire a worker's progress, result, errors and cancel to the dock, then run it."""
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_explained, layer, volume, bundle))
+        worker.returned.connect(on_returned)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: show_info("Classification cancelled."))
         worker.finished.connect(self._on_finished)
-        self._set_running(True, f"Explaining {target} in {layer.name}")
+        self._set_running(True, status)
         self.worker = worker
         worker.start()
         return worker
@@ -497,149 +540,3 @@ def _text_overlay(viewer: napari.viewer.Viewer) -> TextOverlay:
     """The canvas text overlay (``viewer.canvas`` since napari 0.9; ``text_overlay`` before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.overlays.text if canvas is not None else viewer.text_overlay
-
-
-@thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
-def _classification(
-    volume: Volume,
-    model: str,
-    bundles: dict[str, Bundle],
-    options: dict[str, Any],
-    cancel: threading.Event,
-) -> Generator[Report, None, tuple[str, Bundle, ScanResult, Any, Choice | None]]:
-    """Choose the model by the scan unless one is given, load it (unless loaded before) and
-    classify; yields progress reports. No model for the scan: NoMatchingModelError.
-
-    superqt's GeneratorWorker, not napari's: napari's would also report every error with its
-    traceback, and the widget reports the ones the user can act on as one clear line.
-    """
-    yield (0, 1, "choosing the model" if not model else "loading the model")
-    choice = None
-    if not model:
-        choice = Chooser().choose(volume)
-        model = choice.require().location
-    bundle = bundles.get(model) or resolve_bundle(model)
-    step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
-    result = yield from _reporting(step, cancel)
-    return model, bundle, result, saliency_peak(volume, result), choice
-
-
-@thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
-def _explanation(
-    volume: Volume,
-    bundle: Bundle,
-    prediction: Prediction,
-    options: dict[str, Any],
-    cancel: threading.Event,
-) -> Generator[Report, None, tuple[ScanResult, tuple[float, ...] | None]]:
-    """The map of another class for a prediction already made; yields progress reports."""
-    step = partial(explain_prediction, volume, bundle, prediction, cancel=cancel, **options)
-    result = yield from _reporting(step, cancel)
-    return result, saliency_peak(volume, result)
-
-
-def saliency_peak(volume: Volume, result: ScanResult) -> tuple[float, ...] | None:
-    """World mm (z, y, x) of the voxel where the saliency map peaks: found in the worker, as a
-    scan of a 512x512x300 map would stall the viewer."""
-    if result.saliency is None:
-        return None
-    index = np.unravel_index(int(np.argmax(result.saliency.values)), volume.shape)
-    return tuple(float(v) for v in volume.index_to_world(np.asarray(index, dtype=float))[0])
-
-
-def _reporting(step: Callable[..., T], cancel: threading.Event) -> Generator[Report, None, T]:
-    """Run ``step(progress=...)`` in a helper thread and yield its progress reports as they come:
-    the core reports through a callback, a generator worker through yields. Returns its result
-    or raises its error; closing the generator (the worker was quit) sets ``cancel`` first."""
-    reports: queue.Queue[Report] = queue.Queue()
-    with ThreadPoolExecutor(1, thread_name_prefix="scan-classifier") as pool:
-        future = pool.submit(step, progress=lambda *report: reports.put(report))
-        try:
-            while not (future.done() and reports.empty()):
-                try:
-                    yield reports.get(timeout=_POLL_S)
-                except queue.Empty:
-                    continue
-        except GeneratorExit:  # napari's status bar quit the worker: stop the core too
-            cancel.set()
-            raise
-        return future.result()
-
-
-class ResultChart:
-    """Class probabilities as bars with ± SD error bars; below, where the model scores slices,
-    the per-slice probabilities with a cursor at the slice on screen."""
-
-    def __init__(self, text_color: str) -> None:
-        self.figure = Figure(layout="constrained")
-        self.figure.patch.set_alpha(0.0)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setStyleSheet("background-color: transparent;")
-        # Follow the dock's width; the figure's own size would otherwise set the dock's minimum.
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.canvas.setMinimumWidth(MIN_CHART_WIDTH)
-        self._color = text_color
-        self._cursor: Any = None
-        self.show(None)
-
-    def show(self, result: dict[str, Any] | None) -> None:
-        self.figure.clear()
-        self._cursor = None
-        self.canvas.setVisible(result is not None)
-        if result is None:
-            return
-        per_slice = result.get("per_slice")
-        bars = BAR_PX * len(result["probabilities"]) + AXES_PX
-        heights = [bars, SLICES_PX] if per_slice else [bars]
-        grid = self.figure.add_gridspec(len(heights), 1, height_ratios=heights)
-        self._bars(self.figure.add_subplot(grid[0]), result)
-        if per_slice:
-            self._slices(self.figure.add_subplot(grid[1]), per_slice)
-        self.canvas.setFixedHeight(sum(heights))
-        self.canvas.draw_idle()
-
-    def move_cursor(self, k: int | None) -> None:
-        if self._cursor is None:
-            return
-        self._cursor.set_visible(k is not None)
-        if k is not None:
-            self._cursor.set_xdata([k + 1, k + 1])
-        self.canvas.draw_idle()
-
-    def _bars(self, axes: Any, result: dict[str, Any]) -> None:
-        names = list(result["probabilities"])
-        values = [result["probabilities"][n] for n in names]
-        errors = [result["uncertainty"]["std"][n] for n in names]
-        colors = ["#4560c4" if n == result["predicted_class"] else "#61696e" for n in names]
-        title = "p(class) ± SD"
-        alpha = 1.0
-        if ood_lines(result):  # shown, but greyed: the model is outside what it was trained on
-            colors, alpha = [OOD_BAR_COLOR] * len(names), 0.45
-            title = "p(class) ± SD: out of distribution, not reliable"
-        positions = np.arange(len(names))[::-1]
-        axes.barh(
-            positions, values, xerr=errors, color=colors, alpha=alpha, ecolor=self._color, capsize=4
-        )
-        for y, p, e in zip(positions, values, errors, strict=True):
-            axes.text(1.02, y, f"{p:.2f} ± {e:.2f}", va="center", color=self._color, fontsize=8)
-        axes.set_yticks(positions, names)
-        axes.set_xlim(0, 1.35)
-        axes.set_xticks([0, 0.5, 1])
-        axes.set_title(title, fontsize=9, color=self._color)
-        self._style(axes)
-
-    def _slices(self, axes: Any, per_slice: dict[str, list[float | None]]) -> None:
-        for name, values in per_slice.items():
-            scores = np.array([np.nan if v is None else v for v in values], dtype=float)
-            axes.plot(np.arange(1, scores.size + 1), scores, label=name, linewidth=1.2)
-        axes.set_ylim(0, 1)
-        axes.set_xlabel("slice (as acquired)", fontsize=8, color=self._color)
-        axes.legend(fontsize=7, frameon=False, labelcolor=self._color)
-        self._cursor = axes.axvline(1, color="#e3b617", linewidth=1)
-        self._style(axes)
-
-    def _style(self, axes: Any) -> None:
-        axes.set_facecolor("none")
-        axes.tick_params(colors=self._color, labelsize=8)
-        for spine in axes.spines.values():
-            spine.set_color(self._color)

@@ -35,7 +35,7 @@ from napari_scan_classifier.io.dicomweb import (
     load_url,
 )
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
-from napari_scan_classifier.plugin.widgets.classify import _reporting
+from napari_scan_classifier.plugin.widgets.workers import reporting
 
 if TYPE_CHECKING:
     import napari
@@ -325,7 +325,7 @@ def _retrieval(
         cancel=cancel.is_set,
         cache=cache,
     )
-    return (yield from _reporting(step, cancel))
+    return (yield from reporting(step, cancel))
 
 
 def send_to_pacs(
