@@ -74,6 +74,16 @@ averages 0.238 inside the lesions and 0.013 elsewhere in the body. But held-out 
 localise stage learns more slowly with the copies (validation AUC 0.76 at epoch 60, against
 0.87 without them), so it needs its 100 epochs or more, which this run did not have.
 
+Run again with 110 localise epochs (21 min; validation AUC 0.80-0.83 from epoch 60 on, the
+scan-labels stage stopped at epoch 4 and kept epoch 1): held-out AUC 0.855 on clear lesions
+(accuracy 0.82, ECE 0.066) and 0.728 on subtle ones (accuracy 0.73, ECE 0.082). The sample CT
+(P(lesion) 1.00) is explained faithfully: integrated gradients, the default, gap 0.39 (0.21
+inside its lesions, 0.008 elsewhere); Grad-CAM on ``block1_relu`` 0.36 inside, 0.02 elsewhere.
+Shipped as version 6: better rankings than versions 3-5 (0.78 and 0.68) and explanations that
+pass their check, still short of the targets (0.95 and 0.85). With the copies the cell labels
+learn more slowly (validation AUC 0.80-0.83 at epochs 60-110, against 0.84-0.90 from epoch 40
+without them).
+
 Training phantoms come in pairs that share anatomy and noise and differ only by the lesions, so
 the network cannot tell the classes apart by the body; validation and tests are unpaired, from
 other seeds. Augmentation is off (but for the blurred copies). The grid stretches the whole scan
@@ -85,6 +95,7 @@ give the same phantoms, splits and weights (up to the last bits of TensorFlow's 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
@@ -139,14 +150,16 @@ TRAIN_LESIONS = {"lesion_radius_mm": (5.0, 20.0), "lesion_contrast_hu": (20.0, 1
 # 48^3 trains several times faster per case than 28^3 or 32^3 on a CPU (TF 2.21), and keeps a
 # 5 mm-radius lesion over two voxels across in a 190 mm field of view.
 INPUT_SHAPE = (48, 48, 48)
-LOCALISE_EPOCHS = 60
+LOCALISE_EPOCHS = 110
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
-# Grad-CAM's layer: block2, a 12^3 map in cnn3d_mil (in the earlier cnn3d demo, block2's 6^3 map
-# pointed at the sample CT's lesions where block3's 3^3 did not). The default explanation is the
-# method that measures most faithful (see add_saliency_choice).
-GRADCAM_LAYER = "block2_relu"
+# Grad-CAM's layer: block1, a 24^3 map in cnn3d_mil. With blurred copies block2's 12^3 map came
+# out inverted (0.28 inside the sample CT's lesions, 0.42 elsewhere; it failed its faithfulness
+# check on 6 of 6 validation phantoms), block1's passed on 6 of 6 and averages 0.36 inside, 0.02
+# elsewhere. The default explanation is the method that measures most faithful (see
+# add_saliency_choice).
+GRADCAM_LAYER = "block1_relu"
 INPUTS = "CT modality; Hounsfield values, with air in the field of view; anatomy-like texture"
 Lesions = dict[str, tuple[float, float]]
 
@@ -365,7 +378,9 @@ def finalise(
     validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
     bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
     version = max(bundle.metadata.version, _shipped_version() + 1)
-    bundle.metadata = replace(bundle.metadata, body_region=BODY_REGION, version=version)
+    bundle.metadata = replace(
+        bundle.metadata, body_region=BODY_REGION, version=version, gradcam_layer=GRADCAM_LAYER
+    )
     add_applicability(bundle, seed=seed)
     add_saliency_choice(bundle, seed=seed)
     _record_recalibration(bundle)
@@ -392,13 +407,28 @@ def _shipped_version() -> int:
     return int(json.loads(metadata.read_text())["version"]) if metadata.is_file() else 0
 
 
+_SAMPLE_BULLET = re.compile(r"^- \*\*Sample CT phantom\*\*.*?(?=^- \*\*)", re.M | re.S)
+
+
+def _sample_bullet(m: Any, p_lesion: float, inside: float, outside: float) -> str:
+    """The model card's line on the sample CT: what the user sees when opening it."""
+    return (
+        "- **Sample CT phantom** (`sample_data/ct_phantom`, two lesions of 12-18 mm, 60-90 HU):\n"
+        f"  P(lesion) = {p_lesion:.2f}. Grad-CAM (layer `{m.gradcam_layer}`) averages "
+        f"{inside:.2f} inside\n  its lesions and {outside:.2f} elsewhere."
+    )
+
+
 def _record_recalibration(bundle: Bundle) -> None:
     """Refresh the sample CT's probability and add the calibration and saliency choice to the
     model card, so that what the card and tests quote is what the user sees."""
     m = bundle.metadata
+    p_lesion = sample_lesion_probability(bundle)
+    inside, outside = sample_saliency_contrast(bundle)
     training = {
         **m.training,
-        "sample_ct_phantom_p_lesion": round(sample_lesion_probability(bundle), 4),
+        "sample_ct_phantom_p_lesion": round(p_lesion, 4),
+        "sample_ct_phantom_gradcam_inside_outside": [round(inside, 4), round(outside, 4)],
     }
     after = m.calibration["recalibrated"]["after"]
     saliency = m.saliency
@@ -416,6 +446,7 @@ def _record_recalibration(bundle: Bundle) -> None:
         f"{best['passed']} of them, mean insertion-minus-deletion gap {best['mean_gap']:.2f})."
     )
     card = common.replace_section(m.model_card, heading, textwrap.fill(text, 100))
+    card = _SAMPLE_BULLET.sub(lambda _: _sample_bullet(m, p_lesion, inside, outside) + "\n", card)
     bundle.metadata = replace(m, training=training, model_card=card)
 
 
@@ -508,9 +539,7 @@ has never seen a patient scan and its output on real CT means nothing clinically
 - **Held-out test, subtle lesions** ({subtle["n"]} phantoms from `phantoms.make_cases`: 5-15 mm,
   20-60 HU): AUC {fmt(subtle["auc"])}, accuracy {fmt(subtle["accuracy"])},
   sensitivity {fmt(subtle["sensitivity"])}, specificity {fmt(subtle["specificity"])}.
-- **Sample CT phantom** (`sample_data/ct_phantom`, two lesions of 12-18 mm, 60-90 HU):
-  P(lesion) = {p_lesion:.2f}. Grad-CAM (layer `{m.gradcam_layer}`) averages {inside:.2f} inside
-  its lesions and {outside:.2f} elsewhere.
+{_sample_bullet(m, p_lesion, inside, outside)}
 - **Limits**: phantom anatomy is simple and lesions are spheroids; the smallest, faintest
   lesions are still missed. Use it to try the plugin, then fine-tune on your own annotated cases.
 """
