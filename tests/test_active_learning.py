@@ -9,7 +9,16 @@ import keras
 import numpy as np
 import pytest
 from dicom_helpers import file_positions
-from model_fixtures import CLASSES, GRID, metadata, sphere_case, tiny_bundle
+from model_fixtures import (
+    CLASSES,
+    GRID,
+    RANKING_MR_CLASSES,
+    metadata,
+    save_ranking_models,
+    sphere_case,
+    spread_bundle,
+    tiny_bundle,
+)
 from scipy.special import entr
 
 from napari_scan_classifier.active_learning import (
@@ -25,7 +34,7 @@ from napari_scan_classifier.errors import CancelledError
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
-from napari_scan_classifier.models import Bundle, build_cnn3d, load_bundle, save_bundle
+from napari_scan_classifier.models import Bundle, build_cnn3d, load_bundle
 from napari_scan_classifier.phantoms import (
     make_ct_phantom,
     make_head_ct_phantom,
@@ -34,14 +43,6 @@ from napari_scan_classifier.phantoms import (
 from napari_scan_classifier.volume import Volume
 
 SHAPES = [(20, 40, 36), (40, 30, 30), (32, 32, 32), (24, 28, 28), (30, 36, 30)]
-
-
-def fixed(**changes: object) -> Bundle:
-    """A tiny model with dropout rate 0 (every pass the same) and spread logits."""
-    keras.utils.set_random_seed(0)
-    k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
-    model = build_cnn3d((*GRID, 1), k, width=4, dropout=0.0)
-    return _spread(Bundle(metadata(**changes), model))
 
 
 def _spread(bundle: Bundle) -> Bundle:
@@ -59,7 +60,7 @@ def mc_bundle() -> Bundle:
 @pytest.fixture(scope="module")
 def fixed_bundle() -> Bundle:
     """Dropout rate 0: every pass is the same, so two rankings can be compared exactly."""
-    return fixed()
+    return spread_bundle()
 
 
 def scans(n: int = 5) -> list[Volume]:
@@ -248,24 +249,10 @@ def test_out_of_distribution_scans_are_ranked_apart_after_the_others(fixed_bundl
 
 
 SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}  # a trunk or head choice.py tells
-MR_CLASSES = ["normal", "tumour", "infarct"]
-
-
-def save_chosen_models(folder: Path) -> dict[str, Path]:
-    """A CT trunk (abdomen) model and an MR head model, installed in ``folder``."""
-    ct = fixed(name="tiny_ct_trunk", body_region="abdomen")
-    mr = fixed(
-        name="tiny_mr_head",
-        modality="MR",
-        intensity={"kind": "zscore"},
-        classes=MR_CLASSES,
-        body_region="head",
-    )
-    return {"CT": save_bundle(ct, folder / "ct"), "MR": save_bundle(mr, folder / "mr")}
 
 
 def test_each_scan_is_ranked_by_the_model_its_modality_and_region_choose(tmp_path: Path):
-    paths = save_chosen_models(tmp_path)
+    paths = save_ranking_models(tmp_path)
     chooser = Chooser([m for m in installed_models(tmp_path) if not m.shipped])
     cts = [make_ct_phantom(seed, **SMALL).volume for seed in range(2)]
     mrs = [make_mr_phantom(seed, **SMALL).volume for seed in range(2)]
@@ -287,7 +274,9 @@ def test_each_scan_is_ranked_by_the_model_its_modality_and_region_choose(tmp_pat
     assert [r.probabilities for r in ranking.ranked] == [
         pytest.approx(r.probabilities, rel=1e-5) for r in by_ct + by_mr
     ]
-    assert [list(r.probabilities) for r in ranking.ranked] == [CLASSES] * 2 + [MR_CLASSES] * 2
+    assert [list(r.probabilities) for r in ranking.ranked] == [CLASSES] * 2 + [
+        RANKING_MR_CLASSES
+    ] * 2
     assert {r.choice for r in ranking.ranked} == {
         "CT abdomen: tiny_ct_trunk",
         "MR head: tiny_mr_head",
@@ -295,14 +284,17 @@ def test_each_scan_is_ranked_by_the_model_its_modality_and_region_choose(tmp_pat
     (uncovered,) = ranking.uncovered  # the head CT: listed apart, not given the nearest model
     assert isinstance(uncovered, Unranked) and uncovered.item == 2
     assert uncovered.name == head_ct.display_name()
-    assert uncovered.reason.startswith(
+    assert uncovered.reason == (
         "no installed model covers CT head: install or train one (installed: "
-        "tiny_ct_trunk v1 for CT abdomen, tiny_mr_head v1 for MR head); modality from "
+        "tiny_ct_trunk v1 for CT abdomen, tiny_mr_head v1 for MR head)"
+    )
+    assert uncovered.how == (
+        "modality from the scan's modality field; region from the header (BodyPartExamined HEAD)"
     )
 
 
 def test_scans_in_a_folder_choose_their_models_and_the_uncovered_can_be_opened(tmp_path: Path):
-    save_chosen_models(tmp_path / "models")
+    save_ranking_models(tmp_path / "models")
     chooser = Chooser([m for m in installed_models(tmp_path / "models") if not m.shipped])
     folder = tmp_path / PATIENT
     folder.mkdir()

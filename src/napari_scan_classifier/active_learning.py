@@ -57,8 +57,9 @@ DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch: bounded memory, shared model overhead
 
 ScanSource = Volume | str | os.PathLike[str]
-# The model a scan is ranked with and why (a fixed model: ""); no model: None and the reason.
-Pick = Callable[[Volume], tuple[Bundle | None, str]]
+# The model a scan is ranked with, why it was chosen (a given model: ""), how the scan was told
+# ("" when not chosen); no model: None, the reason and how.
+Pick = Callable[[Volume], tuple[Bundle | None, str, str]]
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,13 @@ class Ranked:
 @dataclass(frozen=True)
 class Unranked:
     """A scan no installed model covers, named and found again as :class:`Ranked` is; ``reason``
-    says why in words (``"no installed model covers CT head: install or train one ..."``)."""
+    says why in words (``"no installed model covers CT head: install or train one ..."``) and
+    ``how`` how the scan's modality and region were told."""
 
     item: int
     name: str
     reason: str
+    how: str
     path: Path | None = field(default=None, repr=False)
     series_key: str | None = None
 
@@ -152,7 +155,7 @@ def rank_by_uncertainty(
     done, inputs, message); CancelledError when ``cancel`` fires.
     """
     options = {"measure": measure, "passes": passes, "progress": progress, "cancel": cancel}
-    return _rank(scans, lambda volume: (bundle, ""), on_skip=on_skip, **options).ranked
+    return _rank(scans, lambda volume: (bundle, "", ""), on_skip=on_skip, **options).ranked
 
 
 def rank_by_chosen_model(
@@ -172,11 +175,10 @@ def rank_by_chosen_model(
     :func:`rank_by_uncertainty`, and a scan whose model cannot be loaded is skipped with why."""
     chosen = Chooser() if chooser is None else chooser
 
-    def pick(volume: Volume) -> tuple[Bundle | None, str]:
+    def pick(volume: Volume) -> tuple[Bundle | None, str, str]:
         choice = chosen.choose(volume)
-        if choice.model is None:
-            return None, choice.explanation()
-        return chosen.bundle(choice.model), choice.reason
+        model = None if choice.model is None else chosen.bundle(choice.model)
+        return model, choice.reason, choice.identity.how()
 
     options = {"measure": measure, "passes": passes, "progress": progress, "cancel": cancel}
     return _rank(scans, pick, on_skip=on_skip, **options)
@@ -228,12 +230,12 @@ def _by_model(
     groups: dict[int, tuple[Bundle, list[tuple[_Scan, str]]]] = {}
     for scan in chunk:
         try:
-            bundle, why = pick(scan.volume)
+            bundle, why, how = pick(scan.volume)
         except ScanClassifierError as error:
             skip(f"{scan.name}: {error}")
             continue
         if bundle is None:
-            uncovered.append(Unranked(scan.item, scan.name, why, scan.path, scan.series_key))
+            uncovered.append(Unranked(scan.item, scan.name, why, how, scan.path, scan.series_key))
         else:
             groups.setdefault(id(bundle), (bundle, []))[1].append((scan, why))
     return groups

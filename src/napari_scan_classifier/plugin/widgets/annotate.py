@@ -39,7 +39,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_info
 from superqt.utils import FunctionWorker
 
-from napari_scan_classifier.active_learning import Ranked
+from napari_scan_classifier.active_learning import Ranked, Unranked
 from napari_scan_classifier.cases import CaseLibrary, CaseRecord, clean_label
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.models import Bundle
@@ -91,7 +91,7 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
         super().__init__(labels=False)
         self._viewer = viewer
         self._bundles: dict[str, Bundle] = {}  # ranking models by path, loaded once
-        self._ranking: list[tuple[Ranked, Layer | None]] = []
+        self._ranking: list[tuple[Ranked | Unranked, Layer | None]] = []
         self._cancel = threading.Event()
         self._progress: progress | None = None
         self._relay = Relay()
@@ -149,14 +149,15 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
 
     def _label_choices(self, _: Any = None) -> list[str]:
-        """The chosen scan's model classes, the library's classes and the ranking model's."""
+        """The chosen scan's model classes, the library's classes and those of the model that
+        ranked the scan (with several models, only its own: a CT scan is not offered an MR
+        model's classes)."""
         names: list[str] = []
         result = self._classification()
         if result:
             names += list(result.get("probabilities", {}))
         names += list(self._library_counts())
-        for bundle in self._bundles.values():
-            names += bundle.metadata.classes
+        names += self.ranked_classes(self.scan.value)
         return list(dict.fromkeys(names))
 
     def _reset_layer_choices(self) -> None:

@@ -1,6 +1,11 @@
-"""The Annotate dock's "most informative first" section:
-:func:`~napari_scan_classifier.active_learning.rank_by_uncertainty` on the open scans or a
-folder, in a worker thread; clicking an entry selects or opens that scan."""
+"""The Annotate dock's "most informative first" section: the open scans or a folder's ranked by
+uncertainty in a worker thread; clicking an entry selects or opens that scan.
+
+With the Model field empty each scan is ranked by the model its modality and body region choose
+(:func:`~napari_scan_classifier.active_learning.rank_by_chosen_model`, as the Classify dock and
+``--model auto`` choose); each entry names its model, and scans no installed model covers are
+listed last with the reason. A model given in the field ranks every scan
+(:func:`~napari_scan_classifier.active_learning.rank_by_uncertainty`)."""
 
 from __future__ import annotations
 
@@ -22,9 +27,13 @@ from napari_scan_classifier.active_learning import (
     MEASURE_TITLES,
     MEASURES,
     Ranked,
+    Ranking,
+    Unranked,
     load_ranked,
+    rank_by_chosen_model,
     rank_by_uncertainty,
 )
+from napari_scan_classifier.choice import is_auto
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import scan_volume
@@ -55,7 +64,7 @@ class RankingSection:
     _viewer: napari.viewer.Viewer
     class_label: ComboBox
     _bundles: dict[str, Bundle]
-    _ranking: list[tuple[Ranked, Layer | None]]
+    _ranking: list[tuple[Ranked | Unranked, Layer | None]]
     _cancel: threading.Event
     _relay: Relay
     _start: Callable[..., FunctionWorker | None]
@@ -68,7 +77,12 @@ class RankingSection:
         )
         self.folder = FileEdit(label="Folder", mode="d", visible=False)
         self.model = FileEdit(label="Model", mode="r", filter=BUNDLE_FILTER)
-        self.model.line_edit.native.setPlaceholderText("bundled demo model")
+        self.model.line_edit.native.setPlaceholderText("chosen by each scan")
+        self.model.tooltip = (
+            "A bundle folder (pick its bundle.json), a .zip or a shipped model's name; empty: "
+            "each scan is ranked by the shipped or installed model made for its modality and "
+            "body region"
+        )
         self.measure = ComboBox(label="Measure", choices=[(MEASURE_TITLES[m], m) for m in MEASURES])
         self.passes = SpinBox(label="Dropout passes", min=2, max=100, value=DEFAULT_PASSES)
         self.rank_button = PushButton(text="Rank by uncertainty")
@@ -131,20 +145,30 @@ class RankingSection:
 
     def _show_ranking(self, model: str, layers: list[Layer], outcome: _RankOutcome) -> None:
         bundle, ranking, skipped = outcome
-        self._bundles[model] = bundle
-        self._ranking = [(r, layers[r.item] if layers else None) for r in ranking]
+        if bundle is not None:
+            self._bundles[model] = bundle
+        entries = [*ranking.ranked, *ranking.uncovered]
+        self._ranking = [(e, layers[e.item] if layers else None) for e in entries]
         self.ranking.clear()
-        for index, (ranked, layer) in enumerate(self._ranking):
-            name = layer.name if layer is not None else ranked.name
-            item = QListWidgetItem(_ranked_text(ranked, name))
+        for index, (entry, layer) in enumerate(self._ranking):
+            item = _list_item(entry, layer.name if layer is not None else entry.name)
             item.setData(DATA_ROLE, index)
-            if not ranked.in_distribution:  # set apart: greyed, the reasons on hover
-                item.setForeground(QColor(OOD_ITEM_COLOR))
-                item.setToolTip("\n".join(ranked.ood_reasons))
             self.ranking.addItem(item)
         self.class_label.reset_choices()
+        if ranking.uncovered:
+            show_info(
+                f"Not ranked: {len(ranking.uncovered)} of the scans, which no installed model "
+                "covers (listed last, with the reason)."
+            )
         if skipped:
             show_warning(f"Left out of the ranking: {'; '.join(skipped)}")
+
+    def ranked_classes(self, layer: Layer | None) -> list[str]:
+        """The classes of the model that ranked ``layer``'s scan (none when it was not)."""
+        for entry, ranked_layer in self._ranking:
+            if layer is not None and ranked_layer is layer and isinstance(entry, Ranked):
+                return list(entry.probabilities)
+        return []
 
     def show_ranked(self, index: int) -> FunctionWorker | None:
         """Select the ranked scan's layer, opening it from disk when it is not open."""
@@ -159,28 +183,52 @@ class RankingSection:
         return self._start(partial(load_ranked, ranked), on_loaded, "Opening", "Opening the scan")
 
     def _on_ranked_loaded(self, index: int, volume: Volume) -> None:
-        ranked, _ = self._ranking[index]
-        layer = self._add_scan(volume, f"#{ranked.rank} {volume.display_name()}")  # no file name
-        self._ranking[index] = (ranked, layer)
+        entry, _ = self._ranking[index]
+        name = volume.display_name()  # never the file name
+        layer = self._add_scan(
+            volume, f"#{entry.rank} {name}" if isinstance(entry, Ranked) else name
+        )
+        self._ranking[index] = (entry, layer)
         self._viewer.layers.selection.active = layer
+        self.class_label.reset_choices()  # the ranking model's classes, now the scan is linked
 
 
-_RankOutcome = tuple[Bundle, list[Ranked], list[str]]
+# (the model given, None when each scan chose its own; the ranking; the scans left out)
+_RankOutcome = tuple[Bundle | None, Ranking, list[str]]
 
 
 def _rank(sources: list[Any], model: Bundle | str, **options: Any) -> _RankOutcome:
-    """In the worker: load the model unless loaded before, and rank; the skips come back too."""
-    bundle = model if isinstance(model, Bundle) else resolve_bundle(model or None)
+    """In the worker: with no model given, rank each scan by the model it chooses; else load the
+    model unless loaded before, and rank by it. The skips come back too."""
     skipped: list[str] = []
-    ranking = rank_by_uncertainty(sources, bundle, on_skip=skipped.append, **options)
-    return bundle, ranking, skipped
+    if isinstance(model, str) and (not model or is_auto(model)):
+        return None, rank_by_chosen_model(sources, on_skip=skipped.append, **options), skipped
+    bundle = model if isinstance(model, Bundle) else resolve_bundle(model)
+    ranked = rank_by_uncertainty(sources, bundle, on_skip=skipped.append, **options)
+    return bundle, Ranking(ranked, []), skipped
+
+
+def _list_item(entry: Ranked | Unranked, name: str) -> QListWidgetItem:
+    """A ranked scan, or one no model covers (set apart: greyed, the reason on hover)."""
+    if isinstance(entry, Unranked):
+        item = QListWidgetItem(f"{name} · not ranked: {entry.reason}")
+        item.setForeground(QColor(OOD_ITEM_COLOR))
+        item.setToolTip(f"{entry.reason}; {entry.how}")
+        return item
+    item = QListWidgetItem(_ranked_text(entry, name))
+    item.setToolTip("\n".join(filter(None, [entry.choice, *entry.ood_reasons])))
+    if not entry.in_distribution:  # set apart: greyed, the reasons on hover
+        item.setForeground(QColor(OOD_ITEM_COLOR))
+    return item
 
 
 def _ranked_text(ranked: Ranked, name: str) -> str:
-    """``"1. name · entropy 0.302 · predicted lesion (p = 0.61)"``: every number named."""
+    """``"1. name · entropy 0.302 · predicted lesion (p = 0.61) · by demo_ct_lesion v5"``: every
+    number named, and the model (each model's scans are ranked among themselves)."""
     measure = ranked.measure.replace("_", " ")
     text = (
         f"{ranked.rank}. {name} · {measure} {ranked.score:.3f} · predicted "
         f"{ranked.predicted_class} (p = {ranked.probabilities[ranked.predicted_class]:.2f})"
+        f" · by {ranked.model}"
     )
     return text if ranked.in_distribution else f"{text} · out of distribution"
