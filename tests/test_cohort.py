@@ -268,6 +268,55 @@ def _kill_a_busy_worker(out: Path, killed: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_a_series_whose_worker_dies_twice_is_recorded_and_the_rest_finish(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+) -> None:
+    """Every worker that takes one series is killed: it runs twice (once retried), then is
+    recorded as failed with the reason, and the other series are classified."""
+    deadly, other = sorted(cohort_dir.iterdir())[:2]
+    out = tmp_path / "results.json"
+    kills: list[str] = []
+    killer = threading.Thread(target=_kill_workers_holding, args=(out, _keys(deadly), kills))
+    killer.start()
+
+    code = _cli("classify", deadly, other, "--model", bundle_dir, "--out", out, "--workers", 2)
+
+    killer.join()
+    assert code == 0
+    assert len(kills) == 2
+    rows = {row["series_key"]: row for row in _journal(out)}
+    assert rows.keys() == _keys(deadly) | _keys(other)
+    (dead,) = [rows[key] for key in _keys(deadly)]
+    assert dead["status"] == "failed" and dead["worker"] is None
+    assert dead["error"] == "the worker running it died twice (out of memory?)"
+    assert all(rows[key]["status"] in ANSWERED for key in _keys(other))
+
+
+def _kill_workers_holding(out: Path, series_keys: set[str], kills: list[str]) -> None:
+    """SIGKILL every worker process that has the task of one of ``series_keys`` in hand, until
+    the journal holds its row; the addresses killed go to ``kills``."""
+    from distributed import default_client
+
+    journal = out.with_suffix(".jsonl")
+    deadline = time.monotonic() + 600
+    client = None
+    while time.monotonic() < deadline:
+        if journal.exists() and any(key in journal.read_text() for key in series_keys):
+            return
+        try:
+            client = client or default_client()
+        except ValueError:  # the command has not started its cluster yet
+            time.sleep(0.01)
+            continue
+        for address, tasks in client.processing().items():
+            holding = any(str(task).endswith(key) for task in tasks for key in series_keys)
+            if holding and address not in kills:
+                os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+                kills.append(address)
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
 def test_killed_client_resumes_without_duplicates(
     tmp_path: Path, cohort_dir: Path, bundle_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
