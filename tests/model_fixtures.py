@@ -7,6 +7,8 @@ test session (cached) whichever module asks first. ``trained_brightness_bundle``
 opposite for the saliency checks: it learns the whole scan's brightness and ignores spheres.
 ``trained_sides_bundle`` has three classes that differ only by where the sphere is
 (``side_case``): none, in the low-x third, in the high-x third, for per-class saliency.
+``save_ranking_models`` installs a CT trunk and an MR head model whose uncertainties differ from
+scan to scan and repeat exactly, for rankings where each scan chooses its model.
 
 Plain functions, imported by the test modules (tests/ is on sys.path in pytest's default
 "prepend" import mode); module fixtures wrap them where needed.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -26,6 +29,7 @@ from napari_scan_classifier.models import (
     BundleMetadata,
     build_cnn3d,
     build_slice_gru,
+    save_bundle,
 )
 from napari_scan_classifier.volume import Volume
 
@@ -181,3 +185,31 @@ def _refresh_batchnorm(model: keras.Model, x: np.ndarray) -> None:
     model(x, training=True)
     for layer, momentum in zip(norms, momenta, strict=True):
         layer.momentum = momentum
+
+
+RANKING_MR_CLASSES = ["normal", "tumour", "infarct"]
+
+
+def spread_bundle(**changes: object) -> Bundle:
+    """A tiny seeded model with dropout rate 0 (every pass the same, so two rankings compare
+    exactly) and logits spread out, so that the scans' uncertainties differ."""
+    keras.utils.set_random_seed(0)
+    k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
+    model = build_cnn3d((*GRID, 1), k, width=4, dropout=0.0)
+    dense = model.get_layer("volume_logits")
+    dense.kernel.assign(dense.kernel * 40.0)
+    return Bundle(metadata(**changes), model)
+
+
+def save_ranking_models(folder: Path) -> dict[str, Path]:
+    """A two-class CT trunk (abdomen) model and a three-class MR head model saved in
+    ``folder``; their bundle folders by modality."""
+    ct = spread_bundle(name="tiny_ct_trunk", body_region="abdomen")
+    mr = spread_bundle(
+        name="tiny_mr_head",
+        modality="MR",
+        intensity={"kind": "zscore"},
+        classes=RANKING_MR_CLASSES,
+        body_region="head",
+    )
+    return {"CT": save_bundle(ct, folder / "ct"), "MR": save_bundle(mr, folder / "mr")}

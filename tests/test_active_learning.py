@@ -9,21 +9,37 @@ import keras
 import numpy as np
 import pytest
 from dicom_helpers import file_positions
-from model_fixtures import CLASSES, GRID, metadata, sphere_case, tiny_bundle
+from model_fixtures import (
+    CLASSES,
+    GRID,
+    RANKING_MR_CLASSES,
+    metadata,
+    save_ranking_models,
+    sphere_case,
+    spread_bundle,
+    tiny_bundle,
+)
 from scipy.special import entr
 
 from napari_scan_classifier.active_learning import (
     MEASURES,
+    Unranked,
     load_ranked,
+    rank_by_chosen_model,
     rank_by_uncertainty,
     uncertainty_score,
 )
+from napari_scan_classifier.choice import Chooser, installed_models
 from napari_scan_classifier.errors import CancelledError
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
-from napari_scan_classifier.models import Bundle, build_cnn3d
-from napari_scan_classifier.phantoms import make_ct_phantom, make_mr_phantom
+from napari_scan_classifier.models import Bundle, build_cnn3d, load_bundle
+from napari_scan_classifier.phantoms import (
+    make_ct_phantom,
+    make_head_ct_phantom,
+    make_mr_phantom,
+)
 from napari_scan_classifier.volume import Volume
 
 SHAPES = [(20, 40, 36), (40, 30, 30), (32, 32, 32), (24, 28, 28), (30, 36, 30)]
@@ -44,9 +60,7 @@ def mc_bundle() -> Bundle:
 @pytest.fixture(scope="module")
 def fixed_bundle() -> Bundle:
     """Dropout rate 0: every pass is the same, so two rankings can be compared exactly."""
-    keras.utils.set_random_seed(0)
-    model = build_cnn3d((*GRID, 1), len(CLASSES), width=4, dropout=0.0)
-    return _spread(Bundle(metadata(), model))
+    return spread_bundle()
 
 
 def scans(n: int = 5) -> list[Volume]:
@@ -232,3 +246,75 @@ def test_out_of_distribution_scans_are_ranked_apart_after_the_others(fixed_bundl
     scores = [r.score for r in ranking[:3]]
     assert scores == sorted(scores, reverse=True)
     assert "the scan is MR but the model was trained on CT scans" in ranking[-1].ood_reasons
+
+
+SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}  # a trunk or head choice.py tells
+
+
+def test_each_scan_is_ranked_by_the_model_its_modality_and_region_choose(tmp_path: Path):
+    paths = save_ranking_models(tmp_path)
+    chooser = Chooser([m for m in installed_models(tmp_path) if not m.shipped])
+    cts = [make_ct_phantom(seed, **SMALL).volume for seed in range(2)]
+    mrs = [make_mr_phantom(seed, **SMALL).volume for seed in range(2)]
+    head_ct = make_head_ct_phantom(1, **SMALL).volume
+    volumes = [mrs[0], cts[0], head_ct, mrs[1], cts[1]]
+
+    ranking = rank_by_chosen_model(volumes, chooser, measure="margin", passes=2)
+
+    by_ct = rank_by_uncertainty(cts, load_bundle(paths["CT"]), measure="margin", passes=2)
+    by_mr = rank_by_uncertainty(mrs, load_bundle(paths["MR"]), measure="margin", passes=2)
+    ct_items, mr_items = [1, 4], [0, 3]  # where each model's scans are in ``volumes``
+    assert [(r.model, r.item, r.rank) for r in ranking.ranked] == [
+        *[("tiny_ct_trunk v1", ct_items[r.item], r.rank) for r in by_ct],  # models by name
+        *[("tiny_mr_head v1", mr_items[r.item], r.rank) for r in by_mr],
+    ]
+    assert [r.score for r in ranking.ranked] == pytest.approx(
+        [r.score for r in by_ct + by_mr], rel=1e-5
+    )
+    assert [r.probabilities for r in ranking.ranked] == [
+        pytest.approx(r.probabilities, rel=1e-5) for r in by_ct + by_mr
+    ]
+    assert [list(r.probabilities) for r in ranking.ranked] == [CLASSES] * 2 + [
+        RANKING_MR_CLASSES
+    ] * 2
+    assert {r.choice for r in ranking.ranked} == {
+        "CT abdomen: tiny_ct_trunk",
+        "MR head: tiny_mr_head",
+    }
+    (uncovered,) = ranking.uncovered  # the head CT: listed apart, not given the nearest model
+    assert isinstance(uncovered, Unranked) and uncovered.item == 2
+    assert uncovered.name == head_ct.display_name()
+    assert uncovered.reason == (
+        "no installed model covers CT head: install or train one (installed: "
+        "tiny_ct_trunk v1 for CT abdomen, tiny_mr_head v1 for MR head)"
+    )
+    assert uncovered.how == (
+        "modality from the scan's modality field; region from the header (BodyPartExamined HEAD)"
+    )
+
+
+def test_scans_in_a_folder_choose_their_models_and_the_uncovered_can_be_opened(tmp_path: Path):
+    save_ranking_models(tmp_path / "models")
+    chooser = Chooser([m for m in installed_models(tmp_path / "models") if not m.shipped])
+    folder = tmp_path / PATIENT
+    folder.mkdir()
+    volumes = [make_mr_phantom(0, **SMALL).volume, make_head_ct_phantom(1, **SMALL).volume]
+    for i, volume in enumerate(volumes):
+        save_nifti(volume, folder / f"{PATIENT}_scan{i}.nii.gz")
+    skipped: list[str] = []
+
+    ranking = rank_by_chosen_model([folder], chooser, passes=1, on_skip=skipped.append)
+
+    (ranked,) = ranking.ranked
+    (uncovered,) = ranking.uncovered
+    assert (ranked.model, ranked.name) == ("tiny_mr_head v1", "input 1, NIfTI file 1: MR")
+    assert uncovered.name == "input 1, NIfTI file 2: CT"
+    assert uncovered.reason.startswith("no installed model covers CT head")
+    assert skipped == [] and PATIENT not in repr(ranking) + str(ranking)
+    np.testing.assert_array_equal(load_ranked(uncovered).voxels, volumes[1].voxels)
+
+
+def test_a_given_model_names_itself_in_the_ranking(fixed_bundle):
+    ranking = rank_by_uncertainty(scans(2), fixed_bundle, passes=1)
+
+    assert [(r.model, r.choice) for r in ranking] == [("sphere-test v1", "")] * 2

@@ -45,6 +45,8 @@ from napari_scan_classifier.samples import (
 from napari_scan_classifier.training import TrainingConfig, train
 from napari_scan_classifier.volume import Volume
 
+CT_VERSION = read_metadata(bundled_model_path()).version  # the shipped CT model's
+
 SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}
 MR_HEAD = "tiny_mr_brain"
 
@@ -275,7 +277,7 @@ def test_no_model_for_the_scan_is_said_not_guessed(models: Path, mr: Volume) -> 
     assert choice.model is None
     assert choice.reason.startswith(
         "no installed model covers MR pelvis: install or train one (installed: demo_ct_lesion "
-        "v5 for CT abdomen, "
+        f"v{CT_VERSION} for CT abdomen, "
     )
     assert choice.reason.endswith(f", {MR_HEAD} v2 for MR head)")
     with pytest.raises(NoMatchingModelError, match="no installed model covers MR pelvis"):
@@ -317,7 +319,7 @@ def test_classify_says_when_no_installed_model_covers_the_scan(
     assert code == 2
     assert (
         "warning: 001 MR: no installed model covers MR chest/abdomen/pelvis: install or train "
-        "one (installed: demo_ct_lesion v5 for CT abdomen"
+        f"one (installed: demo_ct_lesion v{CT_VERSION} for CT abdomen"
     ) in captured.err
     assert (
         "modality from the NIfTI header (MR); region from the body outline (153 mm wide, 99 mm "

@@ -36,7 +36,7 @@ from napari_scan_classifier.saliency import (
     with_saliency_choice,
 )
 from napari_scan_classifier.saliency.core import coarse_grid, to_source
-from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, _Regions
+from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, Regions
 from napari_scan_classifier.saliency.gradients import attributions
 from napari_scan_classifier.saliency.sanity import RANK_CORRELATION_BOUND
 from napari_scan_classifier.volume import Volume
@@ -152,7 +152,7 @@ def test_a_removed_region_is_filled_from_the_tissue_around_it():
     bundle = tiny_bundle()
     volume, mask = sphere_case(6, 1)  # the source grid is the model grid
     x, grid = prepare_input(volume, bundle)
-    regions = _Regions(x, grid, region_mm=8.0, seed=0)
+    regions = Regions(x, grid, region_mm=8.0, seed=0)
     inside_sphere = np.unique(regions.labels[mask])
     filled = regions.removed(inside_sphere)
 

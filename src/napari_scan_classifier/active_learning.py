@@ -14,6 +14,12 @@ Scans the applicability check finds out of distribution (:mod:`.applicability`) 
 apart, after every in-distribution scan: the model's uncertainty about a scan unlike its training
 data says little, and labelling it may teach the model something it should not be used for.
 
+:func:`rank_by_chosen_model` ranks each scan with the model made for its modality and body region
+(:mod:`.choice`, as ``--model auto`` chooses): each model's scans are ranked among themselves,
+since one model's uncertainty says nothing about what labelling teaches another (and entropy's
+scale grows with the number of classes). Scans no installed model covers are listed apart with
+the reason, never ranked by the nearest model.
+
 Scans on disk are read one input at a time and classified in small batches, so a large folder is
 never held in memory at once; a ranked scan is read again with :func:`load_ranked`.
 """
@@ -27,7 +33,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from napari_scan_classifier.errors import InvalidInputError, UnreadableScanError
+from napari_scan_classifier.choice import Chooser
+from napari_scan_classifier.errors import (
+    InvalidInputError,
+    ScanClassifierError,
+    UnreadableScanError,
+)
 from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter
 from napari_scan_classifier.io import is_nifti, load_scans
 from napari_scan_classifier.io.dicom import load_dicom
@@ -46,11 +57,16 @@ DEFAULT_PASSES = 10
 BATCH_SIZE = 8  # scans per forward batch: bounded memory, shared model overhead
 
 ScanSource = Volume | str | os.PathLike[str]
+# The model a scan is ranked with, why it was chosen (a given model: ""), how the scan was told
+# ("" when not chosen); no model: None, the reason and how.
+Pick = Callable[[Volume], tuple[Bundle | None, str, str]]
 
 
 @dataclass(frozen=True)
 class Ranked:
-    """One scan's place in the ranking (``rank`` 1: label first) and the prediction behind it.
+    """One scan's place in its model's ranking (``rank`` 1: label first) and the prediction
+    behind it; ``model`` names the model (``"demo_mr_brain v2"``) and ``choice`` says why the
+    scan chose it (empty when the model was given).
 
     ``item`` is the position in the input of the volume or path the scan came from; ``path`` and
     ``series_key`` say which file or DICOM series it is, for :func:`load_ranked` (both None for
@@ -71,6 +87,31 @@ class Ranked:
     series_key: str | None = None
     in_distribution: bool = True
     ood_reasons: tuple[str, ...] = ()
+    model: str = ""
+    choice: str = ""
+
+
+@dataclass(frozen=True)
+class Unranked:
+    """A scan no installed model covers, named and found again as :class:`Ranked` is; ``reason``
+    says why in words (``"no installed model covers CT head: install or train one ..."``) and
+    ``how`` how the scan's modality and region were told."""
+
+    item: int
+    name: str
+    reason: str
+    how: str
+    path: Path | None = field(default=None, repr=False)
+    series_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Scans ranked by the model each chose (each model's scans together, in order of the
+    model's name, most informative first) and the scans no model covers, in input order."""
+
+    ranked: list[Ranked]
+    uncovered: list[Unranked]
 
 
 @dataclass(frozen=True)
@@ -113,6 +154,48 @@ def rank_by_uncertainty(
     each, naming the input by its place as ``Ranked.name`` does); ``progress`` gets (inputs
     done, inputs, message); CancelledError when ``cancel`` fires.
     """
+    options = {"measure": measure, "passes": passes, "progress": progress, "cancel": cancel}
+    return _rank(scans, lambda volume: (bundle, "", ""), on_skip=on_skip, **options).ranked
+
+
+def rank_by_chosen_model(
+    scans: Sequence[ScanSource],
+    chooser: Chooser | None = None,
+    *,
+    measure: str = "entropy",
+    passes: int = DEFAULT_PASSES,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> Ranking:
+    """Rank each scan with the model ``chooser`` (default: among the shipped and installed
+    models) chooses for its modality and body region; each model's scans are ranked among
+    themselves as :func:`rank_by_uncertainty` ranks them, and a scan no model covers is listed
+    apart with the reason. Each chosen model is loaded once; inputs are as for
+    :func:`rank_by_uncertainty`, and a scan whose model cannot be loaded is skipped with why."""
+    chosen = Chooser() if chooser is None else chooser
+
+    def pick(volume: Volume) -> tuple[Bundle | None, str, str]:
+        choice = chosen.choose(volume)
+        model = None if choice.model is None else chosen.bundle(choice.model)
+        return model, choice.reason, choice.identity.how()
+
+    options = {"measure": measure, "passes": passes, "progress": progress, "cancel": cancel}
+    return _rank(scans, pick, on_skip=on_skip, **options)
+
+
+def _rank(
+    scans: Sequence[ScanSource],
+    pick: Pick,
+    *,
+    measure: str,
+    passes: int,
+    progress: Progress | None,
+    cancel: Cancel | None,
+    on_skip: Callable[[str], None] | None,
+) -> Ranking:
+    """Predict each scan with the model ``pick`` gives it, in batches per model, and rank each
+    model's scans (see :func:`rank_by_chosen_model`)."""
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
     if passes < 1:
@@ -120,19 +203,51 @@ def rank_by_uncertainty(
     skip = on_skip or (lambda message: None)
     inputs = _expanded(scans)
     report = Reporter(len(inputs), progress, cancel, job="ranking")
-    found: list[tuple[_Scan, Prediction]] = []
+    found: dict[int, tuple[Bundle, list[tuple[_Scan, str, Prediction]]]] = {}
+    uncovered: list[Unranked] = []
     pending = _scans(inputs, report, skip)
     while chunk := list(islice(pending, BATCH_SIZE)):
-        outcomes = _predict_each([scan.volume for scan in chunk], bundle, passes, cancel)
-        for scan, outcome in zip(chunk, outcomes, strict=True):
-            if isinstance(outcome, str):
-                skip(f"{scan.name}: {outcome}")
-            else:
-                found.append((scan, outcome))
+        for bundle, members in _by_model(chunk, pick, skip, uncovered).values():
+            volumes = [scan.volume for scan, _ in members]
+            outcomes = _predict_each(volumes, bundle, passes, cancel)
+            for (scan, why), outcome in zip(members, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    skip(f"{scan.name}: {outcome}")
+                else:
+                    found.setdefault(id(bundle), (bundle, []))[1].append((scan, why, outcome))
     report.finish()
-    scored = [(uncertainty_score(p.uncertainty, measure), scan, p) for scan, p in found]
+    groups = sorted(found.values(), key=lambda group: _model_name(group[0]))
+    ranked = [r for bundle, group in groups for r in _ranked(group, bundle, measure)]
+    return Ranking(ranked, uncovered)
+
+
+def _by_model(
+    chunk: list[_Scan], pick: Pick, skip: Callable[[str], None], uncovered: list[Unranked]
+) -> dict[int, tuple[Bundle, list[tuple[_Scan, str]]]]:
+    """The chunk's scans by the model each is ranked with; the others go to ``uncovered``, or
+    to ``skip`` when the choice itself fails (a scan that cannot be identified, a model that
+    cannot be loaded)."""
+    groups: dict[int, tuple[Bundle, list[tuple[_Scan, str]]]] = {}
+    for scan in chunk:
+        try:
+            bundle, why, how = pick(scan.volume)
+        except ScanClassifierError as error:
+            skip(f"{scan.name}: {error}")
+            continue
+        if bundle is None:
+            uncovered.append(Unranked(scan.item, scan.name, why, how, scan.path, scan.series_key))
+        else:
+            groups.setdefault(id(bundle), (bundle, []))[1].append((scan, why))
+    return groups
+
+
+def _ranked(
+    found: list[tuple[_Scan, str, Prediction]], bundle: Bundle, measure: str
+) -> list[Ranked]:
+    """One model's scans, most informative first, out-of-distribution ones after the others."""
+    scored = [(uncertainty_score(p.uncertainty, measure), scan, why, p) for scan, why, p in found]
     # stable: ties keep the input order
-    scored.sort(key=lambda entry: (not entry[2].in_distribution, -entry[0]))
+    scored.sort(key=lambda entry: (not entry[3].in_distribution, -entry[0]))
     return [
         Ranked(
             rank=rank,
@@ -147,12 +262,18 @@ def rank_by_uncertainty(
             series_key=scan.series_key,
             in_distribution=prediction.in_distribution,
             ood_reasons=tuple(prediction.ood.reasons) if prediction.ood else (),
+            model=_model_name(bundle),
+            choice=why,
         )
-        for rank, (score, scan, prediction) in enumerate(scored, start=1)
+        for rank, (score, scan, why, prediction) in enumerate(scored, start=1)
     ]
 
 
-def load_ranked(ranked: Ranked) -> Volume:
+def _model_name(bundle: Bundle) -> str:
+    return f"{bundle.metadata.name} v{bundle.metadata.version}"
+
+
+def load_ranked(ranked: Ranked | Unranked) -> Volume:
     """Read the scan a ranking entry names from disk again (only that DICOM series)."""
     if ranked.path is None:
         raise ValueError("this scan was ranked from memory; it has no file to read")

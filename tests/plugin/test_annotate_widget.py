@@ -26,7 +26,7 @@ from napari_scan_classifier.models import (
 )
 from napari_scan_classifier.phantoms import make_case
 from napari_scan_classifier.plugin.layers import scan_volume, volume_to_layer_data
-from napari_scan_classifier.plugin.widgets import annotate
+from napari_scan_classifier.plugin.widgets import annotate_library
 from napari_scan_classifier.plugin.widgets.annotate import (
     CASE_KEY,
     DATA_ROLE,
@@ -396,7 +396,7 @@ def test_export_then_import_into_a_fresh_library_gives_the_same_cases(
         save(qtbot, widget, layer, label)
     original = CaseLibrary(widget.library.value)
     archive = tmp_path / "shared.zip"
-    monkeypatch.setattr(annotate, "_ask_zip", lambda parent, save: archive)
+    monkeypatch.setattr(annotate_library, "_ask_zip", lambda parent, save: archive)
 
     widget.export_button.changed.emit(True)
     finish(qtbot, widget)

@@ -14,6 +14,8 @@ from pytestqt.qtbot import QtBot
 
 from napari_scan_classifier import phantoms
 from napari_scan_classifier.models import save_bundle
+from napari_scan_classifier.models.bundle import read_metadata
+from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.outputs import MODELS_FOLDER_VARIABLE
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
 from napari_scan_classifier.plugin.widgets.classify import (
@@ -24,6 +26,7 @@ from napari_scan_classifier.plugin.widgets.classify import (
 from napari_scan_classifier.volume import Volume
 
 MR_HEAD = "tiny_mr_brain"
+CT_VERSION = read_metadata(bundled_model_path()).version  # the shipped CT model's
 WAIT_MS = 60_000
 SMALL = {"shape": (24, 64, 64), "spacing": (7.0, 3.0, 3.0)}
 
@@ -100,7 +103,7 @@ def test_a_scan_no_model_covers_is_not_classified(
     _identified(qtbot, widget)
     start = (
         "no installed model covers CT pelvis: install or train one (installed: demo_ct_lesion "
-        "v5 for CT abdomen, "
+        f"v{CT_VERSION} for CT abdomen, "
     )
     end = (
         f"{MR_HEAD} v1 for MR head); modality from the scan's modality field; region from the "

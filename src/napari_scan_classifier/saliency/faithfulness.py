@@ -154,7 +154,7 @@ def measure_faithfulness(
         raise ValueError(f"steps must be at least 1, got {steps}")
     x, grid = prepare_input(volume, bundle, saliency.box)
     k = class_index(bundle, saliency.target_class if target_class is None else target_class)
-    regions = _Regions(x, grid, region_mm, seed)
+    regions = Regions(x, grid, region_mm, seed)
     rng = np.random.default_rng(seed)
     ranked = regions.ranked(resample_to_grid(saliency.values, grid, 0.0), rng)
     shuffled = rng.permutation(ranked)
@@ -181,7 +181,7 @@ def measure_faithfulness(
 
 
 def _probabilities(
-    bundle: Bundle, regions: _Regions, sets: list[np.ndarray], k: int, batch_size: int
+    bundle: Bundle, regions: Regions, sets: list[np.ndarray], k: int, batch_size: int
 ) -> list[float]:
     """p(class k) with each set of regions filled; a set seen before is not run again."""
     keys = [tuple(sorted(chosen.tolist())) for chosen in sets]
@@ -197,7 +197,7 @@ def _probabilities(
     return [float(by_key[key]) for key in keys]
 
 
-class _Regions:
+class Regions:
     """Cubes of the model grid and the plausible fill of any set of them."""
 
     def __init__(self, x: np.ndarray, grid: ModelGrid, region_mm: float, seed: int) -> None:
@@ -244,7 +244,7 @@ class _Regions:
         return np.where(gone, fill, self.x).astype(np.float32)
 
 
-def _batches(regions: _Regions, inputs: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+def _batches(regions: Regions, inputs: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(inputs), size):
         yield np.stack([regions.removed(chosen) for chosen in inputs[start : start + size]])
 

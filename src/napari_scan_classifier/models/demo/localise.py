@@ -25,28 +25,57 @@ from napari_scan_classifier.models.architectures import ARCHITECTURES
 from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
 from napari_scan_classifier.models.demo.common import Grid
 from napari_scan_classifier.phantoms import Phantom
-from napari_scan_classifier.preprocess import prepare, resample_to_grid
+from napari_scan_classifier.preprocess import ModelGrid, prepare, resample_to_grid
+from napari_scan_classifier.saliency.faithfulness import REGION_MM, Regions
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
 
 ARCHITECTURE = "cnn3d_mil"
 EVIDENCE_LAYER = "evidence"  # its first channel learns here to mark the cells with a lesion
 LESION_CELL_WEIGHT = 30.0  # a (rare) cell with a lesion weighs as much as this many without
+# Blurred copies: regions removed number N ** u of the N, u uniform up to this (about 1 in 8: all)
+BLUR_EXPONENT = 1.15
+
+
+def blurred(
+    x: np.ndarray, grid: ModelGrid, lesion: np.ndarray, rng: np.random.Generator, *, keep: bool
+) -> np.ndarray:
+    """``x`` with regions removed as the faithfulness check removes them (its own fill): a
+    log-uniform number of the regions without lesion, and every region touching ``lesion``
+    unless ``keep``. Why: a network that reads blur itself as a lesion makes the check's
+    fill remove nothing; blurred copies, half of them still with their lesion, teach that blur
+    says nothing either way and that a removed lesion is gone."""
+    regions = Regions(x, grid, REGION_MM, int(rng.integers(2**31)))
+    touched = np.unique(regions.labels[lesion])
+    others = np.setdiff1d(regions.candidates, touched)
+    n = min(len(others), round(len(others) ** rng.uniform(0.0, BLUR_EXPONENT)))
+    chosen = rng.choice(others, n, replace=False)
+    return regions.removed(chosen if keep else np.union1d(chosen, touched))
 
 
 def cell_labelled(
-    phantoms: Iterable[Phantom], grid: Grid, cells: Sequence[int]
+    phantoms: Iterable[Phantom], grid: Grid, cells: Sequence[int], blur_seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model-grid arrays (N, D, H, W), scan labels (N,) and cell labels (N, *cells, 1): 1 where
-    at least one model voxel of the cell lies mostly inside a lesion."""
+    at least one model voxel of the cell lies mostly inside a lesion. With ``blur_seed``, each
+    phantom with a lesion is followed by a :func:`blurred` copy, in turn without its lesion
+    (labelled normal, no lesion cell) and with it (its own labels)."""
     arrays, labels, masks = [], [], []
+    rng = np.random.default_rng(blur_seed)
+    copies = 0
     for phantom in phantoms:
         array, model_grid = prepare(phantom.volume, grid.input_shape, grid.spacing, grid.intensity)
-        lesion = np.asarray(phantom.lesion_mask, dtype=np.float32)
-        on_grid = resample_to_grid(lesion, model_grid, 0.0) > 0.5
+        lesion = resample_to_grid(np.asarray(phantom.lesion_mask, np.float32), model_grid, 0.0)
+        label = grid.classes.index(phantom.class_name)
         arrays.append(array)
-        labels.append(grid.classes.index(phantom.class_name))
-        masks.append(_cells(on_grid, cells))
+        labels.append(label)
+        masks.append(_cells(lesion > 0.5, cells))
+        if blur_seed is not None and lesion.any():
+            keep = copies % 2 == 1
+            copies += 1
+            arrays.append(blurred(array, model_grid, lesion > 0.05, rng, keep=keep))
+            labels.append(label if keep else grid.classes.index("normal"))
+            masks.append(masks[-1] if keep else np.zeros_like(masks[-1]))
     return np.stack(arrays), np.array(labels), np.stack(masks)[..., None]
 
 
@@ -75,6 +104,7 @@ def train_localised(
     batch_size: int,
     seed: int,
     description: str,
+    blur: bool = False,
     verbose: bool = True,
 ) -> Bundle:
     """A ``cnn3d_mil`` trained from scratch on ``training``'s scan and cell labels (see the
@@ -95,7 +125,7 @@ def train_localised(
         },
     )
     cells_shape = tuple(int(n) for n in evidence.shape[1:4])
-    x, y, cells = cell_labelled(training, grid, cells_shape)
+    x, y, cells = cell_labelled(training, grid, cells_shape, seed if blur else None)
     val = validation.splits[next(iter(validation.splits))]
     aucs = []
     for epoch in range(epochs):

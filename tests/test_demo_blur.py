@@ -1,0 +1,46 @@
+"""The CT demo recipe's blurred copies: the faithfulness check's fill, lesion removed or kept."""
+
+import numpy as np
+from scipy import ndimage
+
+from napari_scan_classifier.models.demo import ct, localise
+from napari_scan_classifier.preprocess import prepare, resample_to_grid
+
+SHAPES = ((40, 64, 64),)
+GRID = ct.grid((24, 24, 24))
+
+
+def _lesion_phantom():
+    return next(p for p in ct.paired_phantoms(2, 7, SHAPES, ct.CLEAR_LESIONS) if p.label == 1)
+
+
+def test_a_blurred_copy_loses_its_lesion_unless_kept():
+    phantom = _lesion_phantom()
+    x, grid = prepare(phantom.volume, GRID.input_shape, GRID.spacing, GRID.intensity)
+    lesion = resample_to_grid(phantom.lesion_mask.astype(np.float32), grid, 0.0) > 0.05
+    core = resample_to_grid(phantom.lesion_mask.astype(np.float32), grid, 0.0) > 0.9
+    rng = np.random.default_rng(0)
+
+    removed = localise.blurred(x, grid, lesion, rng, keep=False)
+    kept = localise.blurred(x, grid, lesion, rng, keep=True)
+
+    assert np.array_equal(kept[lesion], x[lesion])
+    organ = float(x[ndimage.binary_dilation(lesion, iterations=2) & ~lesion].mean())
+    contrast = abs(float(x[core].mean()) - organ)
+    assert abs(float(removed[core].mean()) - organ) < 0.5 * contrast
+    assert removed.shape == kept.shape == x.shape
+
+
+def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
+    found = ct.paired_phantoms(4, 7, SHAPES, ct.CLEAR_LESIONS)
+
+    x, y, cells = localise.cell_labelled(found, GRID, (6, 6, 6), blur_seed=3)
+    plain_x, plain_y, plain_cells = localise.cell_labelled(
+        ct.paired_phantoms(4, 7, SHAPES, ct.CLEAR_LESIONS), GRID, (6, 6, 6)
+    )
+
+    assert y.tolist() == [0, 1, 0, 0, 1, 1] and plain_y.tolist() == [0, 1, 0, 1]
+    assert cells[2].sum() == 0 and cells[1].sum() > 0
+    assert np.array_equal(cells[5], cells[4])
+    assert np.array_equal(x[[0, 1, 3, 4]], plain_x) and not np.array_equal(x[2], x[1])
+    assert np.array_equal(cells[[0, 1, 3, 4]], plain_cells)
