@@ -17,10 +17,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from napari_scan_classifier.choice import (
     ModelEntry,
@@ -55,12 +56,19 @@ from napari_scan_classifier.results import (
     write_report,
 )
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from napari_scan_classifier.io.dicom import HeaderReader
+
 JOURNAL_SUFFIX = ".jsonl"
 # How messages name the journal: by its place, not its name (an --out may be named after a patient)
 _JOURNAL = f"the results journal beside --out (its {JOURNAL_SUFFIX} file)"
 IN_PROCESS = "in-process"  # the "worker" of a row classified without a cluster
 PROGRESS_INTERVAL_S = 10.0  # plain progress lines when the output is not a terminal
 _HASH_BLOCK = 1 << 20
+# Files per header-reading task on a cluster: 0.1-0.2 s of work, well above a task's overhead
+HEADER_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -157,10 +165,11 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def discover(
-    inputs: Sequence[Path], redact: Redactor
+    inputs: Sequence[Path], redact: Redactor, reader: HeaderReader | None = None
 ) -> tuple[list[SeriesTask], list[dict[str, Any]]]:
     """The series under every input, from headers only (NIfTI: its file hash is its key), and
-    the files left out (by input number, reasons redacted). A series given twice is kept once."""
+    the files left out (by input number, reasons redacted). A series given twice is kept once.
+    ``reader`` reads the DICOM headers elsewhere (a cluster's workers), else this process does."""
     from napari_scan_classifier.io import is_nifti
     from napari_scan_classifier.io.dicom import series_files
 
@@ -176,7 +185,7 @@ def discover(
             found = {file_key(path): None}
         else:
             try:
-                stacks, left_out = series_files(path)
+                stacks, left_out = series_files(path, reader=reader)
             except ScanClassifierError as error:
                 skipped.append({"input": number, "reason": redact(numbered(str(error), number))})
                 continue
@@ -505,18 +514,16 @@ def _run_in_process(
         yield classify_task(task, ref, options)
 
 
-def _run_on_dask(
-    tasks: Sequence[SeriesTask],
-    ref: BundleRef | AutoRef,
-    options: Options,
-    workers: int,
-    scheduler: str | None,
-    announce: Callable[[str], None],
-) -> Iterator[dict[str, Any]]:
-    """Tasks out one per series, rows back as they finish. A task whose worker dies is retried
-    once on another (the scheduler's allowed-failures; 1 on the clusters started here)."""
+@contextmanager
+def _cluster(workers: int, scheduler: str | None, stream: TextIO) -> Iterator[Client | None]:
+    """A Dask client on ``scheduler``, or on a local cluster of ``workers`` processes started
+    here; None for neither. A task whose worker dies is retried once on another (the scheduler's
+    allowed-failures; 1 on the clusters started here)."""
+    if not (workers or scheduler):
+        yield None
+        return
     import dask
-    from distributed import Client, KilledWorker, LocalCluster, as_completed
+    from distributed import Client, LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         cluster = (
@@ -526,35 +533,58 @@ def _run_on_dask(
         )
         client = Client(scheduler or cluster)
     try:
-        announce(f"Dask dashboard: {client.dashboard_link}")
-        futures = {
-            client.submit(
-                classify_task,
-                task,
-                ref,
-                options,
-                key=f"classify-{task.index}-{task.key}",
-                retries=1,
-                pure=False,
-            ): task
-            for task in tasks
-        }
-        for future in as_completed(futures):
-            task = futures.pop(future)
-            try:
-                row = future.result()
-            except KilledWorker:
-                row = failed_row(task, "the worker running it died twice (out of memory?)")
-                row.update(worker=None, bundle=_summary_of(ref))
-            except Exception as error:  # a bug or a resource limit: recorded, cohort goes on
-                row = failed_row(task, f"{type(error).__name__}: {error}")
-                row.update(worker=None, bundle=_summary_of(ref))
-            future.release()
-            yield row
+        print(f"Dask dashboard: {client.dashboard_link}", file=stream, flush=True)
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _headers_on(client: Client) -> HeaderReader:
+    """DICOM headers read on the cluster's workers in batches (so that finding the series of a
+    large archive is not one process's work), the results in file order."""
+    from napari_scan_classifier.io.dicom import read_headers
+
+    def read(items: list[tuple[int, Path]]) -> Iterator[Any]:
+        batches = [items[i : i + HEADER_BATCH] for i in range(0, len(items), HEADER_BATCH)]
+        for future in client.map(read_headers, batches, pure=False):
+            yield from future.result()
+            future.release()
+
+    return read
+
+
+def _run_on_dask(
+    tasks: Sequence[SeriesTask], ref: BundleRef | AutoRef, options: Options, client: Client
+) -> Iterator[dict[str, Any]]:
+    """Tasks out one per series, rows back as they finish."""
+    from distributed import KilledWorker, as_completed
+
+    futures = {
+        client.submit(
+            classify_task,
+            task,
+            ref,
+            options,
+            key=f"classify-{task.index}-{task.key}",
+            retries=1,
+            pure=False,
+        ): task
+        for task in tasks
+    }
+    for future in as_completed(futures):
+        task = futures.pop(future)
+        try:
+            row = future.result()
+        except KilledWorker:
+            row = failed_row(task, "the worker running it died twice (out of memory?)")
+            row.update(worker=None, bundle=_summary_of(ref))
+        except Exception as error:  # a bug or a resource limit: recorded, cohort goes on
+            row = failed_row(task, f"{type(error).__name__}: {error}")
+            row.update(worker=None, bundle=_summary_of(ref))
+        future.release()
+        yield row
 
 
 def _summary_of(ref: BundleRef | AutoRef) -> dict[str, Any] | None:
@@ -583,17 +613,36 @@ def classify_cohort(
     existing one; neither: this process. Progress goes to ``stream`` (stderr by default).
     """
     options = options or Options()
+    stream = stream or sys.stderr
     target = check_output(out)
     inputs = expand_inputs(paths)
     redact = Redactor(inputs)
-    tasks, skipped = discover(inputs, redact)
-    if not tasks:
-        reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
-        raise UnreadableScanError(f"no scan found to classify ({reasons})")
     bundle = None if is_auto(model) else resolve_bundle(model)
     if bundle is not None:
         check_saliency_class(bundle, options.saliency_class)
     ref = auto_ref() if bundle is None else bundle_ref(bundle)
+    with _cluster(workers, scheduler, stream) as client:
+        reader = None if client is None else _headers_on(client)
+        tasks, skipped = discover(inputs, redact, reader)
+        if not tasks:
+            reasons = "; ".join(s["reason"] for s in skipped) or "nothing found"
+            raise UnreadableScanError(f"no scan found to classify ({reasons})")
+        return _classify_tasks(tasks, skipped, target, bundle, ref, options, client, redact, stream)
+
+
+def _classify_tasks(
+    tasks: list[SeriesTask],
+    skipped: list[dict[str, Any]],
+    target: Path,
+    bundle: Bundle | None,
+    ref: BundleRef | AutoRef,
+    options: Options,
+    client: Client | None,
+    redact: Redactor,
+    stream: TextIO,
+) -> CohortResult:
+    """Every task not already in the journal, its row appended as it arrives; then the
+    summary."""
     journal = Journal(journal_path(target))
     journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
@@ -604,8 +653,8 @@ def classify_cohort(
     for left_out in skipped:
         progress.note(f"skipped a file of input {left_out['input']}: {left_out['reason']}")
     rows = (
-        _run_on_dask(pending, ref, options, workers, scheduler, progress.note)
-        if pending and (workers or scheduler)
+        _run_on_dask(pending, ref, options, client)
+        if pending and client is not None
         else _run_in_process(pending, bundle, ref, options)
     )
     try:
