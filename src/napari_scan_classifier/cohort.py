@@ -1,7 +1,8 @@
 """Cohorts: classify every series of many inputs, in this process or on a Dask cluster.
 
-The client finds the series from headers only and sends each out as one task; the task reads its
-series where it runs (memory per worker stays one series), classifies it with the bundle that
+The client finds the series from headers only (on a cluster, the workers read the headers in
+batches and the client groups them) and sends each out as one task; the task reads its series
+where it runs (memory per worker stays one series), classifies it with the bundle that
 worker process loaded once, writes its saliency map and returns its row. Rows are appended to a
 JSON Lines journal as they arrive (one line per series, flushed and synced), so the results file
 is valid after every append and a rerun of the same command skips every series already in it
