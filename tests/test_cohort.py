@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from napari_scan_classifier.cohort import (
     model_sha256,
 )
 from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
-from napari_scan_classifier.io.dicom import list_series
+from napari_scan_classifier.io.dicom import list_series, read_headers, series_files
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
@@ -137,6 +138,33 @@ def test_list_file_paths_are_relative_to_it_and_missing_ones_named(tmp_path: Pat
     listing.write_text("a\nno_such_study\n")
     with pytest.raises(UnreadableScanError, match=r"^input 2: no such file or folder$"):
         expand_inputs([f"@{listing}"])
+
+
+def test_headers_read_elsewhere_in_batches_find_the_same_series_and_skipped_files(
+    tmp_path: Path,
+) -> None:
+    """As on a cluster: batches of files go out (pickled), their headers come back (pickled)."""
+    for number in (1, 2):
+        volume = make_ct_phantom(number, shape=(4, 16, 16), spacing=(5.0, 5.0, 5.0)).volume
+        write_series(volume, tmp_path / f"study{number}", series_number=number)
+    (tmp_path / "study1" / "notes.txt").write_text("not an image")
+    sizes: list[int] = []
+
+    def elsewhere(items: list[tuple[int, Path]]):
+        for start in range(0, len(items), 3):
+            batch = pickle.loads(pickle.dumps(items[start : start + 3]))
+            sizes.append(len(batch))
+            yield from pickle.loads(pickle.dumps(read_headers(batch)))
+
+    here, skipped_here = series_files(tmp_path)
+    there, skipped_there = series_files(tmp_path, reader=elsewhere)
+
+    assert sizes == [3, 3, 3]  # 8 slices and the text file
+    assert len(there) == 2 and there == here
+    assert [(s.position, s.reason) for s in skipped_there] == [
+        (s.position, s.reason) for s in skipped_here
+    ]
+    assert [s.position for s in skipped_there] == [5]
 
 
 def test_plain_progress_lines_count_done_failures_rate_and_time_left() -> None:
@@ -265,6 +293,55 @@ def _kill_a_busy_worker(out: Path, killed: dict[str, Any]) -> None:
             os.kill(pids[address], signal.SIGKILL)
             killed.update(address=address, keys=[str(k) for k in keys])
             return
+
+
+@pytest.mark.slow
+def test_a_series_whose_worker_dies_twice_is_recorded_and_the_rest_finish(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+) -> None:
+    """Every worker that takes one series is killed: it runs twice (once retried), then is
+    recorded as failed with the reason, and the other series are classified."""
+    deadly, other = sorted(cohort_dir.iterdir())[:2]
+    out = tmp_path / "results.json"
+    kills: list[str] = []
+    killer = threading.Thread(target=_kill_workers_holding, args=(out, _keys(deadly), kills))
+    killer.start()
+
+    code = _cli("classify", deadly, other, "--model", bundle_dir, "--out", out, "--workers", 2)
+
+    killer.join()
+    assert code == 0
+    assert len(kills) == 2
+    rows = {row["series_key"]: row for row in _journal(out)}
+    assert rows.keys() == _keys(deadly) | _keys(other)
+    (dead,) = [rows[key] for key in _keys(deadly)]
+    assert dead["status"] == "failed" and dead["worker"] is None
+    assert dead["error"] == "the worker running it died twice (out of memory?)"
+    assert all(rows[key]["status"] in ANSWERED for key in _keys(other))
+
+
+def _kill_workers_holding(out: Path, series_keys: set[str], kills: list[str]) -> None:
+    """SIGKILL every worker process that has the task of one of ``series_keys`` in hand, until
+    the journal holds its row; the addresses killed go to ``kills``."""
+    from distributed import default_client
+
+    journal = out.with_suffix(".jsonl")
+    deadline = time.monotonic() + 600
+    client = None
+    while time.monotonic() < deadline:
+        if journal.exists() and any(key in journal.read_text() for key in series_keys):
+            return
+        try:
+            client = client or default_client()
+        except ValueError:  # the command has not started its cluster yet
+            time.sleep(0.01)
+            continue
+        for address, tasks in client.processing().items():
+            holding = any(str(task).endswith(key) for task in tasks for key in series_keys)
+            if holding and address not in kills:
+                os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+                kills.append(address)
+        time.sleep(0.01)
 
 
 @pytest.mark.slow

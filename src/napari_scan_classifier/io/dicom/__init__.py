@@ -24,7 +24,7 @@ from napari_scan_classifier.errors import (
     UnsupportedTransferSyntaxError,
 )
 from napari_scan_classifier.io import LoadResult, SkippedFile
-from napari_scan_classifier.io.dicom.discovery import _scan
+from napari_scan_classifier.io.dicom.discovery import HeaderReader, _scan, read_headers
 from napari_scan_classifier.io.dicom.geometry import _plan, _stack_name
 from napari_scan_classifier.io.dicom.pixels import (
     _decode_stack,
@@ -97,12 +97,14 @@ def series_files(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     max_workers: int | None = None,
+    reader: HeaderReader | None = None,
 ) -> tuple[dict[str, list[Path]], list[SkippedFile]]:
     """Each series key under ``path`` with the files that hold it, and the files left out, from
     the headers only: so one series can be loaded on its own elsewhere (another process or
-    machine) with ``load_dicom(path, series=[key], files=...)`` without searching ``path``."""
+    machine) with ``load_dicom(path, series=[key], files=...)`` without searching ``path``.
+    ``reader`` reads the headers elsewhere (e.g. on a cluster), else threads here do."""
     with ThreadPoolExecutor(_workers(max_workers)) as pool:
-        stacks, skipped = _scan(Path(path), pool, progress, cancel)
+        stacks, skipped = _scan(Path(path), pool, progress, cancel, reader=reader)
     return {stack.key: [file.path for file in stack.files] for stack in stacks}, skipped
 
 
@@ -148,4 +150,13 @@ def load_dicom(
     return LoadResult(volumes, skipped)
 
 
-__all__ = ["Cancel", "Progress", "SeriesInfo", "list_series", "load_dicom", "series_files"]
+__all__ = [
+    "Cancel",
+    "HeaderReader",
+    "Progress",
+    "SeriesInfo",
+    "list_series",
+    "load_dicom",
+    "read_headers",
+    "series_files",
+]

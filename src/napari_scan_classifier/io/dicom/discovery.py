@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -51,6 +51,18 @@ def _try_file(
     for frame in frames:
         frame.file.position = position
     return frames
+
+
+def read_headers(items: Sequence[tuple[int, Path]]) -> list[list[_Frame] | SkippedFile]:
+    """The headers of a batch of (position, path) files where this runs: another process or
+    machine, when a cluster reads a cohort's headers (see :data:`HeaderReader`)."""
+    known: dict[tuple, dict] = {}
+    return [_try_file(position, Path(path), known, None) for position, path in items]
+
+
+# Reads the headers of (position, path) files elsewhere, e.g. batches of read_headers on a
+# cluster's workers; yields one result per file, in order.
+HeaderReader = Callable[[list[tuple[int, Path]]], Iterable[list[_Frame] | SkippedFile]]
 
 
 def _series_key(frame: _Frame) -> str:
@@ -168,16 +180,22 @@ def _scan(
     progress: Progress | None,
     cancel: Cancel | None,
     files: Iterable[str | Path] | None = None,
+    reader: HeaderReader | None = None,
 ) -> tuple[list[_Stack], list[SkippedFile]]:
-    """Read every header under ``path`` (only ``files`` where given); the stacks found and the
-    files left out."""
+    """Read every header under ``path`` (only ``files`` where given; with ``reader``, there
+    rather than in ``pool``); the stacks found and the files left out."""
     if not path.exists():
         raise UnreadableScanError(f"{THE_INPUT}: no such file or folder")
     candidates = _candidate_files(path) if files is None else [Path(f) for f in files]
     skipped: list[SkippedFile] = []
     known: dict[tuple, dict] = {}
     read: list[list[_Frame]] = []
-    results = pool.map(lambda item: _try_file(*item, known, cancel), enumerate(candidates, 1))
+    items = list(enumerate(candidates, 1))
+    results = (
+        pool.map(lambda item: _try_file(*item, known, cancel), items)
+        if reader is None
+        else reader(items)
+    )
     for done, result in enumerate(results, 1):
         if isinstance(result, SkippedFile):
             skipped.append(result)
