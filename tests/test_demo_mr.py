@@ -104,11 +104,10 @@ def test_the_sample_mrs_are_classified_and_explained_as_recorded(bundle, recorde
     assert figures["in_distribution"]
     for label, p in expected["probabilities"].items():
         assert figures["probabilities"][label] == pytest.approx(p, abs=2e-3)
-    assert figures["saliency_method"] == expected["saliency_method"] == "grad_cam"
+    assert figures["saliency_method"] == expected["saliency_method"] == "integrated_gradients"
     assert figures["faithfulness_passed"] == expected["faithfulness_passed"]
     inside, outside = figures["saliency_inside_outside"]
-    # Measured 1.87 (tumour) and 1.77 (infarct): short of the 2 aimed for, held here as found.
-    assert inside >= 1.5 * outside
+    assert inside >= 2 * outside  # measured 11.3 (tumour) and 11.9 (infarct)
     assert inside == pytest.approx(expected["saliency_inside_outside"][0], abs=0.01)
 
 

@@ -20,7 +20,8 @@ from napari_scan_classifier.applicability import (
 )
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.evaluation import EvaluationReport
-from napari_scan_classifier.models.bundle import Bundle, load_bundle
+from napari_scan_classifier.models.bundle import Bundle, load_bundle, read_metadata
+from napari_scan_classifier.models.bundled import named_bundle_path
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import choose_saliency, with_saliency_choice
 from napari_scan_classifier.training import (
@@ -119,6 +120,13 @@ def train_stages(
     if result is None:
         raise ValueError(f"{checkpoints} already holds every stage; choose a new --out")
     return result
+
+
+def shipped_version(name: str) -> int:
+    """The version of the demo bundle ``name`` shipped in the package (0 where none is): a new
+    one is numbered after it, so a shipped version is never reused."""
+    folder = named_bundle_path(name)
+    return read_metadata(folder).version if folder is not None else 0
 
 
 def training_split(training: LabelledData, validation: LabelledData) -> LabelledData:

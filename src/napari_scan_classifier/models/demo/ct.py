@@ -94,7 +94,6 @@ give the same phantoms, splits and weights (up to the last bits of TensorFlow's 
 
 from __future__ import annotations
 
-import json
 import re
 import textwrap
 import time
@@ -120,6 +119,7 @@ from napari_scan_classifier.models.demo.common import (
     fmt,
     held_out_metrics,
     lineage,
+    shipped_version,
     span,
     train_stages,
     training_split,
@@ -377,7 +377,7 @@ def finalise(
     base = load_bundle(folder)
     validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
     bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
-    version = max(bundle.metadata.version, _shipped_version() + 1)
+    version = max(bundle.metadata.version, shipped_version(DEMO_NAME) + 1)
     bundle.metadata = replace(
         bundle.metadata, body_region=BODY_REGION, version=version, gradcam_layer=GRADCAM_LAYER
     )
@@ -399,12 +399,6 @@ def finalise(
             f"-> {path}"
         )
     return path
-
-
-def _shipped_version() -> int:
-    """The version of the demo bundle shipped in the package (0 where none is)."""
-    metadata = bundled_model_path() / "bundle.json"
-    return int(json.loads(metadata.read_text())["version"]) if metadata.is_file() else 0
 
 
 _SAMPLE_BULLET = re.compile(r"^- \*\*Sample CT phantom\*\*.*?(?=^- \*\*)", re.M | re.S)

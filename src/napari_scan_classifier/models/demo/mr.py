@@ -55,6 +55,7 @@ from napari_scan_classifier.models.demo.common import (
     on_grid,
     printer,
     replace_section,
+    shipped_version,
     train_stages,
     training_split,
 )
@@ -193,6 +194,8 @@ def build_mr_demo(
     compared = json.loads(Path(comparison).read_text()) if comparison else None
     _describe(bundle, held_out, minutes, compared)
     finalise_mr(bundle, seed=seed, cases=cases, val_cases=val_cases)
+    version = max(bundle.metadata.version, shipped_version(DEMO_NAME) + 1)
+    bundle.metadata = replace(bundle.metadata, version=version)
     path = result.save(target)
     if verbose:
         figures = bundle.metadata.training["samples"]
