@@ -36,7 +36,7 @@ from napari_scan_classifier.saliency import (
     with_saliency_choice,
 )
 from napari_scan_classifier.saliency.core import coarse_grid, to_source
-from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, Regions
+from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, Regions, beside
 from napari_scan_classifier.saliency.gradients import attributions
 from napari_scan_classifier.saliency.sanity import RANK_CORRELATION_BOUND
 from napari_scan_classifier.volume import Volume
@@ -342,3 +342,11 @@ def test_the_shipped_model_explains_the_sample_ct():
     check = saliency.faithfulness
     assert check.passed, check.reason
     assert saliency.values[lesions].mean() >= 2 * saliency.values[body].mean()
+
+
+def test_a_gap_is_printed_on_the_side_of_the_mark_it_is_on() -> None:
+    assert beside(0.0996, 0.1) == "0.0996"  # failed: never "0.10"
+    assert beside(0.1004, 0.1) == "0.10"  # passed
+    assert beside(0.39284, 0.1) == "0.39"
+    assert beside(0.09999996, 0.1) == "0.09999996"
+    assert beside(-0.5, 0.1) == "-0.50"

@@ -50,6 +50,16 @@ MIN_REGION_VOXELS = 2
 STEPS = 10
 
 
+def beside(value: float, mark: float) -> str:
+    """``value`` with as many decimals (two or more) as it takes to read on the same side of
+    ``mark`` as it is: a gap of 0.0996 against 0.10 reads 0.0996, not 0.10."""
+    for digits in range(2, 8):
+        text = f"{value:.{digits}f}"
+        if (float(text) >= mark) == (value >= mark):
+            return text
+    return repr(value)
+
+
 @dataclass(frozen=True)
 class Faithfulness:
     """Region deletion/insertion curves of one map (see the module docstring for the rule).
@@ -100,7 +110,8 @@ class Faithfulness:
         cls = self.target_class
         figures = (
             f"insertion area {self.auc_insertion:.2f} vs deletion {self.auc_deletion:.2f}, "
-            f"gap {self.gap:.2f}, needs {self.margin:.2f}; random order {self.auc_random:.2f}"
+            f"gap {beside(self.gap, self.margin)}, needs {self.margin:.2f}; "
+            f"random order {self.auc_random:.2f}"
         )
         if self.passed:
             return f"removing the regions the map marks lowers p({cls}) first ({figures})"
