@@ -35,6 +35,7 @@ from napari_scan_classifier.plugin.widgets.classify import (
     ClassifyWidget,
     prediction_text,
 )
+from napari_scan_classifier.plugin.widgets.workers import DISPLAY_PERCENTILE, DISPLAY_SAMPLE
 from napari_scan_classifier.results import slice_text
 from napari_scan_classifier.saliency import grad_cam
 from napari_scan_classifier.volume import Volume
@@ -340,6 +341,11 @@ def test_go_to_the_most_salient_slice(viewer: ViewerModel, qtbot: QtBot, cnn_dir
     on_screen = np.round(saliency.world_to_data(viewer.dims.point)).astype(int)
     assert on_screen[0] == peak[0] and saliency.metadata[PEAK_KEY] == point
     assert float(saliency.data[on_screen[0]].max()) == pytest.approx(1.0)
+    positive = saliency.data[saliency.data > 0]
+    assert round((saliency.data.size / DISPLAY_SAMPLE) ** (1 / 3)) == 1  # sampled whole
+    top = saliency.contrast_limits[1]
+    assert top == pytest.approx(float(np.percentile(positive, DISPLAY_PERCENTILE)))
+    assert saliency.contrast_limits[0] == 0.0 and 0.0 < top <= 1.0
     result = scan.metadata[CLASSIFICATION_KEY]
     assert viewer.canvas.overlays.text.text == prediction_text(result)
     assert viewer.canvas.overlays.text.text.startswith("Predicted: ")

@@ -78,10 +78,11 @@ def volume_to_layer_data(volume: Volume) -> FullLayerData:
 
 
 def map_to_layer_data(
-    volume: Volume, values: np.ndarray, name: str, metadata: dict[str, Any]
+    volume: Volume, values: np.ndarray, name: str, metadata: dict[str, Any], upper: float = 1.0
 ) -> FullLayerData:
     """An image LayerDataTuple laying ``values`` (a 0-1 map on ``volume``'s grid) over the layer
-    :func:`volume_to_layer_data` makes of ``volume``: the same world alignment and affine."""
+    :func:`volume_to_layer_data` makes of ``volume``: the same world alignment and affine; the
+    colour scale tops out at ``upper``."""
     aligned = volume.with_voxels(values).world_aligned()
     kwargs: dict[str, Any] = {
         "name": name,
@@ -92,7 +93,7 @@ def map_to_layer_data(
         "colormap": "inferno",
         "blending": "additive",
         "opacity": SALIENCY_OPACITY,
-        "contrast_limits": (0.0, 1.0),
+        "contrast_limits": (0.0, upper),
     }
     return (aligned.voxels, kwargs, "image")
 

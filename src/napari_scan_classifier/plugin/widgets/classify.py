@@ -51,6 +51,7 @@ from napari_scan_classifier.plugin.layers import (
 from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.result_chart import ResultChart
 from napari_scan_classifier.plugin.widgets.workers import (
+    MapView,
     Report,
     classification,
     explanation,
@@ -359,14 +360,14 @@ class ClassifyWidget(Container):
     def _on_explained(
         self, layer: Layer, volume: Volume, bundle: Bundle, outcome: tuple[ScanResult, Any]
     ) -> None:
-        result, peak = outcome
+        result, view = outcome
         if layer not in self._viewer.layers:
             return
         data = {**layer.metadata.get(CLASSIFICATION_KEY, {}), "saliency": None}
         data.update(result.to_dict())
         layer.metadata[CLASSIFICATION_KEY] = data
         self._sendable[layer] = (volume, result, bundle)
-        self._show_saliency(layer, volume, result, data, peak)
+        self._show_saliency(layer, volume, result, data, view)
 
     def cancel(self) -> None:
         """Ask the running classification to stop at its next step."""
@@ -398,7 +399,7 @@ class ClassifyWidget(Container):
     def _on_result(
         self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any, Choice | None]
     ) -> None:
-        model, bundle, result, peak, choice = outcome
+        model, bundle, result, view, choice = outcome
         self._bundles[model] = bundle
         if layer not in self._viewer.layers:
             show_info(f"'{layer.name}' was closed before its classification finished.")
@@ -408,7 +409,7 @@ class ClassifyWidget(Container):
             data["model_choice"] = choice.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
         self._sendable[layer] = (volume, result, bundle)
-        self._show_saliency(layer, volume, result, data, peak)
+        self._show_saliency(layer, volume, result, data, view)
         if data["modality_warning"]:
             show_warning(f"{layer.name}: {data['modality_warning']}")
 
@@ -418,18 +419,20 @@ class ClassifyWidget(Container):
         volume: Volume,
         result: ScanResult,
         data: dict[str, Any],
-        peak: tuple[float, ...] | None,
+        view: MapView | None,
     ) -> None:
         """Add or update (in place) the scan's saliency layer: a short name, the scan's name in
-        its metadata, and where the map peaks (found by the worker: no scan of the map here)."""
+        its metadata, and where the map peaks and tops out (found by the worker: no scan of the
+        map here)."""
         if result.saliency is None:
             remove_result_layer(self._viewer.layers, layer, SALIENCY_KIND)
             return
         method = data["saliency"]["method"]
         title = SALIENCY_TITLES.get(method_key(method), method)
         name = f"{title} · {data['saliency']['target_class']}"
+        peak, upper = (None, 1.0) if view is None else view
         metadata = {CLASSIFICATION_KEY: data, SCAN_NAME_KEY: layer.name, PEAK_KEY: peak}
-        layer_data = map_to_layer_data(volume, result.saliency.values, name, metadata)
+        layer_data = map_to_layer_data(volume, result.saliency.values, name, metadata, upper)
         put_result_layer(self._viewer.layers, layer, SALIENCY_KIND, layer_data)
 
     def _on_error(self, error: BaseException) -> None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from napari.qt.threading import thread_worker
@@ -27,6 +27,9 @@ from napari_scan_classifier.results import (
 from napari_scan_classifier.volume import Volume
 
 POLL_S = 0.05  # how often the worker looks for the core's progress reports
+DISPLAY_PERCENTILE = 99.5  # of a map's positive values: where its colour scale tops out
+DISPLAY_SAMPLE = 2**20  # voxels sampled (strided) to find it
+MIN_DISPLAY_TOP = 1e-6
 Report = tuple[int, int, str]  # (done, total, what)
 T = TypeVar("T")
 
@@ -62,7 +65,7 @@ def classification(
     bundle = bundles.get(model) or resolve_bundle(model)
     step = partial(classify_scan, volume, bundle, cancel=cancel, **options)
     result = yield from reporting(step, cancel)
-    return model, bundle, result, saliency_peak(volume, result), choice
+    return model, bundle, result, map_view(volume, result), choice
 
 
 @thread_worker(worker_class=GeneratorWorker, ignore_errors=True)
@@ -72,20 +75,35 @@ def explanation(
     prediction: Prediction,
     options: dict[str, Any],
     cancel: threading.Event,
-) -> Generator[Report, None, tuple[ScanResult, tuple[float, ...] | None]]:
+) -> Generator[Report, None, tuple[ScanResult, MapView | None]]:
     """The map of another class for a prediction already made; yields progress reports."""
     step = partial(explain_prediction, volume, bundle, prediction, cancel=cancel, **options)
     result = yield from reporting(step, cancel)
-    return result, saliency_peak(volume, result)
+    return result, map_view(volume, result)
 
 
-def saliency_peak(volume: Volume, result: ScanResult) -> tuple[float, ...] | None:
-    """World mm (z, y, x) of the voxel where the saliency map peaks: found in the worker, as a
-    scan of a 512x512x300 map would stall the viewer."""
+class MapView(NamedTuple):
+    """How to show a saliency map, found in the worker (a scan of a 512x512x300 map would stall
+    the viewer): world mm (z, y, x) of its peak, and the value its colour scale tops out at."""
+
+    peak: tuple[float, ...]
+    upper: float
+
+
+def map_view(volume: Volume, result: ScanResult) -> MapView | None:
+    """The map's peak and its display top: the 99.5th percentile of its positive values (on a
+    strided sample), not its maximum, so that a map whose weight sits in few voxels (integrated
+    gradients) still shows where it points instead of a few bright voxels on black."""
     if result.saliency is None:
         return None
-    index = np.unravel_index(int(np.argmax(result.saliency.values)), volume.shape)
-    return tuple(float(v) for v in volume.index_to_world(np.asarray(index, dtype=float))[0])
+    values = result.saliency.values
+    index = np.unravel_index(int(np.argmax(values)), volume.shape)
+    peak = tuple(float(v) for v in volume.index_to_world(np.asarray(index, dtype=float))[0])
+    stride = max(1, round((values.size / DISPLAY_SAMPLE) ** (1 / 3)))
+    sample = values[::stride, ::stride, ::stride]
+    positive = sample[sample > 0]
+    upper = float(np.percentile(positive, DISPLAY_PERCENTILE)) if positive.size else 1.0
+    return MapView(peak, max(upper, MIN_DISPLAY_TOP))
 
 
 def reporting(step: Callable[..., T], cancel: threading.Event) -> Generator[Report, None, T]:
