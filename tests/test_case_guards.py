@@ -121,7 +121,7 @@ def test_a_case_zip_larger_than_the_free_disk_is_refused(tmp_path, monkeypatch):
     archive, _ = _exported(tmp_path)
     library = CaseLibrary(tmp_path / "target")
     free = limits.free_disk(tmp_path)
-    monkeypatch.setattr(cases, "_DISK_RESERVE_BYTES", free)  # as if the disk were full
+    monkeypatch.setattr(cases.exchange, "_DISK_RESERVE_BYTES", free)  # as if the disk were full
     with pytest.raises(CaseLibraryError, match=r"^export\.zip expands to .* more than the 0 bytes"):
         library.import_zip(archive)
     assert _written(tmp_path / "target") == []

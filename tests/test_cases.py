@@ -231,7 +231,7 @@ def test_failed_write_is_reported_and_leaves_nothing(
     library = CaseLibrary(tmp_path)
     kept = library.add(_volume(seed=1), "normal")
     volume = _volume(seed=2)
-    monkeypatch.setattr(cases, "save_nifti", _failing_save_nifti(error))
+    monkeypatch.setattr(cases.store, "save_nifti", _failing_save_nifti(error))
 
     with pytest.raises(CaseLibraryError, match=message):
         library.add(volume, "lesion", mask=_mask(volume))
@@ -531,7 +531,7 @@ def test_prediction_must_be_json(tmp_path: Path) -> None:
 def test_default_root_is_the_user_data_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cases.platformdirs, "user_data_dir", lambda app: str(tmp_path / app))
+    monkeypatch.setattr(cases.store.platformdirs, "user_data_dir", lambda app: str(tmp_path / app))
     library = CaseLibrary()
     assert library.root == tmp_path / "napari-scan-classifier" / "cases"
     assert library.root.is_dir()

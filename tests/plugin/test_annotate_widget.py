@@ -156,7 +156,7 @@ def test_a_read_only_or_full_library_is_explained(
     def fail(*_: object) -> None:
         raise failure
 
-    monkeypatch.setattr(cases, "save_nifti", fail)
+    monkeypatch.setattr(cases.store, "save_nifti", fail)
 
     save(qtbot, widget, add_scan(viewer, 0, 0), "normal")
 
