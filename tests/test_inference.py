@@ -17,6 +17,7 @@ from napari_scan_classifier.errors import CancelledError, InvalidInputError
 from napari_scan_classifier.inference import classify, left_right_axis, prepare_input
 from napari_scan_classifier.models import Bundle, MCDropout
 from napari_scan_classifier.preprocess import Box, model_grid, prepare, slice_index_map
+from napari_scan_classifier.results import summary_lines
 from napari_scan_classifier.volume import Volume
 
 GRU_GRID = (16, 32, 32)
@@ -86,6 +87,30 @@ def test_the_class_bias_and_the_decision_rule_decide_the_class(cnn):
     np.testing.assert_allclose(list(shifted.probabilities.values()), expected, rtol=1e-6)
     assert shifted.predicted_class == CLASSES[1 - winner] != plain.predicted_class
     assert called.probabilities == plain.probabilities and called.predicted_class == CLASSES[1]
+
+
+def test_an_operating_point_travels_with_the_result_and_is_said(cnn):
+    """A threshold rule (a target sensitivity) calls the class away from the most probable
+    one, so the result records it and the summary says it; the argmax rule goes unsaid."""
+    rule = {
+        "kind": "threshold",
+        "positive_class": CLASSES[1],
+        "threshold": 0.3127,
+        "target_sensitivity": 0.9,
+        "description": "'lesion' when its calibrated probability is at least 0.313: ...",
+    }
+    threshold = Bundle(replace(cnn.metadata, decision_rule=rule), cnn.model)
+    volume = scans(1)[0]
+
+    called = classify(volume, threshold, method="none").to_dict()
+    plain = classify(volume, cnn, method="none").to_dict()
+
+    assert called["decision_rule"] == rule and plain["decision_rule"] == {"kind": "argmax"}
+    assert json.loads(json.dumps(called))["decision_rule"] == rule
+    assert summary_lines(called, banner=False)[1] == (
+        "Decision: lesion when p(lesion) >= 0.313 (operating point for sensitivity 0.90)"
+    )
+    assert not any(line.startswith("Decision:") for line in summary_lines(plain))
 
 
 @pytest.mark.parametrize("name", ["cnn", "gru"])

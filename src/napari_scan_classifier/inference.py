@@ -29,7 +29,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import keras
@@ -80,6 +80,7 @@ class Prediction:
     model_version: int
     modality_warning: str | None = None
     ood: Applicability | None = None
+    decision_rule: dict[str, Any] = field(default_factory=lambda: {"kind": "argmax"})
 
     @property
     def in_distribution(self) -> bool:
@@ -104,6 +105,7 @@ class Prediction:
             "timings": dict(self.timings),
             "modality_warning": self.modality_warning,
             "ood": None if self.ood is None else self.ood.to_dict(),
+            "decision_rule": dict(self.decision_rule),
         }
 
 
@@ -363,6 +365,7 @@ def _prediction(
         model_name=meta.name,
         model_version=meta.version,
         modality_warning=_modality_warning(scan, bundle),
+        decision_rule=dict(meta.decision_rule),
     )
 
 

@@ -8,6 +8,7 @@ Tiny untrained models keep it fast; the checks are about wiring and geometry, no
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from pytestqt.qtbot import QtBot
 from qtpy.QtCore import Qt, QTimer
 
 from napari_scan_classifier.inference import classify
-from napari_scan_classifier.models import load_bundle, save_bundle
+from napari_scan_classifier.models import Bundle, load_bundle, save_bundle
 from napari_scan_classifier.plugin.layers import (
     VOLUME_KEY,
     find_result_layer,
@@ -442,3 +443,20 @@ def test_three_classes_get_bars_curves_and_a_map_for_any_class(
     _run(qtbot, widget)  # classifying again keeps the chosen class
     assert scan.metadata[CLASSIFICATION_KEY]["saliency"]["target_class"] == other
     assert scan.metadata[CLASSIFICATION_KEY]["uncertainty"]["passes"] == 1
+
+
+def test_the_dock_says_the_operating_point_that_called_the_class(
+    viewer: ViewerModel, qtbot: QtBot, tmp_path: Path
+) -> None:
+    rule = {"kind": "threshold", "positive_class": "lesion", "threshold": 1e-6}
+    base = tiny_bundle()
+    model = save_bundle(
+        Bundle(replace(base.metadata, decision_rule=rule), base.model), tmp_path / "thr"
+    )
+    _sample(viewer)
+    widget = _widget(viewer, model, passes=0, check=False)
+
+    _run(qtbot, widget)
+
+    lines = widget.summary.value.splitlines()
+    assert lines[:2] == ["Predicted: lesion", "Decision: lesion when p(lesion) >= 0.000"]

@@ -35,6 +35,7 @@ def summary_lines(
     lines = [
         *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
+        *decision_lines(result.get("decision_rule")),
         *(probability_lines(result) if probabilities else []),
         *_choice_lines(result.get("model_choice")),
         f"Model: {model['name']} v{model['version']} on {result['device']} ({spread})",
@@ -44,6 +45,17 @@ def summary_lines(
     if result.get("modality_warning"):
         lines.append(f"Warning: {result['modality_warning']}")
     return lines
+
+
+def decision_lines(rule: Mapping[str, Any] | None) -> list[str]:
+    """How the class was called: said only for an operating point (a threshold on one class's
+    probability), since it moves the answer away from the most probable class."""
+    if not rule or rule.get("kind") != "threshold":
+        return []
+    positive, threshold = rule["positive_class"], rule["threshold"]
+    target = rule.get("target_sensitivity")
+    why = f" (operating point for sensitivity {target:.2f})" if target is not None else ""
+    return [f"Decision: {positive} when p({positive}) >= {threshold:.3f}{why}"]
 
 
 def _choice_lines(choice: Mapping[str, Any] | None) -> list[str]:
