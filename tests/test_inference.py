@@ -305,6 +305,7 @@ def test_to_dict_is_plain_json_without_arrays_or_patient_fields(gru):
         "timings",
         "modality_warning",
         "ood",
+        "decision_rule",
     }
     # A bundle without a feature detector still gets the input checks, and no score.
     assert data["ood"]["score"] is None and data["ood"]["threshold"] is None
