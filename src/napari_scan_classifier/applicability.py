@@ -29,7 +29,6 @@ still reported, with ``status: "out_of_distribution"``.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -280,27 +279,9 @@ def _geometry_reasons(summary: Mapping[str, Any], checks: Mapping[str, Any]) -> 
         if np.any(value < low) or np.any(value > high):
             reasons.append(
                 f"the {what} is {_mm(value)} mm; the model saw {_mm(span['min'])} to "
-                f"{_mm(span['max'])} mm (slice, row, column) in training"
-                + (_OTHER_AXES if _fits_permuted(value, low, high) else "")
+                f"{_mm(span['max'])} mm (z, y, x) in training"
             )
     return reasons
-
-
-# Why a permuted fit matters: the model grid keeps the stored axis order, so a coronal or sagittal
-# series is read as if its slices were axial.
-_OTHER_AXES = (
-    ", in another axis order: the slices seem to run along another axis than in training "
-    "(e.g. a coronal or sagittal series given to a model trained on axial ones)"
-)
-
-
-def _fits_permuted(value: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
-    """Whether ``value`` would be within ``low``-``high`` with its axes in another order."""
-    return any(
-        bool(np.all(value[list(order)] >= low) and np.all(value[list(order)] <= high))
-        for order in itertools.permutations(range(len(value)))
-        if list(order) != list(range(len(value)))
-    )
 
 
 def _mm(values: Iterable[float]) -> str:
