@@ -85,7 +85,9 @@ class Applicability:
 
 
 def summarise(volume: Volume) -> dict[str, Any]:
-    """What the input checks look at, for one scan: geometry, intensities, texture, region."""
+    """What the input checks look at, for one scan: geometry, intensities, texture, region;
+    axes in world order (z, y, x), as the model grid reads them, whatever the acquisition."""
+    volume = volume.world_aligned()
     voxels = _spatial(volume.voxels)
     sample = _sample(voxels)
     spacing = [float(s) for s in volume.spacing]

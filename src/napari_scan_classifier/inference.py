@@ -348,7 +348,7 @@ def _prediction(
     logits = np.asarray(outputs["volume"][b], dtype=np.float64)
     probabilities = meta.probabilities(logits[None])[0]
     per_slice = None
-    if "slices" in outputs:
+    if "slices" in outputs and grid.order[0] == 0:  # else its slices cut across the scan's
         per_slice = slice_index_map(grid).apply(softmax(outputs["slices"][b]))
     uncertainty = _uncertainty(meta.probabilities(samples[:, b]), meta.classes)
     uncertainty.update(method=method, passes=int(samples.shape[0]))

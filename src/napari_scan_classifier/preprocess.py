@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -80,13 +80,28 @@ class ModelGrid:
     """The model's input grid placed in a source volume.
 
     ``source_from_model`` (4x4, diagonal plus offset) maps homogeneous model indices to source
-    indices; ``affine`` maps them to world mm (``volume.affine @ source_from_model``).
+    indices, counted with the source's axes in ``order`` (world order); ``affine`` maps them to
+    world mm (``volume.world_aligned().affine @ source_from_model``).
     """
 
     shape: tuple[int, int, int]
     source_from_model: np.ndarray
     affine: np.ndarray
     source_shape: tuple[int, int, int]
+    # the source's data axes in world order (Volume.world_order): the grid is placed in the
+    # source read with its axes so permuted (the indices above count in that order), so that a
+    # coronal or sagittal series reaches the model as an axial one does
+    order: tuple[int, int, int] = (0, 1, 2)
+
+    def in_order(self, voxels: np.ndarray) -> np.ndarray:
+        """Source voxels (its own axis order) with their axes in this grid's order (a view)."""
+        return np.transpose(voxels, self.order) if self.order != (0, 1, 2) else voxels
+
+    def to_source_order(self, values: np.ndarray) -> np.ndarray:
+        """Values in this grid's axis order back in the source's own axis order (a view)."""
+        if self.order == (0, 1, 2):
+            return values
+        return np.transpose(values, tuple(int(a) for a in np.argsort(self.order)))
 
     @property
     def scale(self) -> np.ndarray:
@@ -131,22 +146,26 @@ def model_grid(
 ) -> ModelGrid:
     """The model grid of ``shape`` centred on ``volume`` (or on ``box``), see the module doc."""
     shape3 = _positive_triple(shape, "input shape", int)
+    order = volume.world_order()
     if box is None:
         lo = np.full(3, -0.5)
         hi = np.asarray(volume.shape, dtype=float) - 0.5
     else:
         lo, hi = box.edges(volume)
         _check_box(lo, hi, volume.shape)
+    aligned = volume.world_aligned()
+    lo, hi = lo[list(order)], hi[list(order)]
     n = np.asarray(shape3, dtype=float)
     if spacing_mm is None:
         scale = (hi - lo) / n
     else:
-        scale = np.asarray(_positive_triple(spacing_mm, "spacing", float)) / volume.spacing
+        scale = np.asarray(_positive_triple(spacing_mm, "spacing", float)) / aligned.spacing
     centre = (lo + hi) / 2
-    scale = scale * along_world(volume.affine)
+    scale = scale * along_world(aligned.affine)
     source_from_model = np.diag([*scale, 1.0])
     source_from_model[:3, 3] = centre - scale * (n - 1) / 2
-    return ModelGrid(shape3, source_from_model, volume.affine @ source_from_model, volume.shape)
+    affine = aligned.affine @ source_from_model
+    return ModelGrid(shape3, source_from_model, affine, aligned.shape, order)
 
 
 def along_world(affine: np.ndarray) -> np.ndarray:
@@ -252,6 +271,7 @@ def head_mask(values: np.ndarray, inside: np.ndarray | None = None) -> np.ndarra
 
 def resample_to_grid(voxels: np.ndarray, grid: ModelGrid, cval: float) -> np.ndarray:
     """Source voxels on the model grid (float32); ``cval`` where the grid leaves the scan."""
+    voxels = grid.in_order(voxels)
     backwards = tuple(int(a) for a in np.flatnonzero(grid.scale < 0))
     if backwards:  # read those axes mirrored, with a positive scale
         voxels = np.flip(voxels, axis=backwards)
@@ -298,7 +318,7 @@ def _mirrored(grid: ModelGrid, axes: tuple[int, ...]) -> ModelGrid:
     for axis in axes:
         flip[axis, axis] = -1.0
         flip[axis, 3] = grid.source_shape[axis] - 1
-    return ModelGrid(grid.shape, flip @ grid.source_from_model, grid.affine, grid.source_shape)
+    return replace(grid, source_from_model=flip @ grid.source_from_model)
 
 
 def inside_mask(grid: ModelGrid) -> np.ndarray:
@@ -318,10 +338,11 @@ def to_source_grid(
     if values.shape != grid.shape:
         raise ValueError(f"map of shape {values.shape} is not on the model grid {grid.shape}")
     out = values
-    for axis in np.argsort(np.asarray(volume.shape) / np.asarray(grid.shape)):
-        at = (np.arange(volume.shape[axis]) - grid.offset[axis]) / grid.scale[axis]
+    shape = grid.source_shape
+    for axis in np.argsort(np.asarray(shape) / np.asarray(grid.shape)):
+        at = (np.arange(shape[axis]) - grid.offset[axis]) / grid.scale[axis]
         out = _interp_axis(out, int(axis), at, _within(at, grid.shape[axis]), cval)
-    return out
+    return np.ascontiguousarray(grid.to_source_order(out))
 
 
 @dataclass(frozen=True)

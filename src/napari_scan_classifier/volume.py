@@ -182,11 +182,17 @@ class Volume:
         Viewers that slice along data axes (napari) need this for sagittal and coronal
         acquisitions; the geometry is unchanged, only the axis order and affine columns permute.
         """
-        cosines = np.abs(self.affine[:3, :3]) / np.linalg.norm(self.affine[:3, :3], axis=0)
-        order = max(permutations(range(3)), key=lambda p: sum(cosines[i, p[i]] for i in range(3)))
+        order = self.world_order()
         lead = self.voxels.ndim - 3
         voxels = self.voxels.transpose(*range(lead), *(lead + axis for axis in order))
         return replace(self, voxels=voxels, affine=self.affine[:, [*order, 3]])
+
+    def world_order(self) -> tuple[int, int, int]:
+        """For each world axis (z, y, x), the data axis running closest to it: (0, 1, 2) for
+        an axial series; a coronal or sagittal one permutes them."""
+        cosines = np.abs(self.affine[:3, :3]) / np.linalg.norm(self.affine[:3, :3], axis=0)
+        order = max(permutations(range(3)), key=lambda p: sum(cosines[i, p[i]] for i in range(3)))
+        return tuple(int(axis) for axis in order)  # type: ignore[return-value]
 
     def with_voxels(self, voxels: np.ndarray, **metadata: Any) -> Volume:
         """A volume on the same grid with other voxels (a mask, a saliency or probability map)."""

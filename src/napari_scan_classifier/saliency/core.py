@@ -4,7 +4,7 @@ map onto the source volume's grid."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,12 +47,14 @@ def to_source(values: np.ndarray, grid: ModelGrid, volume: Volume) -> np.ndarray
     """
     if max(values.shape) > MATRIX_MAP_SIZE:
         return _axis_by_axis(values, grid, volume)
+    shape = grid.source_shape  # the source's axes in the grid's order
     wz, wy, wx = (
         _interpolation_matrix(n, m, s, o)
-        for n, m, s, o in zip(volume.shape, grid.shape, grid.scale, grid.offset, strict=True)
+        for n, m, s, o in zip(shape, grid.shape, grid.scale, grid.offset, strict=True)
     )
     partial = wy @ (values.astype(np.float32) @ wx.T)  # (map z, source y, source x)
-    return (wz @ partial.reshape(len(partial), -1)).reshape(volume.shape)
+    out = (wz @ partial.reshape(len(partial), -1)).reshape(shape)
+    return np.ascontiguousarray(grid.to_source_order(out))
 
 
 def _interpolation_matrix(n: int, m: int, scale: float, offset: float) -> np.ndarray:
@@ -77,11 +79,11 @@ def coarse_grid(grid: ModelGrid, shape: Sequence[int]) -> ModelGrid:
     factor = np.asarray(grid.shape, dtype=float) / np.asarray(shape, dtype=float)
     model_from_cell = np.diag([*factor, 1.0])
     model_from_cell[:3, 3] = (factor - 1) / 2
-    return ModelGrid(
-        tuple(int(n) for n in shape),  # type: ignore[arg-type]
-        grid.source_from_model @ model_from_cell,
-        grid.affine @ model_from_cell,
-        grid.source_shape,
+    return replace(
+        grid,
+        shape=tuple(int(n) for n in shape),
+        source_from_model=grid.source_from_model @ model_from_cell,
+        affine=grid.affine @ model_from_cell,
     )
 
 

@@ -330,8 +330,9 @@ phantoms; it has never seen a patient scan and its output on real MR means nothi
 - **Held-out test, subtle lesions** ({subtle["n"]} phantoms: tumours of 5-9 mm, narrow
   infarcts, 0.35-0.6 x the contrast): macro AUC {fmt(subtle["auc"])}, accuracy
   {fmt(subtle["accuracy"])}, ECE {fmt(subtle["ece"])}.
-- **Limits**: axial acquisitions only; phantom anatomy is simple. Use it to try the plugin, then
-  fine-tune on your own annotated cases.
+- **Limits**: trained on axial phantoms (a coronal or sagittal series is read in world order, as
+  axial slices); phantom anatomy is simple. Use it to try the plugin, then fine-tune on your own
+  annotated cases.
 """
     if compared:
         card += "\n## Architecture comparison\n\n" + textwrap.fill(_comparison_text(compared), 100)
