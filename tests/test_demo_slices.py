@@ -8,6 +8,7 @@ import numpy as np
 from napari_scan_classifier.datasets import ALL
 from napari_scan_classifier.models.demo import slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
+from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
@@ -39,18 +40,9 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     )
     phantoms = [p for seed in range(3) for p in _triplet(seed)]
 
-    bundle = slices.train_slice_localised(
-        phantoms,
-        validation,
-        GRID,
-        epochs=2,
-        learning_rate=1e-3,
-        width=4,
-        batch_size=3,
-        seed=0,
-        description="9 phantoms",
-        verbose=False,
-    )
+    run = StageRun(2, 1e-3, width=4, batch_size=3, seed=0, description="9", verbose=False)
+
+    bundle = slices.train_slice_localised(phantoms, validation, GRID, run)
 
     m = bundle.metadata
     assert (m.name, m.version, m.architecture, m.modality) == ("slices", 1, "slice_gru", "MR")

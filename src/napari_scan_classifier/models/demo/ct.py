@@ -124,6 +124,7 @@ from napari_scan_classifier.models.demo.common import (
     train_stages,
     training_split,
 )
+from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import grad_cam
 from napari_scan_classifier.training import (
@@ -291,18 +292,14 @@ def build_demo(
     first = checkpoints / stages[0].name
     if not first.is_dir():
         lesions = stages[0].data
+        description = _paired_description(cases, shapes, lesions, blur)
+        run = StageRun.of(stages[0], width, batch_size, seed, description, verbose)
         localised = localise.train_localised(
             paired_phantoms(cases, seed, shapes, lesions),
             validation,
             grid(input_shape),
-            epochs=stages[0].epochs,
-            learning_rate=stages[0].learning_rate,
-            width=width,
-            batch_size=batch_size,
-            seed=seed,
-            description=_paired_description(cases, shapes, lesions, blur),
+            run,
             blur=blur,
-            verbose=verbose,
         )
         save_bundle(localised, first)
 

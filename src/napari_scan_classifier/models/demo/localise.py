@@ -22,7 +22,7 @@ from keras import ops
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
-from napari_scan_classifier.models.demo.mask_stage import fit_epochs, fresh_model, stage_bundle
+from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model, train_stage
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import ModelGrid, prepare, resample_to_grid
 from napari_scan_classifier.saliency.faithfulness import REGION_MM, Regions
@@ -95,47 +95,27 @@ def train_localised(
     training: Iterable[Phantom],
     validation: LabelledData,
     grid: Grid,
+    run: StageRun,
     *,
-    epochs: int,
-    learning_rate: float,
-    width: int,
-    batch_size: int,
-    seed: int,
-    description: str,
     blur: bool = False,
-    verbose: bool = True,
 ) -> Bundle:
     """A ``cnn3d_mil`` trained from scratch on ``training``'s scan and cell labels (see the
     module doc), as a version-1 bundle whose lineage holds this stage."""
-    model = fresh_model(ARCHITECTURE, grid, width, seed)
+    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
     evidence = model.get_layer(EVIDENCE_LAYER).output
     twin = keras.Model(model.input, {"volume": model.output["volume"], "cells": evidence[..., :1]})
-    twin.compile(
-        keras.optimizers.Adam(learning_rate),
-        {
-            "volume": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            "cells": _cell_loss,
-        },
-    )
     cells_shape = tuple(int(n) for n in evidence.shape[1:4])
-    x, y, cells = cell_labelled(training, grid, cells_shape, seed if blur else None)
-    aucs = fit_epochs(
-        twin,
+    x, y, cells = cell_labelled(training, grid, cells_shape, run.seed if blur else None)
+    return train_stage(
         model,
+        twin,
+        _cell_loss,
         x,
         {"volume": y, "cells": cells},
         validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        name=STAGE_NAME,
-        verbose=verbose,
-    )
-    return stage_bundle(
-        model,
         grid,
+        run,
         name=STAGE_NAME,
         modality="CT",
         architecture=ARCHITECTURE,
-        description=description,
-        aucs=aucs,
     )

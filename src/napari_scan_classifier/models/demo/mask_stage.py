@@ -6,7 +6,8 @@ user's data has them; these stages add a second, per-location target."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -16,9 +17,83 @@ from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.evaluation import evaluate
 from napari_scan_classifier.models.architectures import ARCHITECTURES
 from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
-from napari_scan_classifier.models.demo.common import Grid
+from napari_scan_classifier.models.demo.common import Grid, Stage
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """How a mask stage trains: epochs, optimiser step, network width, batches, seed; and what
+    its phantoms were (``description``, for the lineage)."""
+
+    epochs: int
+    learning_rate: float
+    width: int
+    batch_size: int
+    seed: int
+    description: str
+    verbose: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        stage: Stage,
+        width: int,
+        batch_size: int,
+        seed: int,
+        description: str,
+        verbose: bool = True,
+    ) -> StageRun:
+        """A recipe's stage (its epochs and learning rate) with the run's settings."""
+        return cls(stage.epochs, stage.learning_rate, width, batch_size, seed, description, verbose)
+
+
+def train_stage(
+    model: keras.Model,
+    twin: keras.Model,
+    location_loss: Callable[[Any, Any], Any],
+    x: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    validation: LabelledData,
+    grid: Grid,
+    run: StageRun,
+    *,
+    name: str,
+    modality: str,
+    architecture: str,
+) -> Bundle:
+    """Compile ``twin`` (``model``'s scan logits plus one output per location, whose target is
+    the other key of ``targets``; compiled in ``model``'s stead, since a saved custom loss would
+    be code), fit it and return ``model`` as the stage's bundle."""
+    located = next(key for key in targets if key != "volume")
+    twin.compile(
+        keras.optimizers.Adam(run.learning_rate),
+        {
+            "volume": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            located: location_loss,
+        },
+    )
+    aucs = fit_epochs(
+        twin,
+        model,
+        x,
+        targets,
+        validation,
+        epochs=run.epochs,
+        batch_size=run.batch_size,
+        name=name,
+        verbose=run.verbose,
+    )
+    return stage_bundle(
+        model,
+        grid,
+        name=name,
+        modality=modality,
+        architecture=architecture,
+        description=run.description,
+        aucs=aucs,
+    )
 
 
 def fresh_model(architecture: str, grid: Grid, width: int, seed: int) -> keras.Model:

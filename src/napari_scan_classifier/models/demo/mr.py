@@ -59,6 +59,7 @@ from napari_scan_classifier.models.demo.common import (
     train_stages,
     training_split,
 )
+from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.phantoms import (
     BRAIN_CLASSES,
     CLEAR,
@@ -160,21 +161,10 @@ def build_mr_demo(
     stages = demo_stages(slice_epochs, epochs, mixed_epochs)
     first = Path(out) / STAGES_FOLDER / stages[0].name
     if not first.is_dir():
-        save_bundle(
-            slices.train_slice_localised(
-                triplet_phantoms(cases, seed, stages[0].data),
-                validation,
-                GRID,
-                epochs=stages[0].epochs,
-                learning_rate=stages[0].learning_rate,
-                width=width,
-                batch_size=batch_size,
-                seed=seed,
-                description=_stage_description(cases, stages[0]),
-                verbose=verbose,
-            ),
-            first,
-        )
+        description = _stage_description(cases, stages[0])
+        run = StageRun.of(stages[0], width, batch_size, seed, description, verbose)
+        phantoms = triplet_phantoms(cases, seed, stages[0].data)
+        save_bundle(slices.train_slice_localised(phantoms, validation, GRID, run), first)
 
     def stage_data(index: int, stage: Stage) -> Any:
         description = _stage_description(cases, stage)

@@ -22,7 +22,7 @@ from keras import ops
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
-from napari_scan_classifier.models.demo.mask_stage import fit_epochs, fresh_model, stage_bundle
+from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model, train_stage
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
@@ -58,48 +58,24 @@ def _slice_loss(target: Any, logits: Any) -> Any:
 
 
 def train_slice_localised(
-    training: Iterable[Phantom],
-    validation: LabelledData,
-    grid: Grid,
-    *,
-    epochs: int,
-    learning_rate: float,
-    width: int,
-    batch_size: int,
-    seed: int,
-    description: str,
-    verbose: bool = True,
+    training: Iterable[Phantom], validation: LabelledData, grid: Grid, run: StageRun
 ) -> Bundle:
     """A ``slice_gru`` trained from scratch on ``training``'s scan and slice labels (see the
     module doc), as a version-1 bundle whose lineage holds this stage."""
-    model = fresh_model(ARCHITECTURE, grid, width, seed)
-    twin = keras.Model(model.input, model.output)  # compiled instead: a saved loss is code
-    twin.compile(
-        keras.optimizers.Adam(learning_rate),
-        {
-            "volume": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            "slices": _slice_loss,
-        },
-    )
+    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
+    twin = keras.Model(model.input, model.output)
     x, y, slice_y = slice_labelled(training, grid)
     targets = {"volume": y, "slices": slice_y}
-    aucs = fit_epochs(
-        twin,
+    return train_stage(
         model,
+        twin,
+        _slice_loss,
         x,
         targets,
         validation,
-        epochs=epochs,
-        batch_size=batch_size,
-        name=STAGE_NAME,
-        verbose=verbose,
-    )
-    return stage_bundle(
-        model,
         grid,
+        run,
         name=STAGE_NAME,
         modality="MR",
         architecture=ARCHITECTURE,
-        description=description,
-        aucs=aucs,
     )
