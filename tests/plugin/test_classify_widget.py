@@ -16,6 +16,7 @@ import pytest
 from model_fixtures import CLASSES, tiny_bundle
 from napari.components import ViewerModel
 from napari.layers import Image, Layer
+from napari.utils import progress
 from napari.utils.notifications import Notification, NotificationSeverity
 from pytestqt.qtbot import QtBot
 from qtpy.QtCore import Qt, QTimer
@@ -378,6 +379,31 @@ def test_the_qt_thread_runs_while_the_worker_classifies(
 
     assert released == [True, True, True]
     assert CLASSIFICATION_KEY in scan.metadata
+
+
+def test_progress_shows_in_the_dock_not_in_napari_activity(
+    viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path
+) -> None:
+    """The dock's own bar counts the worker's steps and hides at the end; napari's activity
+    dialog (a new bar per job, a window layout per description) is never used."""
+    _sample(viewer)
+    widget = _widget(viewer, cnn_dir)
+    seen: list[tuple[int, int, bool, int, int, int]] = []
+
+    def record(report: tuple[int, int, str]) -> None:  # in the Qt thread, after the dock's own
+        bar = widget.progress_bar
+        done, total, _ = report
+        seen.append((done, total, bar.running, bar.value, bar.max, len(progress._all_instances)))
+
+    worker = widget.classify()
+    assert widget.progress_bar.running and widget.progress_bar.max == 0  # busy until counted
+    worker.yielded.connect(record)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    assert len(seen) > 3 and any(done == total > 1 for done, total, *_ in seen)
+    for done, total, running, value, maximum, instances in seen:
+        assert running and (value, maximum) == (done, total) and instances == 0
+    assert not widget.progress_bar.running and widget.progress_bar.native.isHidden()
 
 
 def _wait(condition, limit_s: float) -> bool:

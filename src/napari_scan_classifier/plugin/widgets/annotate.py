@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
 from napari.layers import Labels, Layer
-from napari.utils import progress
 from napari.utils.notifications import show_info
 from superqt.utils import FunctionWorker
 
@@ -64,6 +63,7 @@ from napari_scan_classifier.plugin.widgets.annotate_library import CaseLibrarySe
 from napari_scan_classifier.plugin.widgets.annotate_ranking import RankingSection
 from napari_scan_classifier.plugin.widgets.classify import CLASSIFICATION_KEY
 from napari_scan_classifier.plugin.widgets.plots import Relay, notify_error, run_in_thread
+from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
 from napari_scan_classifier.volume import Volume
 
 if TYPE_CHECKING:
@@ -93,13 +93,13 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
         self._bundles: dict[str, Bundle] = {}  # ranking models by path, loaded once
         self._ranking: list[tuple[Ranked | Unranked, Layer | None]] = []
         self._cancel = threading.Event()
-        self._progress: progress | None = None
+        self.progress_bar = DockProgress()
         self._relay = Relay()
         self._relay.received.connect(self._on_progress)
         self.worker: FunctionWorker | None = None
         self.drafts = MaskDrafts(viewer, lambda: Path(self.library.value))
         library = self._library_section()  # first: the label choices read the library
-        self.extend([self._annotate_section(), library, self._ranking_section()])
+        self.extend([self.progress_bar, self._annotate_section(), library, self._ranking_section()])
         self.native.layout().addStretch(1)  # keep the rows together at the top
         self._connect()
         self._follow_active()
@@ -292,18 +292,13 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
             button.enabled = not running
         self.cancel_button.enabled = False
         if running:
-            self._progress = progress(total=0, desc=status)
-        elif self._progress is not None:
-            self._progress.close()
-            self._progress = None
+            self.progress_bar.start(status)
+        else:
+            self.progress_bar.stop()
 
     def _on_progress(self, report: tuple[int, int, str]) -> None:
-        done, total, message = report
-        bar = self._progress  # updating the bar may let the worker's end run (and close it)
-        if bar is not None:
-            bar.total = total
-            bar.set_description(message)
-            bar.update(done - bar.n)
+        if self.progress_bar.running:  # not a report that arrived after the end
+            self.progress_bar.update_to(*report)
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -8,10 +8,11 @@ map is recomputed), so a three-class model's evidence for each class can be comp
 The widget only wires things together. The job is the core's
 :func:`~napari_scan_classifier.results.classify_scan`, run in a napari ``thread_worker`` (the Qt
 thread never waits on a model); the worker is a generator that yields the core's (done, total,
-message) reports, which drive a napari progress bar. Cancel sets the ``threading.Event`` the core
-checks between steps. Errors the user can act on (no scan, a bad bundle, NaN voxels) become one
-line in napari's notifications; the result goes into the scan layer's metadata and a saliency
-layer aligned by plugin/layers.py, both updated in place when the scan is classified again.
+message) reports, which drive the dock's own progress bar. Cancel sets the ``threading.Event``
+the core checks between steps. Errors the user can act on (no scan, a bad bundle, NaN voxels)
+become one line in napari's notifications; the result goes into the scan layer's metadata and a
+saliency layer aligned by plugin/layers.py, both updated in place when the scan is classified
+again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from napari.layers import Image, Layer
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QSizePolicy
@@ -49,6 +49,7 @@ from napari_scan_classifier.plugin.layers import (
     scan_volume,
 )
 from napari_scan_classifier.plugin.layout import scroll_when_docked
+from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
 from napari_scan_classifier.plugin.widgets.result_chart import ResultChart
 from napari_scan_classifier.plugin.widgets.workers import (
     MapView,
@@ -95,7 +96,7 @@ class ClassifyWidget(Container):
         self._viewer = viewer
         self._bundles: dict[str, Bundle] = {}  # by path: bundles are immutable, load once
         self._cancel_event = threading.Event()
-        self._progress: progress | None = None
+        self.progress_bar = DockProgress()
         self._owns_overlay = False
         self.worker: GeneratorWorker | None = None
 
@@ -161,6 +162,7 @@ class ClassifyWidget(Container):
             ]
         )
         views = (
+            self.progress_bar.native,
             self.goto_button.native,
             self.banner.native,
             self.summary.native,
@@ -378,23 +380,16 @@ class ClassifyWidget(Container):
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
         if running:
-            self._progress = progress(total=0, desc=description)
-        elif self._progress is not None:
-            self._progress.close()
-            self._progress = None
+            self.progress_bar.start(description)
+        else:
+            self.progress_bar.stop()
 
     def _on_progress(self, report: Report) -> None:
         done, total, message = report
-        bar = self._progress
-        if bar is None:
+        if not self.progress_bar.running:  # a report that arrived after the end
             return
         self.summary.value = f"Classifying: {message}…"
-        # Last: redrawing the bar may run the worker's end (which shows the result) meanwhile.
-        # The bar keeps its first description: napari relays out the window for each new one
-        # (0.15-1 s on a busy machine), and the dock shows the step already.
-        if bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
+        self.progress_bar.update_to(done, total)
 
     def _on_result(
         self, layer: Layer, volume: Volume, outcome: tuple[str, Bundle, Any, Any, Choice | None]

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Label, PushButton
 from napari.layers import Layer
-from napari.utils import progress
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QFileDialog
 from superqt.utils import FunctionWorker
@@ -28,6 +27,7 @@ from napari_scan_classifier.plugin.layers import CT_WINDOWS, Window, dicom_windo
 from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.reader import load_layer_data, report_problems
 from napari_scan_classifier.plugin.widgets.plots import Relay, notify_error, run_in_thread
+from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
 
 if TYPE_CHECKING:
     import napari
@@ -43,7 +43,7 @@ class DisplayWidget(Container):
         super().__init__(labels=False)
         self._viewer = viewer
         self._cancel = threading.Event()
-        self._progress: progress | None = None
+        self.progress_bar = DockProgress()
         self._relay = Relay()
         self._relay.received.connect(self._on_progress)
         self.worker: FunctionWorker | None = None
@@ -59,6 +59,7 @@ class DisplayWidget(Container):
         )
         opening.margins = (0, 0, 0, 0)
         self.append(opening)
+        self.append(self.progress_bar)
         self.append(Label(value="CT window (width / level, HU)"))
         for name, window in CT_WINDOWS.items():
             self.append(
@@ -92,7 +93,7 @@ class DisplayWidget(Container):
         self.worker = worker
         self.open_folder_button.enabled = self.open_file_button.enabled = False
         self.cancel_button.enabled = True
-        self._progress = progress(total=0, desc="Opening the scan")
+        self.progress_bar.start("Opening the scan")
         worker.start()
         return worker
 
@@ -102,16 +103,9 @@ class DisplayWidget(Container):
         self.cancel_button.enabled = False
 
     def _on_progress(self, report: tuple[int, int, str]) -> None:
-        bar = self._progress
-        if bar is None:
-            return
-        done, total, _ = report
-        if bar.total != total:
-            bar.total = total
-        # napari repaints the bar (processing events) on every update: a step per file of a
-        # 300-file series would cost more than the reading; fiftieths are enough to watch.
-        if done == total or 50 * (done - bar.n) >= max(total, 1):
-            bar.update(done - bar.n)
+        if self.progress_bar.running:  # not a report that arrived after the end
+            done, total, _ = report
+            self.progress_bar.update_to(done, total)
 
     def _add_layers(self, outcome: tuple[list[Any], list[str]]) -> None:
         layers, problems = outcome
@@ -123,9 +117,7 @@ class DisplayWidget(Container):
         self.worker = None
         self.open_folder_button.enabled = self.open_file_button.enabled = True
         self.cancel_button.enabled = False
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self.progress_bar.stop()
 
     def _button(self, text: str, preset: str) -> PushButton:
         button = PushButton(text=text, name=preset.replace(" ", "_"))

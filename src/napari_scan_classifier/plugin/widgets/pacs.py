@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Layer
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QAbstractItemView, QLineEdit, QTableWidget, QTableWidgetItem
 from superqt.utils import FunctionWorker, GeneratorWorker
@@ -35,6 +34,7 @@ from napari_scan_classifier.io.dicomweb import (
     load_url,
 )
 from napari_scan_classifier.plugin.layers import volume_to_layer_data
+from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
 from napari_scan_classifier.plugin.widgets.workers import reporting
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class PacsWidget(Container):
         self._series: list[SeriesMatch] = []
         self._server: DicomWebServer | None = None
         self._cancel_event = threading.Event()
-        self._progress: progress | None = None
+        self.progress_bar = DockProgress()
         self.worker: FunctionWorker | GeneratorWorker | None = None
 
         self.server = LineEdit(label="Server", value=os.environ.get(ENV_URL, ""))
@@ -145,6 +145,7 @@ class PacsWidget(Container):
         layout.addWidget(self.series)
         layout.addWidget(self.cache.native)
         layout.addWidget(buttons.native)
+        layout.addWidget(self.progress_bar.native)
         layout.addWidget(self.status.native)
         self.auth.changed.connect(self._show_auth_fields)
         self.search_button.changed.connect(self.search)
@@ -265,7 +266,7 @@ class PacsWidget(Container):
         worker = _retrieval(source, server, self._cancel_event, self.cache.value)
         worker.yielded.connect(self._on_progress)
         worker.aborted.connect(lambda: show_info("Retrieval cancelled."))
-        self._progress = progress(total=0, desc="Retrieving from the PACS")
+        self.progress_bar.start("Retrieving from the PACS")
         self._start(worker, partial(self._add_layers, server, source), "Retrieving…")
         self.cancel_button.enabled = True
         return worker
@@ -278,10 +279,8 @@ class PacsWidget(Container):
     def _on_progress(self, report: tuple[int, int, str]) -> None:
         done, total, message = report
         self.status.value = f"{message}: {done} of {total}"
-        if self._progress is not None:
-            self._progress.total = total
-            self._progress.set_description(message)
-            self._progress.update(done - self._progress.n)
+        if self.progress_bar.running:  # not a report that arrived after the end
+            self.progress_bar.update_to(done, total, message)
 
     def _add_layers(
         self, server: DicomWebServer, source: DicomWebSource, result: LoadResult
@@ -306,9 +305,7 @@ class PacsWidget(Container):
 
     def _on_finished(self) -> None:
         self.worker = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self.progress_bar.stop()
         self._update_buttons()
 
 

@@ -3,7 +3,7 @@ library, watch it learn, judge it on the validation cases, and hand it to the cl
 
 The job is the core's :func:`~napari_scan_classifier.training.train`, run in a napari
 ``thread_worker``; its :class:`~napari_scan_classifier.training.TrainingEvent` reports reach the
-Qt thread through a :class:`~.plots.Relay` and drive a napari progress bar (per batch) and the
+Qt thread through a :class:`~.plots.Relay` and drive the dock's progress bar (per batch) and the
 loss/AUC curves (per epoch). Cancel sets the ``threading.Event`` the core checks after every
 batch. The core saves the new version (never overwriting one) with its ROC, confusion and
 reliability plots as PNG only once training has finished, so a cancelled or failed run leaves
@@ -28,7 +28,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.utils import progress
 from napari.utils.notifications import show_info
 from napari.utils.theme import get_theme
 from qtpy.QtWidgets import QMessageBox, QTabWidget
@@ -51,6 +50,7 @@ from napari_scan_classifier.plugin.widgets.plots import (
     run_in_thread,
     theme_figure,
 )
+from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
 from napari_scan_classifier.results import resolve_bundle
 from napari_scan_classifier.training import (
     DEFAULT_INTENSITY,
@@ -90,7 +90,7 @@ class TrainWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._cancel = threading.Event()
-        self._progress: progress | None = None
+        self.progress_bar = DockProgress()
         self.relay = Relay()  # TrainingEvents from the worker, in the Qt thread
         self.relay.received.connect(self._on_event)
         self.history: dict[str, list[float]] = {}
@@ -107,7 +107,13 @@ class TrainWidget(Container):
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
         self.use_button = PushButton(text="Use this model in the classifier", enabled=False)
-        for widget in (self.plots, self.summary.native, self.use_button.native):
+        widgets = (
+            self.progress_bar.native,
+            self.plots,
+            self.summary.native,
+            self.use_button.native,
+        )
+        for widget in widgets:
             self.native.layout().addWidget(widget)
         self.native.layout().addStretch(1)  # keep the rows together at the top
         self._connect()
@@ -261,14 +267,13 @@ class TrainWidget(Container):
         self.train_button.enabled = not running
         self.cancel_button.enabled = running
         if running:
-            self._progress = progress(total=0, desc="Training: loading cases")
-        elif self._progress is not None:
-            self._progress.close()
-            self._progress = None
+            self.progress_bar.start("Training: loading cases")
+        else:
+            self.progress_bar.stop()
 
     def _on_event(self, event: TrainingEvent) -> None:
         """Per batch: the progress bar's count; per epoch: its text and the curves (drawn in a
-        background thread). A new description redraws the status bar, so only per epoch."""
+        background thread)."""
         if event.kind == "epoch":
             for key, value in (
                 ("loss", event.loss),
@@ -277,18 +282,12 @@ class TrainWidget(Container):
             ):
                 self.history[key].append(value)
             self.curves.show(self.history, event.epochs)
-        bar = self._progress  # updating the bar may let the worker's end run (and close it)
-        if bar is None:
+        if not self.progress_bar.running:  # a report that arrived after the end
             return
         done, total = event.batch, event.total
         if event.kind != "load":
             done, total = (event.epoch - 1) * event.total + event.batch, event.epochs * event.total
-        description = f"Training: {_stage(event)}"
-        if bar.total != total:
-            bar.total = total
-        if bar.desc != description:
-            bar.set_description(description)
-        bar.update(done - bar.n)
+        self.progress_bar.update_to(done, total, f"Training: {_stage(event)}")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -376,7 +375,7 @@ def _train(
 
 
 def _stage(event: TrainingEvent) -> str:
-    """What the status bar says: the stage, not every batch (the bar counts those)."""
+    """What the progress bar says: the stage, not every batch (the bar counts those)."""
     if event.kind == "load":
         return "loading cases"
     return f"epoch {event.epoch}/{event.epochs}"
