@@ -1,12 +1,14 @@
-"""The MR demo's first stage: slice labels follow the lesion mask on the model grid, and a short
-run trains both heads and records the stage."""
+"""The MR demo's first stage: slice labels follow the lesion mask on the model grid, a short run
+trains both heads on each epoch's own phantoms and records the stage, and the demo draws fresh
+phantoms for every epoch from seeds below the validation ones."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_scan_classifier.datasets import ALL
-from napari_scan_classifier.models.demo import slices
+from napari_scan_classifier.models.demo import mr, slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
 from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
@@ -38,11 +40,17 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     validation = on_grid(
         ((p.volume, p.class_name) for s in (40, 41) for p in _triplet(s)), GRID, "validation"
     )
-    phantoms = [p for seed in range(3) for p in _triplet(seed)]
+    asked: list[int] = []
+
+    def phantoms(epoch: int) -> list:  # each epoch its own triplets
+        asked.append(epoch)
+        return [p for seed in range(3 * epoch, 3 * epoch + 3) for p in _triplet(seed)]
 
     run = StageRun(2, 1e-3, width=4, batch_size=3, seed=0, description="9", verbose=False)
 
     bundle = slices.train_slice_localised(phantoms, validation, GRID, run)
+
+    assert asked == [0, 1]
 
     m = bundle.metadata
     assert (m.name, m.version, m.architecture, m.modality) == ("slices", 1, "slice_gru", "MR")
@@ -51,3 +59,21 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     assert 0.0 <= m.training["metrics"]["validation"]["auc"] <= 1.0
     outputs = bundle.model(validation.splits[ALL].x[:2, ..., None])
     assert outputs["volume"].shape == (2, 3) and outputs["slices"].shape == (2, 8, 3)
+
+
+def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
+    stage = mr.demo_stages(slice_epochs=3, epochs=1, mixed_epochs=1)[0]
+
+    epochs = mr._fresh_phantoms(9, 100, stage)
+
+    seeds = [
+        {int(p.volume.metadata["series_description"].split()[-1][:-1]) for p in epochs(e)}
+        for e in range(3)
+    ]
+    assert seeds == [{100, 101, 102}, {103, 104, 105}, {106, 107, 108}]
+    assert mr._stage_description(9, stage, fresh=True).startswith(
+        "9 fresh brain MR phantoms each epoch (27 in all)"
+    )
+    too_long = mr.demo_stages(slice_epochs=mr.SEED_RANGE // 3 + 1, epochs=1, mixed_epochs=1)[0]
+    with pytest.raises(ValueError, match="training seeds of the first stage"):
+        mr._fresh_phantoms(9, 100, too_long)

@@ -22,7 +22,12 @@ from keras import ops
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
-from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model, train_stage
+from napari_scan_classifier.models.demo.mask_stage import (
+    StageRun,
+    every_epoch,
+    fresh_model,
+    train_stage,
+)
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import ModelGrid, prepare, resample_to_grid
 from napari_scan_classifier.saliency.faithfulness import REGION_MM, Regions
@@ -110,8 +115,8 @@ def train_localised(
         model,
         twin,
         _cell_loss,
-        x,
-        {"volume": y, "cells": cells},
+        every_epoch(x, {"volume": y, "cells": cells}),
+        "cells",
         validation,
         grid,
         run,

@@ -21,6 +21,14 @@ from napari_scan_classifier.models.demo.common import Grid, Stage
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
 
+# An epoch's training data: model-grid arrays (N, D, H, W) and the targets by output name.
+EpochData = Callable[[int], tuple[np.ndarray, Mapping[str, np.ndarray]]]
+
+
+def every_epoch(x: np.ndarray, targets: Mapping[str, np.ndarray]) -> EpochData:
+    """The same arrays for every epoch."""
+    return lambda epoch: (x, targets)
+
 
 @dataclass(frozen=True)
 class StageRun:
@@ -53,8 +61,8 @@ def train_stage(
     model: keras.Model,
     twin: keras.Model,
     location_loss: Callable[[Any, Any], Any],
-    x: np.ndarray,
-    targets: Mapping[str, np.ndarray],
+    data: EpochData,
+    located: str,
     validation: LabelledData,
     grid: Grid,
     run: StageRun,
@@ -63,10 +71,9 @@ def train_stage(
     modality: str,
     architecture: str,
 ) -> Bundle:
-    """Compile ``twin`` (``model``'s scan logits plus one output per location, whose target is
-    the other key of ``targets``; compiled in ``model``'s stead, since a saved custom loss would
-    be code), fit it and return ``model`` as the stage's bundle."""
-    located = next(key for key in targets if key != "volume")
+    """Compile ``twin`` (``model``'s scan logits plus the per-location output ``located``;
+    compiled in ``model``'s stead, since a saved custom loss would be code), fit it on each
+    epoch's ``data`` and return ``model`` as the stage's bundle."""
     twin.compile(
         keras.optimizers.Adam(run.learning_rate),
         {
@@ -77,8 +84,7 @@ def train_stage(
     aucs = fit_epochs(
         twin,
         model,
-        x,
-        targets,
+        data,
         validation,
         epochs=run.epochs,
         batch_size=run.batch_size,
@@ -110,8 +116,7 @@ def fresh_model(architecture: str, grid: Grid, width: int, seed: int) -> keras.M
 def fit_epochs(
     trained: keras.Model,
     scored: keras.Model,
-    x: np.ndarray,
-    targets: Mapping[str, np.ndarray],
+    data: EpochData,
     validation: LabelledData,
     *,
     epochs: int,
@@ -119,11 +124,12 @@ def fit_epochs(
     name: str,
     verbose: bool,
 ) -> list[float]:
-    """Fit ``trained`` (compiled, sharing its layers with ``scored``) epoch by epoch; the
-    validation macro AUC of ``scored``'s scan logits after each."""
+    """Fit ``trained`` (compiled, sharing its layers with ``scored``) epoch by epoch, each on
+    its own ``data``; the validation macro AUC of ``scored``'s scan logits after each."""
     val = validation.splits[next(iter(validation.splits))]
     aucs = []
     for epoch in range(epochs):
+        x, targets = data(epoch)
         history = trained.fit(x[..., None], dict(targets), batch_size=batch_size, verbose=0)
         logits = volume_logits(scored, val.x, batch_size)
         aucs.append(evaluate(val.y, keras.ops.softmax(logits).numpy(), validation.class_names).auc)

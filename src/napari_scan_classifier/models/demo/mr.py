@@ -5,9 +5,9 @@ on :func:`~napari_scan_classifier.phantoms.make_brain_mr_phantom` phantoms throu
 :func:`~napari_scan_classifier.training.train` as a user's training, in stages (each on fresh
 phantoms, from the stage before):
 
-1. **slices** from scratch, on triplets alternately conspicuous and clear, with each slice's
-   label from the lesion mask beside the scan's (:mod:`.slices`: with the scan's label alone
-   the network did not learn T1-like scans or small lesions);
+1. **slices** from scratch, on triplets alternately conspicuous and clear, fresh ones every
+   epoch, with each slice's label from the lesion mask beside the scan's (:mod:`.slices`: with
+   the scan's label alone the network did not learn T1-like scans or small lesions);
 2. **clear** on clear lesions (:data:`~napari_scan_classifier.phantoms.CLEAR`), scan labels only
    from here on, as a user's data has them;
 3. **mixed** at a lower learning rate, on triplets alternately clear and subtle
@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ VALIDATION_CASES = 96
 SALIENCY_CASES = 4
 SAMPLES = {"tumour": sample_mr_phantom, "infarct": sample_mr_infarct_phantom}
 COMPARISON_FILE = "architecture_comparison.json"
+SEED_RANGE = 10_000  # seeds of each kind of phantom (training, validation, test sets) apart
 SLICE_EPOCHS = 12
 BATCH_SIZE = 4  # twice the steps of 8 for the same time: from scratch, steps are what is short
 # First-stage lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network
@@ -130,7 +131,11 @@ def demo_stages(slice_epochs: int, epochs: int, mixed_epochs: int) -> list[Stage
 
 def _seeds(seed: int) -> dict[str, int]:
     """Disjoint seed ranges: stage k trains on seeds from ``stage + 40_000 k``."""
-    return {"validation": seed + 10_000, "clear": seed + 20_000, "subtle": seed + 30_000}
+    return {
+        "validation": seed + SEED_RANGE,
+        "clear": seed + 2 * SEED_RANGE,
+        "subtle": seed + 3 * SEED_RANGE,
+    }
 
 
 def build_mr_demo(
@@ -161,9 +166,9 @@ def build_mr_demo(
     stages = demo_stages(slice_epochs, epochs, mixed_epochs)
     first = Path(out) / STAGES_FOLDER / stages[0].name
     if not first.is_dir():
-        description = _stage_description(cases, stages[0])
+        description = _stage_description(cases, stages[0], fresh=True)
         run = StageRun.of(stages[0], width, batch_size, seed, description, verbose)
-        phantoms = triplet_phantoms(cases, seed, stages[0].data)
+        phantoms = _fresh_phantoms(cases, seed, stages[0])
         save_bundle(slices.train_slice_localised(phantoms, validation, GRID, run), first)
 
     def stage_data(index: int, stage: Stage) -> Any:
@@ -199,8 +204,25 @@ def build_mr_demo(
     return path
 
 
-def _stage_description(cases: int, stage: Stage) -> str:
+def _fresh_phantoms(cases: int, seed: int, stage: Stage) -> Callable[[int], Iterator[Phantom]]:
+    """Each epoch's own ``cases`` phantoms, from seeds after the epoch before's (below the
+    validation seeds)."""
+    triplets = cases // len(BRAIN_CLASSES)
+    if stage.epochs * triplets > SEED_RANGE:
+        raise ValueError(
+            f"{stage.epochs} epochs of {cases} fresh phantoms need more than the {SEED_RANGE} "
+            "training seeds of the first stage: use fewer epochs or cases"
+        )
+    return lambda epoch: triplet_phantoms(cases, seed + epoch * triplets, stage.data)
+
+
+def _stage_description(cases: int, stage: Stage, *, fresh: bool = False) -> str:
     kinds = " and ".join(_KIND_NAMES[k] for k in stage.data)
+    if fresh:
+        return (
+            f"{cases} fresh brain MR phantoms each epoch ({cases * stage.epochs} in all) in "
+            f"triplets, {kinds} lesions"
+        )
     return f"{cases} brain MR phantoms in triplets, {kinds} lesions"
 
 

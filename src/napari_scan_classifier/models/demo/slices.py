@@ -12,7 +12,7 @@ through the ordinary training pipeline on scan labels alone, as a user's data wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -58,20 +58,29 @@ def _slice_loss(target: Any, logits: Any) -> Any:
 
 
 def train_slice_localised(
-    training: Iterable[Phantom], validation: LabelledData, grid: Grid, run: StageRun
+    training: Callable[[int], Iterable[Phantom]],
+    validation: LabelledData,
+    grid: Grid,
+    run: StageRun,
 ) -> Bundle:
-    """A ``slice_gru`` trained from scratch on ``training``'s scan and slice labels (see the
-    module doc), as a version-1 bundle whose lineage holds this stage."""
+    """A ``slice_gru`` trained from scratch on the scan and slice labels (see the module doc)
+    of each epoch's phantoms, ``training(epoch)``, as a version-1 bundle whose lineage holds
+    this stage. Fresh phantoms every epoch: on the same 360 phantoms for 24 epochs, the training
+    scan loss kept falling (1.16 to 0.52) while the validation AUC peaked at 0.72 by epoch 16
+    and fell back (0.69 at the end): the network learned those phantoms, not the lesions."""
     model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
     twin = keras.Model(model.input, model.output)
-    x, y, slice_y = slice_labelled(training, grid)
-    targets = {"volume": y, "slices": slice_y}
+
+    def epoch_data(epoch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x, y, slice_y = slice_labelled(training(epoch), grid)
+        return x, {"volume": y, "slices": slice_y}
+
     return train_stage(
         model,
         twin,
         _slice_loss,
-        x,
-        targets,
+        epoch_data,
+        "slices",
         validation,
         grid,
         run,
