@@ -10,7 +10,7 @@ import pytest
 from napari_scan_classifier.datasets import ALL
 from napari_scan_classifier.models.demo import mr, slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
-from napari_scan_classifier.models.demo.mask_stage import StageRun
+from napari_scan_classifier.models.demo.mask_stage import SlidingChunks, StageRun
 from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
@@ -77,3 +77,20 @@ def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_
     too_long = mr.demo_stages(slice_epochs=mr.SEED_RANGE // 3 + 1, epochs=1, mixed_epochs=1)[0]
     with pytest.raises(ValueError, match="training seeds of the first stage"):
         mr._fresh_phantoms(9, 100, too_long)
+
+
+def test_sliding_chunks_draw_each_chunk_once_and_give_each_epoch_its_window() -> None:
+    drawn: list[int] = []
+
+    def chunk(number: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        drawn.append(number)
+        return np.full((2, 1, 1, 1), number, np.float32), {"volume": np.array([number] * 2)}
+
+    data = SlidingChunks(chunk, 3)
+    x0, targets0 = data(0)
+    x1, targets1 = data(1)
+
+    assert x0.ravel().tolist() == [0, 0, 1, 1, 2, 2] and x1.ravel().tolist() == [1, 1, 2, 2, 3, 3]
+    assert targets0["volume"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert targets1["volume"].tolist() == [1, 1, 2, 2, 3, 3]
+    assert drawn == [0, 1, 2, 3]

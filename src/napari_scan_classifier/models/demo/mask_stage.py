@@ -6,7 +6,7 @@ user's data has them; these stages add a second, per-location target."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +21,35 @@ from napari_scan_classifier.models.demo.common import Grid, Stage
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
 
+Arrays = tuple[np.ndarray, dict[str, np.ndarray]]
 # An epoch's training data: model-grid arrays (N, D, H, W) and the targets by output name.
-EpochData = Callable[[int], tuple[np.ndarray, Mapping[str, np.ndarray]]]
+EpochData = Callable[[int], Arrays]
 
 
-def every_epoch(x: np.ndarray, targets: Mapping[str, np.ndarray]) -> EpochData:
+def every_epoch(x: np.ndarray, targets: dict[str, np.ndarray]) -> EpochData:
     """The same arrays for every epoch."""
     return lambda epoch: (x, targets)
+
+
+class SlidingChunks:
+    """Each epoch's training data from numbered chunks of phantoms: epoch ``e`` trains on chunks
+    ``e`` to ``e + window - 1``, so each epoch brings one fresh chunk and retires the oldest,
+    and no phantom is seen more than ``window`` times. Why: phantoms cost nothing to draw but
+    time, and on the same ones epoch after epoch the networks learned those phantoms rather than
+    the lesions (see :mod:`.slices`); the window trades drawing time for training time."""
+
+    def __init__(self, chunk: Callable[[int], Arrays], window: int) -> None:
+        self.chunk = chunk
+        self.window = window
+        self._drawn: dict[int, Arrays] = {}
+
+    def __call__(self, epoch: int) -> Arrays:
+        wanted = range(epoch, epoch + self.window)
+        self._drawn = {c: self._drawn.get(c) or self.chunk(c) for c in wanted}
+        parts = [self._drawn[c] for c in wanted]
+        x = np.concatenate([x for x, _ in parts])
+        targets = {key: np.concatenate([t[key] for _, t in parts]) for key in parts[0][1]}
+        return x, targets
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ from keras import ops
 from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
-from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model, train_stage
+from napari_scan_classifier.models.demo.mask_stage import (
+    SlidingChunks,
+    StageRun,
+    fresh_model,
+    train_stage,
+)
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
@@ -71,15 +76,15 @@ def train_slice_localised(
     model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
     twin = keras.Model(model.input, model.output)
 
-    def epoch_data(epoch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x, y, slice_y = slice_labelled(training(epoch), grid)
+    def chunk(number: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x, y, slice_y = slice_labelled(training(number), grid)
         return x, {"volume": y, "slices": slice_y}
 
     return train_stage(
         model,
         twin,
         _slice_loss,
-        epoch_data,
+        SlidingChunks(chunk, 1),
         "slices",
         validation,
         grid,
