@@ -1,6 +1,7 @@
 """The CT demo recipe's blurred copies: the faithfulness check's fill, lesion removed or kept."""
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from napari_scan_classifier.models.demo import ct, localise
@@ -44,3 +45,22 @@ def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
     assert np.array_equal(cells[5], cells[4])
     assert np.array_equal(x[[0, 1, 3, 4]], plain_x) and not np.array_equal(x[2], x[1])
     assert np.array_equal(cells[[0, 1, 3, 4]], plain_cells)
+
+
+def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
+    lesions = ct.demo_stages(3, 1)[0].data
+    chunks = ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=3)
+
+    seeds = [
+        sorted({p.volume.metadata["series_description"] for p in chunks(c)}) for c in (0, 1, 6)
+    ]
+    described = ct._pool_description(20, ((16, 24, 24),), lesions, True, epochs=3)
+
+    assert seeds == [
+        [f"Synthetic CT phantom (seed {s})" for s in pair]
+        for pair in ((500, 501), (502, 503), (512, 513))
+    ]
+    assert [p.class_name for p in chunks(0)] == ["normal", "lesion"] * 2
+    assert described.endswith("with 10 blurred copies; 4 of them fresh each epoch (28 in all)")
+    with pytest.raises(ValueError, match="training seeds of the first stage"):
+        ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=ct.SEED_RANGE)

@@ -64,6 +64,7 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     assert bundle.metadata.architecture == "cnn3d_mil"
     stages = bundle.metadata.training["stages"]
     assert [stage["name"] for stage in stages] == ["localise", "scan-labels"]
+    assert stages[0]["data"].endswith("2 of them fresh each epoch (10 in all)")
     assert {p.name for p in (tmp_path / "stages").iterdir()} == {"localise"}
     assert "not a diagnostic device" in bundle.metadata.model_card
     metrics = bundle.metadata.training["metrics"]

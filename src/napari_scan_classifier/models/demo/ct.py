@@ -10,7 +10,7 @@ map of the 48^3 grid and pooled by its maximum. It is trained in two stages, eac
 phantoms (:func:`demo_stages`):
 
 1. **Localise** (version 1, :mod:`.localise`): from scratch, on scan labels and, cell by cell,
-   on the phantoms' lesion masks.
+   on the phantoms' lesion masks, from a pool of phantoms of which a fifth is fresh each epoch.
 2. **Scan labels** (version 2): through the same :func:`~napari_scan_classifier.training.train`
    as a user's training, on scan labels only.
 
@@ -97,7 +97,7 @@ from __future__ import annotations
 import re
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,10 @@ TRAIN_LESIONS = {"lesion_radius_mm": (5.0, 20.0), "lesion_contrast_hu": (20.0, 1
 INPUT_SHAPE = (48, 48, 48)
 LOCALISE_EPOCHS = 110
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
+# The localise stage's pool of phantoms is this many chunks: each epoch one chunk is new
+# (mask_stage.SlidingChunks).
+POOL_CHUNKS = 5
+SEED_RANGE = 10_000  # seeds of each kind of phantom (training, validation, test sets) apart
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
 # Grad-CAM's layer: block1, a 24^3 map in cnn3d_mil. With blurred copies block2's 12^3 map came
@@ -286,20 +290,23 @@ def build_demo(
         "seed": seed,
         "name": DEMO_NAME,
     }
-    validation = on_grid(clear_cases(val_cases, seed + 10_000, shapes), input_shape, "validation")
+    validation = on_grid(
+        clear_cases(val_cases, seed + SEED_RANGE, shapes), input_shape, "validation"
+    )
     stages = demo_stages(localise_epochs, epochs)
     checkpoints = Path(out) / STAGES_FOLDER
     first = checkpoints / stages[0].name
     if not first.is_dir():
         lesions = stages[0].data
-        description = _paired_description(cases, shapes, lesions, blur)
+        description = _pool_description(cases, shapes, lesions, blur, stages[0].epochs)
         run = StageRun.of(stages[0], width, batch_size, seed, description, verbose)
         localised = localise.train_localised(
-            paired_phantoms(cases, seed, shapes, lesions),
+            _pool_chunks(cases, seed, shapes, lesions, stages[0].epochs),
             validation,
             grid(input_shape),
             run,
             blur=blur,
+            window=POOL_CHUNKS,
         )
         save_bundle(localised, first)
 
@@ -354,7 +361,7 @@ def add_applicability(
     same seeds :func:`build_demo` trained and validated with."""
     train_all = paired_cases(training_cases, seed + 40_000 * LAST_STAGE, shapes, TRAIN_LESIONS)
     training = (case for _, case in zip(range(detector_cases), train_all, strict=False))
-    validation = clear_cases(val_cases, seed + 10_000, shapes)
+    validation = clear_cases(val_cases, seed + SEED_RANGE, shapes)
     grid_of = grid(bundle.metadata.input_shape)
     common.add_applicability(bundle, grid_of, training, validation, INPUTS, rate=rate)
 
@@ -372,7 +379,7 @@ def finalise(
     bundle, so a shipped version is never reused."""
     folder = Path(source) if source is not None else bundled_model_path()
     base = load_bundle(folder)
-    validation = clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
+    validation = clear_cases(VALIDATION_CASES, seed + SEED_RANGE, PHANTOM_SHAPES)
     bundle = recalibrate_bundle(base, on_grid(validation, base.metadata.input_shape, "validation"))
     version = max(bundle.metadata.version, shipped_version(DEMO_NAME) + 1)
     bundle.metadata = replace(
@@ -446,7 +453,7 @@ def add_saliency_choice(bundle: Bundle, *, seed: int = 2024, cases: int = SALIEN
     ``cases`` validation phantoms with a lesion (the map's own check, see :mod:`.saliency`)."""
     lesions = (
         volume
-        for volume, label in clear_cases(VALIDATION_CASES, seed + 10_000, PHANTOM_SHAPES)
+        for volume, label in clear_cases(VALIDATION_CASES, seed + SEED_RANGE, PHANTOM_SHAPES)
         if label == "lesion"
     )
     volumes = [volume for _, volume in zip(range(cases), lesions, strict=False)]
@@ -472,6 +479,40 @@ def _paired_data(
     split = datasets.Split(x.astype(np.float32), y, axes)
     val = validation.splits[datasets.ALL]
     return LabelledData(phantoms.CLASS_NAMES, {"train": split, "val": val}, description, ("CT",))
+
+
+def _pool_chunks(
+    cases: int,
+    seed: int,
+    shapes: Sequence[tuple[int, int, int]],
+    lesions: Lesions,
+    epochs: int,
+) -> Callable[[int], Iterator[phantoms.Phantom]]:
+    """Chunk ``c`` of the localise stage's pool: ``cases / POOL_CHUNKS`` paired phantoms from
+    the seeds after chunk ``c - 1``'s, all below the validation seeds."""
+    pairs = cases // POOL_CHUNKS // 2
+    if (epochs + POOL_CHUNKS - 1) * pairs > SEED_RANGE:
+        raise ValueError(
+            f"{epochs} epochs of a pool of {cases} phantoms need more than the {SEED_RANGE} "
+            "training seeds of the first stage: use fewer epochs or cases"
+        )
+    return lambda number: paired_phantoms(2 * pairs, seed + number * pairs, shapes, lesions)
+
+
+def _pool_description(
+    cases: int,
+    shapes: Sequence[tuple[int, int, int]],
+    lesions: Lesions,
+    blur: bool,
+    epochs: int,
+) -> str:
+    """:func:`_paired_description` of the pool, with how it is renewed."""
+    chunk = cases // POOL_CHUNKS // 2 * 2
+    drawn = chunk * (epochs + POOL_CHUNKS - 1)
+    return (
+        f"{_paired_description(cases, shapes, lesions, blur)}; {chunk} of them fresh each epoch "
+        f"({drawn} in all)"
+    )
 
 
 def _paired_description(

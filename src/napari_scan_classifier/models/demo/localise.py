@@ -12,7 +12,7 @@ labels alone, as a user's data would.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import keras
@@ -23,8 +23,8 @@ from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
 from napari_scan_classifier.models.demo.mask_stage import (
+    SlidingChunks,
     StageRun,
-    every_epoch,
     fresh_model,
     train_stage,
 )
@@ -97,25 +97,32 @@ def _cell_loss(target: Any, logit: Any) -> Any:
 
 
 def train_localised(
-    training: Iterable[Phantom],
+    training: Callable[[int], Iterable[Phantom]],
     validation: LabelledData,
     grid: Grid,
     run: StageRun,
     *,
     blur: bool = False,
+    window: int = 1,
 ) -> Bundle:
-    """A ``cnn3d_mil`` trained from scratch on ``training``'s scan and cell labels (see the
-    module doc), as a version-1 bundle whose lineage holds this stage."""
+    """A ``cnn3d_mil`` trained from scratch on scan and cell labels (see the module doc) of the
+    phantoms of chunks ``training(c)``, ``window`` of them an epoch (:class:`.SlidingChunks`),
+    as a version-1 bundle whose lineage holds this stage."""
     model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
     evidence = model.get_layer(EVIDENCE_LAYER).output
     twin = keras.Model(model.input, {"volume": model.output["volume"], "cells": evidence[..., :1]})
     cells_shape = tuple(int(n) for n in evidence.shape[1:4])
-    x, y, cells = cell_labelled(training, grid, cells_shape, run.seed if blur else None)
+
+    def chunk(number: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        blur_seed = run.seed + number if blur else None
+        x, y, cells = cell_labelled(training(number), grid, cells_shape, blur_seed)
+        return x, {"volume": y, "cells": cells}
+
     return train_stage(
         model,
         twin,
         _cell_loss,
-        every_epoch(x, {"volume": y, "cells": cells}),
+        SlidingChunks(chunk, window),
         "cells",
         validation,
         grid,

@@ -26,11 +26,6 @@ Arrays = tuple[np.ndarray, dict[str, np.ndarray]]
 EpochData = Callable[[int], Arrays]
 
 
-def every_epoch(x: np.ndarray, targets: dict[str, np.ndarray]) -> EpochData:
-    """The same arrays for every epoch."""
-    return lambda epoch: (x, targets)
-
-
 class SlidingChunks:
     """Each epoch's training data from numbered chunks of phantoms: epoch ``e`` trains on chunks
     ``e`` to ``e + window - 1``, so each epoch brings one fresh chunk and retires the oldest,
