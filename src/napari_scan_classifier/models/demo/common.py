@@ -33,6 +33,7 @@ from napari_scan_classifier.training import (
 from napari_scan_classifier.volume import Volume
 
 STAGES_FOLDER = "stages"
+SEED_RANGE = 10_000  # seeds of each kind of phantom (training, validation, test sets) apart
 # headline figures, then each class against the rest and the confusion matrix (rows: true class)
 HELD_OUT_KEYS = (
     "n",

@@ -120,6 +120,7 @@ from napari_scan_classifier.models.bundle import Bundle, load_bundle, save_bundl
 from napari_scan_classifier.models.bundled import bundled_model_path
 from napari_scan_classifier.models.demo import common, localise
 from napari_scan_classifier.models.demo.common import (
+    SEED_RANGE,
     STAGES_FOLDER,
     Cases,
     Stage,
@@ -163,7 +164,6 @@ BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
 # The localise stage's pool of phantoms is this many chunks: each epoch one chunk is new
 # (mask_stage.SlidingChunks).
 POOL_CHUNKS = 5
-SEED_RANGE = 10_000  # seeds of each kind of phantom (training, validation, test sets) apart
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
 # Grad-CAM's layer: block1, a 24^3 map in cnn3d_mil. With blurred copies block2's 12^3 map came

@@ -43,6 +43,7 @@ from napari_scan_classifier.inference import classify
 from napari_scan_classifier.models.bundle import Bundle, save_bundle
 from napari_scan_classifier.models.demo import slices
 from napari_scan_classifier.models.demo.common import (
+    SEED_RANGE,
     STAGES_FOLDER,
     Cases,
     Grid,
@@ -83,7 +84,6 @@ VALIDATION_CASES = 96
 SALIENCY_CASES = 4
 SAMPLES = {"tumour": sample_mr_phantom, "infarct": sample_mr_infarct_phantom}
 COMPARISON_FILE = "architecture_comparison.json"
-SEED_RANGE = 10_000  # seeds of each kind of phantom (training, validation, test sets) apart
 SLICE_EPOCHS = 24
 BATCH_SIZE = 4  # twice the steps of 8 for the same time: from scratch, steps are what is short
 # First-stage lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network

@@ -36,7 +36,3 @@ class DockProgress(ProgressBar):
     def stop(self) -> None:
         self.visible = self.running = False
         self.update_to(0, 0, "")
-
-    @property
-    def description(self) -> str:
-        return self._description
