@@ -48,7 +48,7 @@ def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
 
 
 def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
-    lesions = ct.demo_stages(3, 1)[0].data
+    lesions = ct.demo_stages(3, 1, 1)[0].data
     chunks = ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=3)
 
     seeds = [
@@ -62,5 +62,30 @@ def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
     ]
     assert [p.class_name for p in chunks(0)] == ["normal", "lesion"] * 2
     assert described.endswith("with 10 blurred copies; 4 of them fresh each epoch (28 in all)")
-    with pytest.raises(ValueError, match="training seeds of the first stage"):
+    with pytest.raises(ValueError, match="training seeds of the stages on lesion masks"):
         ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=ct.SEED_RANGE)
+
+
+def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_the_first():
+    stages = ct.demo_stages(3, 2, 1)
+    first, small = stages[0], stages[1]
+    shapes = ((16, 24, 24), (16, 28, 28))
+    later = first.epochs + ct.POOL_CHUNKS - 1
+    chunks = ct._pool_chunks(40, 500, shapes, small.data, small.epochs, first_chunk=later)
+
+    found = [p for p in chunks(0) if p.label == 1]
+    radii = [
+        max(max(les["radii_mm"]) for les in p.volume.metadata["phantom_lesions"]) for p in found
+    ]
+    kinds = [(p.volume.shape, radius <= 1.2 * 9.0) for p, radius in zip(found, radii, strict=True)]
+    seeds = {p.volume.metadata["series_description"] for p in chunks(0)}
+    described = ct._pool_description(40, shapes, small.data, True, small.epochs)
+
+    assert [s.name for s in stages] == ["localise", "small-lesions", "scan-labels"]
+    assert small.data == (ct.SMALL_LESIONS, ct.TRAIN_LESIONS)
+    assert seeds == {f"Synthetic CT phantom (seed {500 + 4 * later + i})" for i in range(4)}
+    assert {shape for shape, _ in kinds} == {(16, 24, 24), (16, 28, 28)}
+    assert kinds[0][1] and kinds[1][1]  # the first two pairs: small lesions, both fields of view
+    assert "lesions 5-9 mm, 20-120 HU or 5-20 mm, 20-120 HU (in turn by pair)" in described
+    with pytest.raises(ValueError, match="training seeds of the stages on lesion masks"):
+        ct._pool_chunks(40, 500, shapes, small.data, ct.SEED_RANGE // 4, first_chunk=later)

@@ -17,6 +17,7 @@ from napari_scan_classifier.models.demo.ct import (
     LOCALISE_EPOCHS,
     PHANTOM_SHAPES,
     SCAN_LABEL_EPOCHS,
+    SMALL_LESION_EPOCHS,
     SPACING,
     WIDTH,
     add_applicability,
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 100),
         localise_epochs=_or(args.localise_epochs, LOCALISE_EPOCHS),
+        small_epochs=_or(args.small_lesion_epochs, SMALL_LESION_EPOCHS),
         epochs=_or(args.epochs, SCAN_LABEL_EPOCHS),
         input_shape=tuple(args.input_shape),
         shapes=[tuple(s) for s in args.phantom_shape] if args.phantom_shape else PHANTOM_SHAPES,
@@ -131,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--localise-epochs", type=int, help=f"CT stage on lesion masks ({LOCALISE_EPOCHS})"
+    )
+    parser.add_argument(
+        "--small-lesion-epochs",
+        type=int,
+        help=f"CT stage on lesion masks, small lesions every other pair ({SMALL_LESION_EPOCHS})",
     )
     parser.add_argument(
         "--slice-epochs", type=int, help=f"MR stage on lesion masks by slice ({mr.SLICE_EPOCHS})"

@@ -144,7 +144,7 @@ from napari_scan_classifier.volume import Volume
 
 DEMO_NAME = "demo_ct_lesion"
 BODY_REGION = "abdomen"  # the phantoms: chest/abdomen CT, read as abdomen (their BodyPartExamined)
-LAST_STAGE = 1  # index of the last stage: its phantoms stand for the training data
+LAST_STAGE = 2  # index of the last stage: its phantoms stand for the training data
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
 SALIENCY_CASES = 6  # validation phantoms with a lesion the saliency methods are measured on
@@ -156,10 +156,14 @@ INTENSITY = {"kind": "ct_window", "center": 50.0, "width": 250.0}  # abdominal s
 # take in those and make_cases' subtle ones (5-15 mm, 20-60 HU).
 CLEAR_LESIONS = {"lesion_radius_mm": (6.0, 20.0), "lesion_contrast_hu": (35.0, 120.0)}
 TRAIN_LESIONS = {"lesion_radius_mm": (5.0, 20.0), "lesion_contrast_hu": (20.0, 120.0)}
+# The small-lesion stage alternates these with TRAIN_LESIONS, pair by pair.
+SMALL_LESIONS = {"lesion_radius_mm": (5.0, 9.0), "lesion_contrast_hu": (20.0, 120.0)}
 # 48^3 trains several times faster per case than 28^3 or 32^3 on a CPU (TF 2.21), and keeps a
 # 5 mm-radius lesion over two voxels across in a 190 mm field of view.
 INPUT_SHAPE = (48, 48, 48)
 LOCALISE_EPOCHS = 110
+SMALL_LESION_EPOCHS = 30
+MASK_STAGES = 2  # the first stages, trained on lesion masks (localise, small-lesions)
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
 # The localise stage's pool of phantoms is this many chunks: each epoch one chunk is new
 # (mask_stage.SlidingChunks).
@@ -174,10 +178,11 @@ WIDTH = 8
 GRADCAM_LAYER = "block1_relu"
 INPUTS = "CT modality; Hounsfield values, with air in the field of view; anatomy-like texture"
 Lesions = dict[str, tuple[float, float]]
+LesionKinds = Lesions | Sequence[Lesions]  # one kind, or kinds taken in turn by phantom pair
 
 
 def paired_cases(
-    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: Lesions = CLEAR_LESIONS
+    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds = CLEAR_LESIONS
 ) -> Cases:
     """``n`` cases as pairs with and without ``lesions``, each pair sharing its anatomy."""
     for phantom in paired_phantoms(n, seed, shapes, lesions):
@@ -185,15 +190,22 @@ def paired_cases(
 
 
 def paired_phantoms(
-    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: Lesions
+    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds
 ) -> Iterator[phantoms.Phantom]:
-    """The phantoms of :func:`paired_cases`, with their lesion masks."""
+    """The phantoms of :func:`paired_cases`, with their lesion masks; with several kinds of
+    lesions, pairs take them in turn, each kind in every field of view."""
+    kinds = _kinds(lesions)
     for index in range(n // 2):
+        shape = shapes[index % len(shapes)]
+        kind = kinds[(index // len(shapes)) % len(kinds)]
         for label in (0, 1):
-            shape = shapes[index % len(shapes)]
             yield phantoms.make_ct_phantom(
-                seed + index, shape, SPACING, None if label else 0, **lesions
+                seed + index, shape, SPACING, None if label else 0, **kind
             )
+
+
+def _kinds(lesions: LesionKinds) -> list[Lesions]:
+    return [lesions] if isinstance(lesions, dict) else list(lesions)
 
 
 def clear_cases(n: int, seed: int, shapes: Sequence[tuple[int, int, int]]) -> Cases:
@@ -251,10 +263,12 @@ def sample_saliency_contrast(bundle: Bundle) -> tuple[float, float]:
     return float(values[inside].mean()), float(values[~inside].mean())
 
 
-def demo_stages(localise_epochs: int, epochs: int) -> list[Stage]:
-    """The recipe (see the module docstring); each stage's data: its lesions."""
+def demo_stages(localise_epochs: int, small_epochs: int, epochs: int) -> list[Stage]:
+    """The recipe (see the module docstring); each stage's data: its lesions. The first
+    :data:`MASK_STAGES` learn from lesion masks."""
     return [
         Stage("localise", localise_epochs, 1e-3, TRAIN_LESIONS),
+        Stage("small-lesions", small_epochs, 3e-4, (SMALL_LESIONS, TRAIN_LESIONS)),
         Stage("scan-labels", epochs, 3e-4, TRAIN_LESIONS),
     ]
 
@@ -266,6 +280,7 @@ def build_demo(
     val_cases: int = VALIDATION_CASES,
     test_cases: int = 100,
     localise_epochs: int = LOCALISE_EPOCHS,
+    small_epochs: int = SMALL_LESION_EPOCHS,
     epochs: int = SCAN_LABEL_EPOCHS,
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
     shapes: Sequence[tuple[int, int, int]] = PHANTOM_SHAPES,
@@ -279,8 +294,8 @@ def build_demo(
     ``blur``, every stage also trains on blurred copies of its phantoms with a lesion
     (:func:`.localise.blurred`).
 
-    The first stage is kept in ``out/stages/localise``; a rerun into the same ``out`` resumes
-    after it.
+    The stages on lesion masks are kept in ``out/stages``; a rerun into the same ``out``
+    resumes after the last one kept.
     """
     target = Path(out) / DEMO_NAME
     if target.exists():
@@ -300,22 +315,28 @@ def build_demo(
     validation = on_grid(
         clear_cases(val_cases, seed + SEED_RANGE, shapes), input_shape, "validation"
     )
-    stages = demo_stages(localise_epochs, epochs)
+    stages = demo_stages(localise_epochs, small_epochs, epochs)
     checkpoints = Path(out) / STAGES_FOLDER
-    first = checkpoints / stages[0].name
-    if not first.is_dir():
-        lesions = stages[0].data
-        description = _pool_description(cases, shapes, lesions, blur, stages[0].epochs)
-        run = StageRun.of(stages[0], width, batch_size, seed, description, verbose)
-        localised = localise.train_localised(
-            _pool_chunks(cases, seed, shapes, lesions, stages[0].epochs),
-            validation,
-            grid(input_shape),
-            run,
-            blur=blur,
-            window=POOL_CHUNKS,
-        )
-        save_bundle(localised, first)
+    base: Path | None = None
+    first_chunk = 0
+    for stage in stages[:MASK_STAGES]:
+        kept = checkpoints / stage.name
+        if not kept.is_dir():
+            description = _pool_description(cases, shapes, stage.data, blur, stage.epochs)
+            run = StageRun.of(stage, width, batch_size, seed, description, verbose)
+            localised = localise.train_localised(
+                _pool_chunks(cases, seed, shapes, stage.data, stage.epochs, first_chunk),
+                validation,
+                grid(input_shape),
+                run,
+                blur=blur,
+                window=POOL_CHUNKS,
+                base=None if base is None else load_bundle(base),
+                name=stage.name,
+            )
+            save_bundle(localised, kept)
+        base = kept
+        first_chunk += stage.epochs + POOL_CHUNKS - 1
 
     def stage_data(index: int, stage: Stage) -> LabelledData:
         stage_seed = seed + 40_000 * index
@@ -471,7 +492,7 @@ def _paired_data(
     cases: int,
     seed: int,
     shapes: Sequence[tuple[int, int, int]],
-    lesions: Lesions,
+    lesions: LesionKinds,
     input_shape: Sequence[int],
     validation: LabelledData,
     blur: bool = False,
@@ -492,24 +513,28 @@ def _pool_chunks(
     cases: int,
     seed: int,
     shapes: Sequence[tuple[int, int, int]],
-    lesions: Lesions,
+    lesions: LesionKinds,
     epochs: int,
+    first_chunk: int = 0,
 ) -> Callable[[int], Iterator[phantoms.Phantom]]:
-    """Chunk ``c`` of the localise stage's pool: ``cases / POOL_CHUNKS`` paired phantoms from
-    the seeds after chunk ``c - 1``'s, all below the validation seeds."""
+    """Chunk ``c`` of a mask stage's pool: ``cases / POOL_CHUNKS`` paired phantoms from the
+    seeds after chunk ``c - 1``'s, counted from ``first_chunk`` (after the chunks of the stages
+    before), all below the validation seeds."""
     pairs = cases // POOL_CHUNKS // 2
-    if (epochs + POOL_CHUNKS - 1) * pairs > SEED_RANGE:
+    if (first_chunk + epochs + POOL_CHUNKS - 1) * pairs > SEED_RANGE:
         raise ValueError(
             f"{epochs} epochs of a pool of {cases} phantoms need more than the {SEED_RANGE} "
-            "training seeds of the first stage: use fewer epochs or cases"
+            "training seeds of the stages on lesion masks: use fewer epochs or cases"
         )
-    return lambda number: paired_phantoms(2 * pairs, seed + number * pairs, shapes, lesions)
+    return lambda number: paired_phantoms(
+        2 * pairs, seed + (first_chunk + number) * pairs, shapes, lesions
+    )
 
 
 def _pool_description(
     cases: int,
     shapes: Sequence[tuple[int, int, int]],
-    lesions: Lesions,
+    lesions: LesionKinds,
     blur: bool,
     epochs: int,
 ) -> str:
@@ -523,12 +548,16 @@ def _pool_description(
 
 
 def _paired_description(
-    cases: int, shapes: Sequence[tuple[int, int, int]], lesions: Lesions, blur: bool = False
+    cases: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds, blur: bool = False
 ) -> str:
-    radius, contrast = (span(lesions[key]) for key in lesions)
+    kinds = " or ".join(
+        f"{span(kind['lesion_radius_mm'])} mm, {span(kind['lesion_contrast_hu'])} HU"
+        for kind in _kinds(lesions)
+    )
+    turns = " (in turn by pair)" if len(_kinds(lesions)) > 1 else ""
     fields = " and ".join("x".join(map(str, shape)) for shape in shapes)
     copies = f", with {cases // 2} blurred copies" if blur else ""
-    return f"{cases} phantoms ({fields}) in pairs, lesions {radius} mm, {contrast} HU{copies}"
+    return f"{cases} phantoms ({fields}) in pairs, lesions {kinds}{turns}{copies}"
 
 
 def _describe(
@@ -564,9 +593,9 @@ has never seen a patient scan and its output on real CT means nothing clinically
   ({minutes:.0f} min on a 2-core CPU for the last run, no augmentation{copies}).
 - **Training data**: phantoms from `napari_scan_classifier.phantoms` ({fields} voxels of
   2.5 x 1.5 x 1.5 mm), in pairs that share anatomy and differ only by the lesions, fresh
-  phantoms for each stage, each stage starting from the one before; the first also learns from
-  the phantoms' lesion masks which cells of the map hold a lesion, the second sees scan labels
-  only, as a user's fine-tuning does:
+  phantoms for each stage, each stage starting from the one before; the first two also learn
+  from the phantoms' lesion masks which cells of the map hold a lesion (the second on small
+  lesions every other pair), the last sees scan labels only, as a user's fine-tuning does:
 {lineage(result.bundle)}
 - **Validation** ({val["n"]} unpaired phantoms with clear lesions, used for early stopping and
   temperature calibration): AUC {fmt(val["auc"])}, accuracy {fmt(val["accuracy"])}, ECE

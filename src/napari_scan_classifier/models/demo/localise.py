@@ -104,11 +104,14 @@ def train_localised(
     *,
     blur: bool = False,
     window: int = 1,
+    base: Bundle | None = None,
+    name: str = STAGE_NAME,
 ) -> Bundle:
-    """A ``cnn3d_mil`` trained from scratch on scan and cell labels (see the module doc) of the
-    phantoms of chunks ``training(c)``, ``window`` of them an epoch (:class:`.SlidingChunks`),
-    as a version-1 bundle whose lineage holds this stage."""
-    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
+    """A ``cnn3d_mil`` trained on scan and cell labels (see the module doc) of the phantoms of
+    chunks ``training(c)``, ``window`` of them an epoch (:class:`.SlidingChunks`), from scratch
+    or from ``base``'s network, as a version-1 bundle whose lineage holds ``base``'s stages and
+    this one."""
+    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed) if base is None else base.model
     evidence = model.get_layer(EVIDENCE_LAYER).output
     twin = keras.Model(model.input, {"volume": model.output["volume"], "cells": evidence[..., :1]})
     cells_shape = tuple(int(n) for n in evidence.shape[1:4])
@@ -127,7 +130,8 @@ def train_localised(
         validation,
         grid,
         run,
-        name=STAGE_NAME,
+        name=name,
         modality="CT",
         architecture=ARCHITECTURE,
+        earlier=() if base is None else base.metadata.training.get("stages", ()),
     )

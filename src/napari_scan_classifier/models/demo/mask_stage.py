@@ -6,7 +6,7 @@ user's data has them; these stages add a second, per-location target."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +87,7 @@ def train_stage(
     name: str,
     modality: str,
     architecture: str,
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> Bundle:
     """Compile ``twin`` (``model``'s scan logits plus the per-location output ``located``;
     compiled in ``model``'s stead, since a saved custom loss would be code), fit it on each
@@ -116,6 +117,7 @@ def train_stage(
         architecture=architecture,
         description=run.description,
         aucs=aucs,
+        earlier=earlier,
     )
 
 
@@ -165,8 +167,10 @@ def stage_bundle(
     architecture: str,
     description: str,
     aucs: Sequence[float],
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> Bundle:
-    """The stage's network as a version-1 bundle whose training record holds this stage."""
+    """The stage's network as a version-1 bundle whose training record holds the ``earlier``
+    stages it started from and this one."""
     stage: dict[str, Any] = {
         "name": name,
         "data": description,
@@ -188,7 +192,7 @@ def stage_bundle(
             "epochs_run": len(aucs),
             "metrics": {"validation": {"auc": aucs[-1]}},
             "history": {"val_auc": [round(a, 5) for a in aucs]},
-            "stages": [stage],
+            "stages": [*earlier, stage],
         },
         description=f"{architecture} trained on {description} with lesion masks",
     )
