@@ -13,7 +13,6 @@ from napari_scan_classifier.models import check_model, load_bundle
 from napari_scan_classifier.models.bundled import bundled_model_path, load_default_bundle
 from napari_scan_classifier.models.train_demo import (
     DEMO_NAME,
-    GRADCAM_LAYER,
     PHANTOM_SHAPES,
     clear_cases,
     main,
@@ -98,7 +97,7 @@ def test_the_shipped_bundle_is_small_and_valid():
     card = json.loads((folder / "bundle.json").read_text())["model_card"]
     assert "synthetic" in card and "not a diagnostic device" in card
     assert bundle.metadata.target_spacing_mm is None  # any field of view fits the grid
-    assert bundle.metadata.gradcam_layer == GRADCAM_LAYER
+    assert bundle.metadata.gradcam_layer == bundle.metadata.saliency["best_gradcam_layer"]
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from napari_scan_classifier.models.demo import mr
 from napari_scan_classifier.models.demo.ct import (
     DEMO_NAME,
-    GRADCAM_LAYER,
     INPUT_SHAPE,
     LOCALISE_EPOCHS,
     PHANTOM_SHAPES,
@@ -34,7 +33,6 @@ from napari_scan_classifier.models.demo.ct import (
 
 __all__ = [
     "DEMO_NAME",
-    "GRADCAM_LAYER",
     "PHANTOM_SHAPES",
     "SPACING",
     "add_applicability",
