@@ -48,6 +48,7 @@ class ScanResult:
                 "layer": self.saliency.layer,
                 "target_class": self.saliency.target_class,
                 "faithfulness": None if faithfulness is None else faithfulness.to_dict(),
+                "instead_of": [dict(failed) for failed in self.saliency.instead_of],
             }
         return json_safe(data)
 

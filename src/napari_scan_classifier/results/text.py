@@ -84,6 +84,12 @@ def _saliency_lines(saliency: Mapping[str, Any] | None) -> list[str]:
     title = SALIENCY_TITLES.get(method_key(saliency["method"]), saliency["method"])
     layer = f" (layer {saliency['layer']})" if saliency.get("layer") else ""
     lines = [f"Saliency: {title}{layer} of '{saliency['target_class']}'"]
+    for failed in saliency.get("instead_of") or ():
+        failed_title = SALIENCY_TITLES.get(method_key(failed["method"]), failed["method"])
+        lines.append(
+            f"  shown instead of the model's default ({failed_title}), whose map failed its "
+            f"check on this scan (gap {failed['gap']:.3f})"
+        )
     check = saliency.get("faithfulness")
     if check:
         verdict = "passed" if check["passed"] else "FAILED"

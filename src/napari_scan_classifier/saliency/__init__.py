@@ -34,6 +34,7 @@ from napari_scan_classifier.saliency.selection import (
     choose_saliency,
     default_method,
     method_key,
+    replacement_candidates,
     saliency_map,
     with_saliency_choice,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "occlusion",
     "randomisation_check",
     "randomised",
+    "replacement_candidates",
     "saliency_map",
     "with_saliency_choice",
 ]

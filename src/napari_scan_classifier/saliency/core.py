@@ -3,9 +3,9 @@ map onto the source volume's grid."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,9 @@ Target = str | int | None
 class SaliencyMap:
     """A saliency map on the source volume's grid (``values`` has its shape, ``affine`` is its
     affine), for ``target_class``; ``box``: the region the model saw (None: the whole scan);
-    ``layer``: the activation a layer-based method used; ``faithfulness`` when it was checked."""
+    ``layer``: the activation a layer-based method used; ``faithfulness`` when it was checked;
+    ``instead_of``: the bundle's default method (``method``, ``layer``, ``gap``) whose map failed
+    its check on this scan, when this map replaced it."""
 
     values: np.ndarray
     affine: np.ndarray
@@ -34,6 +36,7 @@ class SaliencyMap:
     box: Box | None = None
     faithfulness: Faithfulness | None = None
     layer: str | None = None
+    instead_of: tuple[Mapping[str, Any], ...] = ()
 
 
 def to_source(values: np.ndarray, grid: ModelGrid, volume: Volume) -> np.ndarray:
