@@ -198,12 +198,16 @@ def test_faithfulness_gives_a_pass_or_fail_equal_to_the_core(
 def test_the_shipped_model_passes_its_check_on_the_sample_ct(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    out = tmp_path / "sample.json"
-    code, _, stderr = _run(
-        capsys, "classify", sample_ct_path(), "--faithfulness", "--passes", "0", "--out", out
-    )
-    assert code == 0, stderr
+    out, out_csv = tmp_path / "sample.json", tmp_path / "sample.csv"
+    for path in (out, out_csv):
+        options = ("--faithfulness", "--passes", "0", "--out", path)
+        code, _, stderr = _run(capsys, "classify", sample_ct_path(), *options)
+        assert code == 0, stderr
     (row,) = json.loads(out.read_text())["series"]
+    with out_csv.open(newline="") as stream:
+        (csv_row,) = (r for r in csv.DictReader(stream) if r["series_key"])
+    assert csv_row["saliency_method"] == "grad_cam gradcam_target"
+    assert csv_row["saliency_instead_of"].startswith("integrated_gradients (gap 0.06")
     assert row["predicted_class"] == "lesion"
     assert row["saliency"]["faithfulness"]["passed"] is True
     assert row["saliency"]["faithfulness"]["gap"] > FAITHFUL_MARGIN + 0.02  # 0.126

@@ -107,6 +107,8 @@ def to_csv(report: BatchReport) -> str:
         "worker",
         "seconds",
         "saliency_file",
+        "saliency_method",
+        "saliency_instead_of",
         "saliency_faithfulness_passed",
         "saliency_deletion_auc",
         "saliency_insertion_auc",
@@ -160,6 +162,11 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         model_version=row["model"]["version"],
         seconds=_fmt(row["timings"]["total"] + row["timings"].get("saliency", 0.0)),
         saliency_file=saliency.get("file", ""),
+        saliency_method=_saliency_method(saliency),
+        saliency_instead_of="; ".join(
+            f"{_saliency_method(failed)} (gap {failed['gap']:.3g})"
+            for failed in saliency.get("instead_of", ())
+        ),
         saliency_faithfulness_passed=_flag(faithfulness.get("passed")),
         saliency_deletion_auc=_fmt(faithfulness.get("auc_deletion")),
         saliency_insertion_auc=_fmt(faithfulness.get("auc_insertion")),
@@ -169,6 +176,11 @@ def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
         modality_warning=row["modality_warning"] or "",
     )
     return flat
+
+
+def _saliency_method(saliency: Mapping[str, Any]) -> str:
+    """``"grad_cam gradcam_target"``: the method and, for a layer-based one, its layer."""
+    return " ".join(str(part) for part in (saliency.get("method"), saliency.get("layer")) if part)
 
 
 def _fmt(value: float | None) -> str:
