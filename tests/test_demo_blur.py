@@ -4,15 +4,20 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_scan_classifier.models.demo import ct, localise
+from napari_scan_classifier.models.demo import ct, ct_phantoms, localise
+from napari_scan_classifier.models.demo.common import SEED_RANGE
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
 SHAPES = ((40, 64, 64),)
-GRID = ct.grid((24, 24, 24))
+GRID = ct_phantoms.grid((24, 24, 24))
 
 
 def _lesion_phantom():
-    return next(p for p in ct.paired_phantoms(2, 7, SHAPES, ct.CLEAR_LESIONS) if p.label == 1)
+    return next(
+        p
+        for p in ct_phantoms.paired_phantoms(2, 7, SHAPES, ct_phantoms.CLEAR_LESIONS)
+        if p.label == 1
+    )
 
 
 def test_a_blurred_copy_loses_its_lesion_unless_kept():
@@ -33,11 +38,11 @@ def test_a_blurred_copy_loses_its_lesion_unless_kept():
 
 
 def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
-    found = ct.paired_phantoms(4, 7, SHAPES, ct.CLEAR_LESIONS)
+    found = ct_phantoms.paired_phantoms(4, 7, SHAPES, ct_phantoms.CLEAR_LESIONS)
 
     x, y, cells = localise.cell_labelled(found, GRID, (6, 6, 6), blur_seed=3)
     plain_x, plain_y, plain_cells = localise.cell_labelled(
-        ct.paired_phantoms(4, 7, SHAPES, ct.CLEAR_LESIONS), GRID, (6, 6, 6)
+        ct_phantoms.paired_phantoms(4, 7, SHAPES, ct_phantoms.CLEAR_LESIONS), GRID, (6, 6, 6)
     )
 
     assert y.tolist() == [0, 1, 0, 0, 1, 1] and plain_y.tolist() == [0, 1, 0, 1]
@@ -49,12 +54,12 @@ def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
 
 def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
     lesions = ct.demo_stages(3, 1, 1)[0].data
-    chunks = ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=3)
+    chunks = ct_phantoms.pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=3)
 
     seeds = [
         sorted({p.volume.metadata["series_description"] for p in chunks(c)}) for c in (0, 1, 6)
     ]
-    described = ct._pool_description(20, ((16, 24, 24),), lesions, True, epochs=3)
+    described = ct_phantoms.pool_description(20, ((16, 24, 24),), lesions, True, epochs=3)
 
     assert seeds == [
         [f"Synthetic CT phantom (seed {s})" for s in pair]
@@ -63,15 +68,15 @@ def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
     assert [p.class_name for p in chunks(0)] == ["normal", "lesion"] * 2
     assert described.endswith("with 10 blurred copies; 4 of them fresh each epoch (28 in all)")
     with pytest.raises(ValueError, match="training seeds of the stages on lesion masks"):
-        ct._pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=ct.SEED_RANGE)
+        ct_phantoms.pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=SEED_RANGE)
 
 
 def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_the_first():
     stages = ct.demo_stages(3, 2, 1)
     first, small = stages[0], stages[1]
     shapes = ((16, 24, 24), (16, 28, 28))
-    later = first.epochs + ct.POOL_CHUNKS - 1
-    chunks = ct._pool_chunks(40, 500, shapes, small.data, small.epochs, first_chunk=later)
+    later = first.epochs + ct_phantoms.POOL_CHUNKS - 1
+    chunks = ct_phantoms.pool_chunks(40, 500, shapes, small.data, small.epochs, first_chunk=later)
 
     found = [p for p in chunks(0) if p.label == 1]
     radii = [
@@ -79,13 +84,13 @@ def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_th
     ]
     kinds = [(p.volume.shape, radius <= 1.2 * 9.0) for p, radius in zip(found, radii, strict=True)]
     seeds = {p.volume.metadata["series_description"] for p in chunks(0)}
-    described = ct._pool_description(40, shapes, small.data, True, small.epochs)
+    described = ct_phantoms.pool_description(40, shapes, small.data, True, small.epochs)
 
     assert [s.name for s in stages] == ["localise", "small-lesions", "scan-labels"]
-    assert small.data == (ct.SMALL_LESIONS, ct.TRAIN_LESIONS)
+    assert small.data == (ct_phantoms.SMALL_LESIONS, ct_phantoms.TRAIN_LESIONS)
     assert seeds == {f"Synthetic CT phantom (seed {500 + 4 * later + i})" for i in range(4)}
     assert {shape for shape, _ in kinds} == {(16, 24, 24), (16, 28, 28)}
     assert kinds[0][1] and kinds[1][1]  # the first two pairs: small lesions, both fields of view
     assert "lesions 5-9 mm, 20-120 HU or 5-20 mm, 20-120 HU (in turn by pair)" in described
     with pytest.raises(ValueError, match="training seeds of the stages on lesion masks"):
-        ct._pool_chunks(40, 500, shapes, small.data, ct.SEED_RANGE // 4, first_chunk=later)
+        ct_phantoms.pool_chunks(40, 500, shapes, small.data, SEED_RANGE // 4, first_chunk=later)

@@ -14,21 +14,23 @@ from napari_scan_classifier.models.demo.ct import (
     DEMO_NAME,
     INPUT_SHAPE,
     LOCALISE_EPOCHS,
-    PHANTOM_SHAPES,
     SCAN_LABEL_EPOCHS,
     SMALL_LESION_EPOCHS,
-    SPACING,
     WIDTH,
     add_applicability,
     add_saliency_choice,
     build_demo,
-    clear_cases,
     finalise,
+    sample_lesion_probability,
+    sample_saliency_contrast,
+)
+from napari_scan_classifier.models.demo.ct_phantoms import (
+    PHANTOM_SHAPES,
+    SPACING,
+    clear_cases,
     make_cases,
     on_grid,
     paired_cases,
-    sample_lesion_probability,
-    sample_saliency_contrast,
 )
 
 __all__ = [

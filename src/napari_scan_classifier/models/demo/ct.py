@@ -119,7 +119,7 @@ from __future__ import annotations
 import re
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,6 @@ from napari_scan_classifier.models.demo import common, localise
 from napari_scan_classifier.models.demo.common import (
     SEED_RANGE,
     STAGES_FOLDER,
-    Cases,
     Stage,
     fmt,
     held_out_metrics,
@@ -147,6 +146,23 @@ from napari_scan_classifier.models.demo.common import (
     train_stages,
     training_split,
 )
+from napari_scan_classifier.models.demo.ct_phantoms import (
+    INTENSITY,
+    PHANTOM_SHAPES,
+    POOL_CHUNKS,
+    SMALL_LESIONS,
+    TRAIN_LESIONS,
+    LesionKinds,
+    clear_cases,
+    grid,
+    make_cases,
+    on_grid,
+    paired_cases,
+    paired_description,
+    paired_phantoms,
+    pool_chunks,
+    pool_description,
+)
 from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import grad_cam
@@ -155,24 +171,12 @@ from napari_scan_classifier.training import (
     evaluate_bundle,
     recalibrate_bundle,
 )
-from napari_scan_classifier.volume import Volume
 
 DEMO_NAME = "demo_ct_lesion"
 BODY_REGION = "abdomen"  # the phantoms: chest/abdomen CT, read as abdomen (their BodyPartExamined)
-LAST_STAGE = 2  # index of the last stage: its phantoms stand for the training data
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
 SALIENCY_CASES = 6  # validation phantoms with a lesion the saliency methods are measured on
-# Phantom fields of view: the make_cases default and the sample scan's.
-PHANTOM_SHAPES = ((64, 96, 96), (72, 128, 128))
-SPACING = (2.5, 1.5, 1.5)
-INTENSITY = {"kind": "ct_window", "center": 50.0, "width": 250.0}  # abdominal soft tissue
-# Clear lesions (validation, a held-out test) take in the sample CT phantom's; training lesions
-# take in those and make_cases' subtle ones (5-15 mm, 20-60 HU).
-CLEAR_LESIONS = {"lesion_radius_mm": (6.0, 20.0), "lesion_contrast_hu": (35.0, 120.0)}
-TRAIN_LESIONS = {"lesion_radius_mm": (5.0, 20.0), "lesion_contrast_hu": (20.0, 120.0)}
-# The small-lesion stage alternates these with TRAIN_LESIONS, pair by pair.
-SMALL_LESIONS = {"lesion_radius_mm": (5.0, 9.0), "lesion_contrast_hu": (20.0, 120.0)}
 # 48^3 trains several times faster per case than 28^3 or 32^3 on a CPU (TF 2.21), and keeps a
 # 5 mm-radius lesion over two voxels across in a 190 mm field of view.
 INPUT_SHAPE = (48, 48, 48)
@@ -180,9 +184,6 @@ LOCALISE_EPOCHS = 110
 SMALL_LESION_EPOCHS = 30
 MASK_STAGES = 2  # the first stages, trained on lesion masks (localise, small-lesions)
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
-# The localise stage's pool of phantoms is this many chunks: each epoch one chunk is new
-# (mask_stage.SlidingChunks).
-POOL_CHUNKS = 5
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
 # Grad-CAM's layer until finalise adopts the one that measured most faithful (see
@@ -193,68 +194,6 @@ WIDTH = 8
 # measures most faithful.
 GRADCAM_LAYER = "block1_relu"
 INPUTS = "CT modality; Hounsfield values, with air in the field of view; anatomy-like texture"
-Lesions = dict[str, tuple[float, float]]
-LesionKinds = Lesions | Sequence[Lesions]  # one kind, or kinds taken in turn by phantom pair
-
-
-def paired_cases(
-    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds = CLEAR_LESIONS
-) -> Cases:
-    """``n`` cases as pairs with and without ``lesions``, each pair sharing its anatomy."""
-    for phantom in paired_phantoms(n, seed, shapes, lesions):
-        yield phantom.volume, phantom.class_name
-
-
-def paired_phantoms(
-    n: int, seed: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds
-) -> Iterator[phantoms.Phantom]:
-    """The phantoms of :func:`paired_cases`, with their lesion masks; with several kinds of
-    lesions, pairs take them in turn, each kind in every field of view."""
-    kinds = _kinds(lesions)
-    for index in range(n // 2):
-        shape = shapes[index % len(shapes)]
-        kind = kinds[(index // len(shapes)) % len(kinds)]
-        for label in (0, 1):
-            yield phantoms.make_ct_phantom(
-                seed + index, shape, SPACING, None if label else 0, **kind
-            )
-
-
-def _kinds(lesions: LesionKinds) -> list[Lesions]:
-    return [lesions] if isinstance(lesions, dict) else list(lesions)
-
-
-def clear_cases(n: int, seed: int, shapes: Sequence[tuple[int, int, int]]) -> Cases:
-    """``n`` unpaired cases, every other one with clear lesions, each its own anatomy."""
-    for index in range(n):
-        shape = shapes[(index // 2) % len(shapes)]
-        yield _phantom(seed + index, index % 2, shape, CLEAR_LESIONS)
-
-
-def make_cases(n: int, seed: int, shapes: Sequence[tuple[int, int, int]]) -> Cases:
-    """``n`` unpaired ``phantoms.make_cases`` cases, half with lesions, spread over ``shapes``."""
-    for index, shape in enumerate(shapes):
-        count = n // len(shapes) + (index < n % len(shapes))
-        for case in phantoms.make_cases(count, seed + index, 0.5, "CT", shape, SPACING):
-            yield case.volume, case.class_name
-
-
-def _phantom(
-    seed: int, label: int, shape: tuple[int, int, int], lesions: Lesions
-) -> tuple[Volume, str]:
-    case = phantoms.make_ct_phantom(seed, shape, SPACING, None if label else 0, **lesions)
-    return case.volume, phantoms.CLASS_NAMES[case.label]
-
-
-def grid(input_shape: Sequence[int]) -> common.Grid:
-    """The demo's phantoms on a model grid of ``input_shape``: the whole scan stretched."""
-    shape = tuple(int(n) for n in input_shape)
-    return common.Grid(shape, None, INTENSITY, phantoms.CLASS_NAMES)  # type: ignore[arg-type]
-
-
-def on_grid(cases: Cases, input_shape: Sequence[int], description: str) -> LabelledData:
-    """Cases prepared on the model grid, with the demo's class order."""
-    return common.on_grid(cases, grid(input_shape), description)
 
 
 def sample_lesion_probability(bundle: Bundle) -> float:
@@ -338,10 +277,10 @@ def build_demo(
     for stage in stages[:MASK_STAGES]:
         kept = checkpoints / stage.name
         if not kept.is_dir():
-            description = _pool_description(cases, shapes, stage.data, blur, stage.epochs)
+            description = pool_description(cases, shapes, stage.data, blur, stage.epochs)
             run = StageRun.of(stage, width, batch_size, seed, description, verbose)
             localised = localise.train_localised(
-                _pool_chunks(cases, seed, shapes, stage.data, stage.epochs, first_chunk),
+                pool_chunks(cases, seed, shapes, stage.data, stage.epochs, first_chunk),
                 validation,
                 grid(input_shape),
                 run,
@@ -403,7 +342,8 @@ def add_applicability(
     """Fit the applicability check (input ranges and feature detector) into ``bundle``: on the
     first ``detector_cases`` phantoms of the last stage and on the validation phantoms, the
     same seeds :func:`build_demo` trained and validated with."""
-    train_all = paired_cases(training_cases, seed + 40_000 * LAST_STAGE, shapes, TRAIN_LESIONS)
+    last = len(demo_stages(1, 1, 1)) - 1  # its phantoms stand for the training data
+    train_all = paired_cases(training_cases, seed + 40_000 * last, shapes, TRAIN_LESIONS)
     training = (case for _, case in zip(range(detector_cases), train_all, strict=False))
     validation = clear_cases(val_cases, seed + SEED_RANGE, shapes)
     grid_of = grid(bundle.metadata.input_shape)
@@ -515,7 +455,7 @@ def _paired_data(
     validation: LabelledData,
     blur: bool = False,
 ) -> LabelledData:
-    description = _paired_description(cases, shapes, lesions, blur)
+    description = paired_description(cases, shapes, lesions, blur)
     if not blur:
         training = on_grid(paired_cases(cases, seed, shapes, lesions), input_shape, description)
         return training_split(training, validation)
@@ -525,57 +465,6 @@ def _paired_data(
     split = datasets.Split(x.astype(np.float32), y, axes)
     val = validation.splits[datasets.ALL]
     return LabelledData(phantoms.CLASS_NAMES, {"train": split, "val": val}, description, ("CT",))
-
-
-def _pool_chunks(
-    cases: int,
-    seed: int,
-    shapes: Sequence[tuple[int, int, int]],
-    lesions: LesionKinds,
-    epochs: int,
-    first_chunk: int = 0,
-) -> Callable[[int], Iterator[phantoms.Phantom]]:
-    """Chunk ``c`` of a mask stage's pool: ``cases / POOL_CHUNKS`` paired phantoms from the
-    seeds after chunk ``c - 1``'s, counted from ``first_chunk`` (after the chunks of the stages
-    before), all below the validation seeds."""
-    pairs = cases // POOL_CHUNKS // 2
-    if (first_chunk + epochs + POOL_CHUNKS - 1) * pairs > SEED_RANGE:
-        raise ValueError(
-            f"{epochs} epochs of a pool of {cases} phantoms need more than the {SEED_RANGE} "
-            "training seeds of the stages on lesion masks: use fewer epochs or cases"
-        )
-    return lambda number: paired_phantoms(
-        2 * pairs, seed + (first_chunk + number) * pairs, shapes, lesions
-    )
-
-
-def _pool_description(
-    cases: int,
-    shapes: Sequence[tuple[int, int, int]],
-    lesions: LesionKinds,
-    blur: bool,
-    epochs: int,
-) -> str:
-    """:func:`_paired_description` of the pool, with how it is renewed."""
-    chunk = cases // POOL_CHUNKS // 2 * 2
-    drawn = chunk * (epochs + POOL_CHUNKS - 1)
-    return (
-        f"{_paired_description(cases, shapes, lesions, blur)}; {chunk} of them fresh each epoch "
-        f"({drawn} in all)"
-    )
-
-
-def _paired_description(
-    cases: int, shapes: Sequence[tuple[int, int, int]], lesions: LesionKinds, blur: bool = False
-) -> str:
-    kinds = " or ".join(
-        f"{span(kind['lesion_radius_mm'])} mm, {span(kind['lesion_contrast_hu'])} HU"
-        for kind in _kinds(lesions)
-    )
-    turns = " (in turn by pair)" if len(_kinds(lesions)) > 1 else ""
-    fields = " and ".join("x".join(map(str, shape)) for shape in shapes)
-    copies = f", with {cases // 2} blurred copies" if blur else ""
-    return f"{cases} phantoms ({fields}) in pairs, lesions {kinds}{turns}{copies}"
 
 
 def _describe(
