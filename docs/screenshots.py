@@ -90,7 +90,7 @@ def make_pictures(out: Path, width: int) -> list[Path]:
     viewer = open_demo_viewer(show=True, classify=True)
     viewer.window._qt_window.resize(*SCREEN)
     classify = viewer.window.dock_widgets[CLASSIFY_DOCK]
-    _wait(lambda: classify.worker is None, settle_s=2.0)
+    _wait(lambda: classify.worker is None and classify.chart.up_to_date(), settle_s=2.0)
     pictures = [_save(viewer, out / "demo.png", width)]
 
     annotate = AnnotateWidget(viewer)
@@ -145,7 +145,7 @@ def mr_picture(out: Path, width: int) -> Path:
     viewer.window.add_dock_widget(classify, name=CLASSIFY_DOCK, area="right")
     fit_view(viewer)
     classify.classify()
-    _wait(lambda: classify.worker is None, settle_s=2.0)
+    _wait(lambda: classify.worker is None and classify.chart.up_to_date(), settle_s=2.0)
     classify.go_to_salient_slice()
     (tumour,) = sample_mr_phantom().volume.metadata["phantom_lesions"]
     viewer.dims.set_point(range(viewer.dims.ndim - 3, viewer.dims.ndim), tumour["centre_mm"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from model_fixtures import CLASSES, tiny_bundle
 from napari.components import ViewerModel
 from napari.layers import Image, Layer
@@ -37,6 +38,7 @@ from napari_scan_classifier.plugin.widgets.classify import (
     ClassifyWidget,
     prediction_text,
 )
+from napari_scan_classifier.plugin.widgets.result_chart import CURSOR_GID
 from napari_scan_classifier.plugin.widgets.workers import DISPLAY_PERCENTILE, DISPLAY_SAMPLE
 from napari_scan_classifier.results import slice_text
 from napari_scan_classifier.saliency import grad_cam
@@ -82,6 +84,12 @@ def _run(qtbot: QtBot, widget: ClassifyWidget) -> None:
     widget.run_button.clicked.emit()
     assert widget.worker is not None
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def _chart(qtbot: QtBot, widget: ClassifyWidget) -> Figure:
+    """The dock's chart once it shows the latest result (it is drawn in the background)."""
+    qtbot.waitUntil(widget.chart.up_to_date, timeout=WAIT_MS)
+    return widget.chart.figure
 
 
 def _messages(notifications: list[Notification], severity: NotificationSeverity) -> list[str]:
@@ -169,7 +177,8 @@ def test_per_slice_scores_follow_the_slider(
         overlay = viewer.canvas.overlays.text
         assert overlay.visible and overlay.text == slice_text(result, k)
         assert f"p({CLASSES[1]})={scores[CLASSES[1]][k]:.2f}" in overlay.text
-        assert widget.chart._cursor.get_xdata()[0] == k + 1
+        (cursor,) = _chart(qtbot, widget).findobj(lambda a: a.get_gid() == CURSOR_GID)
+        assert cursor.get_xdata()[0] == k + 1
 
 
 @pytest.mark.parametrize(
@@ -265,7 +274,7 @@ def test_other_modality_warns_and_goes_on(
     assert widget.banner.value.startswith("OUT OF DISTRIBUTION: this scan is unlike the scans")
     assert "  - the scan is MR but the model was trained on CT scans" in widget.banner.value
     assert "OUT OF DISTRIBUTION" not in widget.summary.value
-    (axes, *_) = widget.chart.figure.axes
+    (axes, *_) = _chart(qtbot, widget).axes
     assert axes.get_title() == "p(class) ± SD: out of distribution, not reliable"
     assert {bar.get_alpha() for bar in axes.patches} == {0.45}
 
@@ -433,7 +442,7 @@ def test_three_classes_get_bars_curves_and_a_map_for_any_class(
     assert result["predicted_class"] == predicted
     assert widget.explain.choices == (None, *THREE)
     assert [widget.explain.native.itemText(i) for i in range(4)] == [PREDICTED_CHOICE, *THREE]
-    bars, slices = widget.chart.figure.axes
+    bars, slices = _chart(qtbot, widget).axes
     widths = [bar.get_width() for bar in bars.patches]
     assert widths == pytest.approx([expected.probabilities[c] for c in THREE])
     assert [bar.get_y() + bar.get_height() / 2 for bar in bars.patches] == [2, 1, 0]  # top down

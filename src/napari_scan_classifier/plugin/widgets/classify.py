@@ -40,6 +40,7 @@ from napari_scan_classifier.choice import (
 )
 from napari_scan_classifier.errors import CancelledError, ScanClassifierError
 from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.plugin.glyphs import warm_glyphs
 from napari_scan_classifier.plugin.layers import (
     find_result_layer,
     is_result_layer,
@@ -175,6 +176,7 @@ class ClassifyWidget(Container):
         scroll_when_docked(self)
         self._show_stored()
         self.show_choice()
+        warm_glyphs(viewer)  # the prediction's text on the canvas will not freeze the viewer
 
     def _connect(self) -> None:
         layers = self._viewer.layers
