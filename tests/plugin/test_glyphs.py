@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from napari.components import ViewerModel
+from napari.utils._proxies import PublicOnlyProxy
 from qt_support import opengl_available
 
 from napari_scan_classifier.plugin.glyphs import CHARACTERS, canvas_font, warm_glyphs
@@ -40,3 +41,4 @@ def test_glyphs_are_rendered_one_per_turn_until_all_are_there(viewer, qtbot) -> 
     assert set(font._glyphs) == rendered_before  # nothing yet: the work waits for idle turns
     qtbot.waitUntil(lambda: not timer.isActive(), timeout=20_000)
     assert set(text) <= set(font._glyphs)
+    assert canvas_font(PublicOnlyProxy(viewer)) is font  # as a dock widget gets the viewer

@@ -26,6 +26,7 @@ CHARACTERS = string.ascii_letters + string.digits + " ().:=/-_%"
 
 def canvas_font(viewer: napari.viewer.Viewer) -> Any | None:
     """The texture font napari's canvas text uses, or None where the canvas has none."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a public-only proxy
     try:
         info = viewer.window._qt_viewer.canvas.font_info()
         return info.font_manager.get_font(info.face, False, False)
@@ -35,12 +36,12 @@ def canvas_font(viewer: napari.viewer.Viewer) -> Any | None:
 
 def warm_glyphs(viewer: napari.viewer.Viewer, characters: str = CHARACTERS) -> QTimer | None:
     """Start rendering ``characters`` into the canvas font, one per event-loop turn; returns
-    the timer (it stops itself when done), or None when there is nothing to warm."""
+    the timer (keep it: it stops itself when done), or None when there is nothing to warm."""
     font = canvas_font(viewer)
     if font is None:
         return None
     pending = list(dict.fromkeys(characters))
-    timer = QTimer(viewer.window._qt_window)
+    timer = QTimer()
 
     def step() -> None:
         if pending:

@@ -176,7 +176,7 @@ class ClassifyWidget(Container):
         scroll_when_docked(self)
         self._show_stored()
         self.show_choice()
-        warm_glyphs(viewer)  # the prediction's text on the canvas will not freeze the viewer
+        self._glyphs = warm_glyphs(viewer)  # the prediction's text then draws without a freeze
 
     def _connect(self) -> None:
         layers = self._viewer.layers
