@@ -20,8 +20,9 @@ from qtpy.QtCore import QTimer
 if TYPE_CHECKING:
     import napari
 
-# What the overlay shows: class names, "Predicted: lesion (p = 0.85)", "slice 12/72: p(x)=0.17".
-CHARACTERS = string.ascii_letters + string.digits + " ().:=/-_%"
+# What the overlay shows (class names, "Predicted: lesion (p = 0.85)", "slice 12/72: p(x)=0.17"),
+# and the capitals with diacritics vispy measures every text's line height with.
+CHARACTERS = string.ascii_letters + string.digits + " ().:=/-_%" + "ÅÉÑŐ"
 
 
 def canvas_font(viewer: napari.viewer.Viewer) -> Any | None:
