@@ -11,6 +11,8 @@ the 10 ms period). Measured in one napari window (under Xvfb when there is no di
   Grad-CAM map, until 3 s after every result layer is shown; then "classify again", the same
   once more (layers updated in place): the first use pays one-time costs (software OpenGL's
   shader compilation for new layers, the text overlay's glyphs), every later one does not;
+- scroll: then 20 steps of the slice slider, one every 50 ms, with the results shown (the
+  scan, its map, the text on the canvas and the dock's chart follow the slider);
 - train epoch: one training epoch in the Train dock (the bundled model fine-tuned on 12
   phantom cases), until 3 s after its results are shown.
 
@@ -40,10 +42,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 TICK_MS = 10
+SCROLL_STEPS = 20
 TARGET_MS = 50.0
 PLUGIN = "napari-scan-classifier"
 
@@ -148,6 +152,16 @@ def report_stalls(meter: StallMeter, stop: threading.Event, over_s: float = 0.15
     threading.Thread(target=watch, daemon=True).start()
 
 
+def scroll(viewer: Any, steps: int = SCROLL_STEPS, every_ms: int = 50) -> None:
+    """Step the slider from the middle slice, one slice every ``every_ms``, as a user
+    scrolls (scheduled: the event loop runs between steps)."""
+    from qtpy.QtCore import QTimer
+
+    first = viewer.dims.current_step[0]
+    for k in range(1, steps + 1):
+        QTimer.singleShot(k * every_ms, lambda k=k: viewer.dims.set_current_step(0, first + k))
+
+
 def napari_peers(args: argparse.Namespace) -> dict[str, float]:
     """napari's own largest stalls in a fresh window: the scan's array as its first layer, a
     map on a coarser grid (colormap, additive) after it, and the first text on the canvas."""
@@ -231,6 +245,7 @@ def run(args: argparse.Namespace) -> None:
                 lambda: bool(started) and classify.worker is None,
                 3.0,
             )
+        figures["scroll"] = meter.measure(lambda: scroll(viewer), lambda: True, 1.5)
     if "train" not in args.skip:
         train.library.value = make_library(cache / "cases-48")
         train.out.value = Path(tempfile.mkdtemp(prefix="bench-ui-models-"))
