@@ -60,9 +60,19 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     outputs = bundle.model(validation.splits[ALL].x[:2, ..., None])
     assert outputs["volume"].shape == (2, 3) and outputs["slices"].shape == (2, 8, 3)
 
+    run = StageRun(1, 3e-4, width=4, batch_size=3, seed=0, description="t1", verbose=False)
+    before = [w.copy() for w in bundle.model.get_weights()]
+    following = slices.train_slice_localised(
+        phantoms, validation, GRID, run, base=bundle, name="t1"
+    )
+    assert [s["name"] for s in following.metadata.training["stages"]] == ["slices", "t1"]
+    assert following.model is bundle.model  # continued, not a fresh network
+    after = following.model.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
 
 def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
-    stage = mr.demo_stages(slice_epochs=3, epochs=1, mixed_epochs=1)[0]
+    stage = mr.demo_stages(slice_epochs=3, t1_epochs=1, epochs=1, mixed_epochs=1)[0]
 
     epochs = mr._fresh_phantoms(9, 100, stage)
 
@@ -74,9 +84,28 @@ def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_
     assert mr._stage_description(9, stage, fresh=True).startswith(
         "9 fresh brain MR phantoms each epoch (27 in all)"
     )
-    too_long = mr.demo_stages(slice_epochs=mr.SEED_RANGE // 3 + 1, epochs=1, mixed_epochs=1)[0]
-    with pytest.raises(ValueError, match="training seeds of the first stage"):
+    too_long = mr.demo_stages(mr.SEED_RANGE // 3 + 1, 1, 1, 1)[0]
+    with pytest.raises(ValueError, match="training seeds of the mask stages"):
         mr._fresh_phantoms(9, 100, too_long)
+
+
+def test_the_t1_stage_draws_t1_like_triplets_two_in_three_after_the_slice_stages_seeds() -> None:
+    stages = mr.demo_stages(slice_epochs=3, t1_epochs=2, epochs=1, mixed_epochs=1)
+    t1 = stages[1]
+    assert [s.name for s in stages[: mr.MASK_STAGES]] == ["slices", "t1"]
+
+    epochs = mr._fresh_phantoms(9, 100, t1, first_epoch=3)
+
+    first, second = ([p.volume.metadata["series_description"] for p in epochs(e)] for e in (0, 1))
+    assert {int(d.split()[-1][:-1]) for d in first} == {109, 110, 111}
+    assert {int(d.split()[-1][:-1]) for d in second} == {112, 113, 114}
+    contrasts = [next(c for c in ("T1", "FLAIR") if f" {c} " in d) for d in first]
+    assert contrasts == ["T1"] * 6 + ["FLAIR"] * 3
+    assert mr._stage_description(9, t1, fresh=True).endswith(
+        "conspicuous T1-like, clear T1-like and clear FLAIR-like lesions"
+    )
+    with pytest.raises(ValueError, match="training seeds of the mask stages"):
+        mr._fresh_phantoms(9, 100, t1, first_epoch=mr.SEED_RANGE // 3 - 1)
 
 
 def test_sliding_chunks_draw_each_chunk_once_and_give_each_epoch_its_window() -> None:

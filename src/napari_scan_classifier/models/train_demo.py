@@ -99,6 +99,7 @@ def _main_mr(args: argparse.Namespace) -> int:
         val_cases=args.val_cases,
         test_cases=_or(args.test_cases, 150),
         slice_epochs=_or(args.slice_epochs, mr.SLICE_EPOCHS),
+        t1_epochs=_or(args.t1_epochs, mr.T1_EPOCHS),
         epochs=_or(args.epochs, 8),
         mixed_epochs=_or(args.polish_epochs, 6),
         width=_or(args.width, 16),
@@ -141,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--slice-epochs", type=int, help=f"MR stage on lesion masks by slice ({mr.SLICE_EPOCHS})"
+    )
+    parser.add_argument(
+        "--t1-epochs",
+        type=int,
+        help=f"MR stage on lesion masks by slice, T1-like two triplets in three ({mr.T1_EPOCHS})",
     )
     parser.add_argument(
         "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (8)"

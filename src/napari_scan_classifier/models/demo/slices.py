@@ -67,13 +67,17 @@ def train_slice_localised(
     validation: LabelledData,
     grid: Grid,
     run: StageRun,
+    *,
+    base: Bundle | None = None,
+    name: str = STAGE_NAME,
 ) -> Bundle:
-    """A ``slice_gru`` trained from scratch on the scan and slice labels (see the module doc)
-    of each epoch's phantoms, ``training(epoch)``, as a version-1 bundle whose lineage holds
-    this stage. Fresh phantoms every epoch: on the same 360 phantoms for 24 epochs, the training
-    scan loss kept falling (1.16 to 0.52) while the validation AUC peaked at 0.72 by epoch 16
-    and fell back (0.69 at the end): the network learned those phantoms, not the lesions."""
-    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed)
+    """A ``slice_gru`` trained on the scan and slice labels (see the module doc) of each
+    epoch's phantoms, ``training(epoch)``, from scratch or from ``base``'s network, as a
+    version-1 bundle whose lineage holds ``base``'s stages and this one. Fresh phantoms every
+    epoch: on the same 360 phantoms for 24 epochs, the training scan loss kept falling (1.16 to
+    0.52) while the validation AUC peaked at 0.72 by epoch 16 and fell back (0.69 at the end):
+    the network learned those phantoms, not the lesions."""
+    model = fresh_model(ARCHITECTURE, grid, run.width, run.seed) if base is None else base.model
     twin = keras.Model(model.input, model.output)
 
     def chunk(number: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -89,7 +93,8 @@ def train_slice_localised(
         validation,
         grid,
         run,
-        name=STAGE_NAME,
+        name=name,
         modality="MR",
         architecture=ARCHITECTURE,
+        earlier=() if base is None else base.metadata.training.get("stages", ()),
     )
