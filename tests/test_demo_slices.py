@@ -11,7 +11,7 @@ from napari_scan_classifier.datasets import ALL
 from napari_scan_classifier.models.demo import mr, slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
 from napari_scan_classifier.models.demo.mask_stage import SlidingChunks, StageRun
-from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
+from napari_scan_classifier.phantoms import BRAIN_CLASSES, SUBTLE, make_brain_mr_phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
 
 GRID = Grid((8, 24, 24), (20.0, 9.0, 9.0), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
@@ -72,7 +72,7 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
 
 
 def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
-    stage = mr.demo_stages(slice_epochs=3, t1_epochs=1, epochs=1, mixed_epochs=1)[0]
+    stage = mr.demo_stages(slice_epochs=3, t1_epochs=1, subtle_epochs=1, mixed_epochs=1)[0]
 
     epochs = mr._fresh_phantoms(9, 100, stage)
 
@@ -90,9 +90,10 @@ def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_
 
 
 def test_the_t1_stage_draws_t1_like_triplets_two_in_three_after_the_slice_stages_seeds() -> None:
-    stages = mr.demo_stages(slice_epochs=3, t1_epochs=2, epochs=1, mixed_epochs=1)
+    stages = mr.demo_stages(slice_epochs=3, t1_epochs=2, subtle_epochs=1, mixed_epochs=1)
     t1 = stages[1]
-    assert [s.name for s in stages[: mr.MASK_STAGES]] == ["slices", "t1"]
+    assert [s.name for s in stages[: mr.MASK_STAGES]] == ["slices", "t1", "subtle"]
+    assert [s.name for s in stages[mr.MASK_STAGES :]] == ["mixed"]
 
     epochs = mr._fresh_phantoms(9, 100, t1, first_epoch=3)
 
@@ -106,6 +107,25 @@ def test_the_t1_stage_draws_t1_like_triplets_two_in_three_after_the_slice_stages
     )
     with pytest.raises(ValueError, match="training seeds of the mask stages"):
         mr._fresh_phantoms(9, 100, t1, first_epoch=mr.SEED_RANGE // 3 - 1)
+
+
+def test_the_subtle_stage_draws_subtle_lesions_every_other_triplet() -> None:
+    subtle = mr.demo_stages(slice_epochs=3, t1_epochs=2, subtle_epochs=1, mixed_epochs=1)[2]
+
+    phantoms = list(mr._fresh_phantoms(12, 100, subtle, first_epoch=5)(0))
+
+    expected = [
+        make_brain_mr_phantom(seed, name, lesions=lesions, contrast=contrast)
+        for seed, (lesions, contrast) in zip(range(120, 124), mr.SUBTLE_DRAWS, strict=True)
+        for name in BRAIN_CLASSES
+    ]
+    assert [p.class_name for p in phantoms] == [p.class_name for p in expected]
+    for drawn, made in zip(phantoms, expected, strict=True):
+        np.testing.assert_array_equal(drawn.volume.voxels, made.volume.voxels)
+    assert mr.SUBTLE_DRAWS[0][0] == SUBTLE and mr.SUBTLE_DRAWS[2] == (SUBTLE, "T1")
+    assert mr._stage_description(12, subtle, fresh=True).endswith(
+        "subtle, clear T1-like, subtle T1-like and clear lesions"
+    )
 
 
 def test_sliding_chunks_draw_each_chunk_once_and_give_each_epoch_its_window() -> None:

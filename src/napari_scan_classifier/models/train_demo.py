@@ -100,8 +100,8 @@ def _main_mr(args: argparse.Namespace) -> int:
         test_cases=_or(args.test_cases, 150),
         slice_epochs=_or(args.slice_epochs, mr.SLICE_EPOCHS),
         t1_epochs=_or(args.t1_epochs, mr.T1_EPOCHS),
-        epochs=_or(args.epochs, 8),
-        mixed_epochs=_or(args.polish_epochs, 6),
+        subtle_epochs=_or(args.subtle_epochs, mr.SUBTLE_EPOCHS),
+        mixed_epochs=_or(args.epochs, mr.MIXED_EPOCHS),
         width=_or(args.width, 16),
         batch_size=_or(args.batch_size, mr.BATCH_SIZE),
         seed=seed,
@@ -149,9 +149,15 @@ def _parser() -> argparse.ArgumentParser:
         help=f"MR stage on lesion masks by slice, T1-like two triplets in three ({mr.T1_EPOCHS})",
     )
     parser.add_argument(
-        "--epochs", type=int, help=f"CT stage on scan labels ({SCAN_LABEL_EPOCHS}) or MR clear (8)"
+        "--subtle-epochs",
+        type=int,
+        help=f"MR stage on lesion masks by slice, half subtle lesions ({mr.SUBTLE_EPOCHS})",
     )
-    parser.add_argument("--polish-epochs", type=int, help="MR mixed stage (6)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"stage on scan labels: CT ({SCAN_LABEL_EPOCHS}), MR mixed ({mr.MIXED_EPOCHS})",
+    )
     parser.add_argument("--input-shape", type=int, nargs=3, default=INPUT_SHAPE, help="CT only")
     parser.add_argument(
         "--phantom-shape",
