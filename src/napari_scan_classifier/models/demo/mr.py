@@ -390,7 +390,8 @@ phantoms; it has never seen a patient scan and its output on real MR means nothi
   resampled to {grid} voxels of {" x ".join(f"{s:g}" for s in m.target_spacing_mm)} mm.
 - **Network**: `{m.architecture}` (a CNN on each axial slice, a bidirectional GRU across the
   slices), made by `python -m napari_scan_classifier.models.train_demo --model demo_mr_brain`
-  ({minutes:.0f} min on a 2-core CPU, augmentation with bias fields, gain, flips and rotations).
+  ({minutes:.0f} min on a 2-core CPU for the last run, which resumed after the kept stages;
+  augmentation with bias fields, gain, flips and rotations in the scan-label stage).
 - **Training data**: phantoms from `napari_scan_classifier.phantoms.make_brain_mr_phantom` in
   triplets that share head, acquisition and noise and differ only by the lesion; fresh phantoms
   for each stage, each starting from the one before:
