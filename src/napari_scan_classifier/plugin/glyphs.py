@@ -29,7 +29,8 @@ def canvas_font(viewer: napari.viewer.Viewer) -> Any | None:
     """The texture font napari's canvas text uses, or None where the canvas has none."""
     viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a public-only proxy
     try:
-        info = viewer.window._qt_viewer.canvas.font_info()
+        info = viewer.window._qt_viewer.canvas.font_info  # a method in napari 0.9
+        info = info() if callable(info) else info
         return info.font_manager.get_font(info.face, False, False)
     except (AttributeError, TypeError):
         return None
