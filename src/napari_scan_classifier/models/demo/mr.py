@@ -97,6 +97,7 @@ T1_EPOCHS = 8
 SUBTLE_EPOCHS = 8
 MIXED_EPOCHS = 2
 MASK_STAGES = 3  # the first stages, on lesion masks by slice; the last on scan labels
+STAGE_SEED_STEP = 40_000  # a scan-label stage k draws its phantoms from seed + k x this
 BATCH_SIZE = 4  # twice the steps of 8 for the same time: from scratch, steps are what is short
 # First-stage lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network
 # stayed near chance for 6 epochs of 150 cases).
@@ -196,7 +197,8 @@ def build_mr_demo(
 
     def stage_data(index: int, stage: Stage) -> Any:
         description = _stage_description(cases, stage)
-        data = on_grid(triplet_cases(cases, seed + 40_000 * index, stage.data), GRID, description)
+        phantoms = triplet_cases(cases, seed + STAGE_SEED_STEP * index, stage.data)
+        data = on_grid(phantoms, GRID, description)
         return training_split(data, validation)
 
     result = train_stages(stages, stage_data, config, checkpoints, verbose)
@@ -246,11 +248,12 @@ def _train_mask_stages(
             description = _stage_description(cases, stage, fresh=True)
             run = StageRun.of(stage, width, batch_size, seed, description, verbose)
             phantoms = _fresh_phantoms(cases, seed, stage, first_epoch)
-            trained = slices.train_slice_localised(
+            base = slices.train_slice_localised(
                 phantoms, validation, GRID, run, base=base, name=stage.name
             )
-            save_bundle(trained, kept)
-        base = load_bundle(kept)
+            save_bundle(base, kept)
+        else:
+            base = load_bundle(kept)
         first_epoch += stage.epochs
 
 
@@ -307,8 +310,9 @@ def finalise_mr(bundle: Bundle, *, seed: int, cases: int, val_cases: int) -> Non
     ``bundle``."""
     bundle.metadata = replace(bundle.metadata, body_region=BODY_REGION)
     seeds = _seeds(seed)
-    last = len(demo_stages(1, 1, 1, 1)) - 1
-    training = triplet_cases(cases, seed + 40_000 * last, (CLEAR, SUBTLE))
+    stages = demo_stages(1, 1, 1, 1)
+    last = stages[-1]  # the detector is fitted on that stage's training phantoms
+    training = triplet_cases(cases, seed + STAGE_SEED_STEP * (len(stages) - 1), last.data)
     detector_cases = (case for _, case in zip(range(DETECTOR_CASES), training, strict=False))
     validation = unpaired_cases(val_cases, seeds["validation"], (CLEAR, SUBTLE))
     inputs = "MR modality; anatomy-like texture"

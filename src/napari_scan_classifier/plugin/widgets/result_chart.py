@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from napari_scan_classifier.plugin.widgets.plots import FigureImage, Painter
+from napari_scan_classifier.plugin.widgets.plots import FigureImage, Painter, theme_figure
 from napari_scan_classifier.results import ood_lines
 
 BAR_PX, AXES_PX, SLICES_PX = 28, 60, 150  # chart heights: per class bar, titles, slice plot
@@ -82,13 +82,15 @@ class ResultChart:
 def chart_figure(result: dict[str, Any], k: int | None, color: str) -> Figure:
     """The chart of ``result`` with the cursor at slice ``k`` (0-based; None: no cursor)."""
     figure = Figure(layout="constrained")
-    figure.patch.set_alpha(0.0)
     per_slice = result.get("per_slice")
-    grid = figure.add_gridspec(len(_heights(result)), 1, height_ratios=_heights(result))
+    heights = _heights(result)
+    grid = figure.add_gridspec(len(heights), 1, height_ratios=heights)
     _bars(figure.add_subplot(grid[0]), result, color)
     if per_slice:
-        _slices(figure.add_subplot(grid[1]), per_slice, k, color)
-    return figure
+        _slices(figure.add_subplot(grid[1]), per_slice, k)
+    for axes in figure.axes:
+        axes.tick_params(labelsize=8)
+    return theme_figure(figure, color)
 
 
 def _heights(result: dict[str, Any]) -> list[int]:
@@ -113,24 +115,15 @@ def _bars(axes: Any, result: dict[str, Any], color: str) -> None:
     axes.set_yticks(positions, names)
     axes.set_xlim(0, 1.35)
     axes.set_xticks([0, 0.5, 1])
-    axes.set_title(title, fontsize=9, color=color)
-    _style(axes, color)
+    axes.set_title(title, fontsize=9)
 
 
-def _slices(axes: Any, per_slice: dict[str, list[float | None]], k: int | None, color: str) -> None:
+def _slices(axes: Any, per_slice: dict[str, list[float | None]], k: int | None) -> None:
     for name, values in per_slice.items():
         scores = np.array([np.nan if v is None else v for v in values], dtype=float)
         axes.plot(np.arange(1, scores.size + 1), scores, label=name, linewidth=1.2)
     axes.set_ylim(0, 1)
-    axes.set_xlabel("slice (as acquired)", fontsize=8, color=color)
-    axes.legend(fontsize=7, frameon=False, labelcolor=color)
+    axes.set_xlabel("slice (as acquired)", fontsize=8)
+    axes.legend(fontsize=7, frameon=False)
     if k is not None:
         axes.axvline(k + 1, color="#e3b617", linewidth=1, gid=CURSOR_GID)
-    _style(axes, color)
-
-
-def _style(axes: Any, color: str) -> None:
-    axes.set_facecolor("none")
-    axes.tick_params(colors=color, labelsize=8)
-    for spine in axes.spines.values():
-        spine.set_color(color)
