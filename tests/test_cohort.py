@@ -15,8 +15,9 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,22 +242,26 @@ def test_resuming_with_another_model_is_refused(
 
 @pytest.mark.slow
 def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broken_series(
-    tmp_path: Path, cohort_dir: Path, broken_nifti: Path, bundle_dir: Path
+    tmp_path: Path,
+    cohort_dir: Path,
+    broken_nifti: Path,
+    bundle_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``--workers 2`` gives the in-process probabilities even though the process of a worker
-    busy with series is killed once the first row is in: its series run again elsewhere."""
+    """``--workers 2`` gives the in-process probabilities even though the process of the worker
+    that starts the last series (when both have done some) is killed: it runs again elsewhere."""
     local, dask = tmp_path / "local.json", tmp_path / "dask.csv"
     common = [broken_nifti, cohort_dir, "--model", bundle_dir, "--saliency-dir", tmp_path]
     common += ["--method", "gradcam"]
     assert _cli("classify", *common, "--out", local) == 0
-    killed: dict[str, Any] = {}
-    killer = threading.Thread(target=_kill_a_busy_worker, args=(dask, killed))
-    killer.start()
+    victim = max(_journal(local), key=lambda row: row["index"])["series_key"]
+    kills = _kill_workers_starting(monkeypatch, tmp_path / "kills", {victim}, times=1)
 
     code = _cli("classify", *common, "--out", dask, "--workers", 2)
 
-    killer.join()
     assert code == 0
+    ((killed_address, killed_key),) = _read_kills(kills)
+    assert killed_key.endswith(victim)
     rows = _journal(dask)
     assert len(rows) == SERIES + 1
     (broken,) = [row for row in rows if row["status"] not in ANSWERED]
@@ -265,8 +270,8 @@ def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broke
     assert {row["series_key"] for row in rows} - {broken["series_key"]} == _keys(cohort_dir)
     workers = {row["worker"] for row in rows}
     assert len(workers) >= 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
-    rerun = [r for r in rows if any(k.endswith(r["series_key"]) for k in killed["keys"])]
-    assert rerun and all(row["worker"] != killed["address"] for row in rerun)
+    (rerun,) = [row for row in rows if row["series_key"] == victim]
+    assert rerun["status"] in ANSWERED and rerun["worker"] != killed_address
     expected = _probabilities(_journal(local))
     found = _probabilities(rows)
     assert found.keys() == expected.keys() and len(found) == SERIES
@@ -277,41 +282,21 @@ def test_two_workers_match_in_process_survive_a_killed_worker_and_record_a_broke
     assert len(csv_lines) == 1 + SERIES + 1 and "worker" in csv_lines[0].split(",")
 
 
-def _kill_a_busy_worker(out: Path, killed: dict[str, Any]) -> None:
-    """Once ``out``'s journal has a row, SIGKILL the process of a worker that has series in
-    hand; note its address and their task keys in ``killed``."""
-    from distributed import default_client
-
-    journal = out.with_suffix(".jsonl")
-    deadline = time.monotonic() + 600
-    while not (journal.exists() and journal.stat().st_size) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    client = default_client()  # the one the command started
-    pids = client.run(os.getpid)
-    for address, keys in client.processing().items():
-        if keys:
-            os.kill(pids[address], signal.SIGKILL)
-            killed.update(address=address, keys=[str(k) for k in keys])
-            return
-
-
 @pytest.mark.slow
 def test_a_series_whose_worker_dies_twice_is_recorded_and_the_rest_finish(
-    tmp_path: Path, cohort_dir: Path, bundle_dir: Path
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every worker that takes one series is killed: it runs twice (once retried), then is
+    """Every worker that starts one series is killed: it runs twice (once retried), then is
     recorded as failed with the reason, and the other series are classified."""
     deadly, other = sorted(cohort_dir.iterdir())[:2]
     out = tmp_path / "results.json"
-    kills: list[str] = []
-    killer = threading.Thread(target=_kill_workers_holding, args=(out, _keys(deadly), kills))
-    killer.start()
+    kills = _kill_workers_starting(monkeypatch, tmp_path / "kills", _keys(deadly), times=None)
 
     code = _cli("classify", deadly, other, "--model", bundle_dir, "--out", out, "--workers", 2)
 
-    killer.join()
     assert code == 0
-    assert len(kills) == 2
+    killed = _read_kills(kills)
+    assert len(killed) == 2 and len({address for address, _ in killed}) == 2
     rows = {row["series_key"]: row for row in _journal(out)}
     assert rows.keys() == _keys(deadly) | _keys(other)
     (dead,) = [rows[key] for key in _keys(deadly)]
@@ -320,28 +305,49 @@ def test_a_series_whose_worker_dies_twice_is_recorded_and_the_rest_finish(
     assert all(rows[key]["status"] in ANSWERED for key in _keys(other))
 
 
-def _kill_workers_holding(out: Path, series_keys: set[str], kills: list[str]) -> None:
-    """SIGKILL every worker process that has the task of one of ``series_keys`` in hand, until
-    the journal holds its row; the addresses killed go to ``kills``."""
-    from distributed import default_client
+def _kill_workers_starting(
+    monkeypatch: pytest.MonkeyPatch, record: Path, series_keys: set[str], times: int | None
+) -> Path:
+    """Make each worker of the command's cluster SIGKILL its own process as it starts the task
+    of one of ``series_keys`` (the first ``times`` such starts; None: every one), after writing
+    its address and the task's key to ``record``. Decided inside the worker, so no task can
+    finish before the kill lands, however fast the machine."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    journal = out.with_suffix(".jsonl")
-    deadline = time.monotonic() + 600
-    client = None
-    while time.monotonic() < deadline:
-        if journal.exists() and any(key in journal.read_text() for key in series_keys):
-            return
-        try:
-            client = client or default_client()
-        except ValueError:  # the command has not started its cluster yet
-            time.sleep(0.01)
-            continue
-        for address, tasks in client.processing().items():
-            holding = any(str(task).endswith(key) for task in tasks for key in series_keys)
-            if holding and address not in kills:
-                os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
-                kills.append(address)
-        time.sleep(0.01)
+    class KillOnStart(WorkerPlugin):
+        def setup(self, worker: Any) -> None:
+            self.address = worker.address
+
+        def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+            if finish != "executing" or not any(str(key).endswith(k) for k in series_keys):
+                return
+            if times is not None and _line_count(record) >= times:
+                return
+            with record.open("a") as kills:
+                kills.write(f"{self.address}\t{key}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    from napari_scan_classifier.cohort import run
+
+    start_cluster = run._cluster
+
+    @contextmanager
+    def cluster_with_killer(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with start_cluster(*args, **kwargs) as client:
+            client.register_plugin(KillOnStart())
+            yield client
+
+    monkeypatch.setattr(run, "_cluster", cluster_with_killer)
+    return record
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _read_kills(record: Path) -> list[tuple[str, str]]:
+    """(worker address, task key) of each kill, in order."""
+    return [tuple(line.split("\t")) for line in record.read_text().splitlines()]
 
 
 @pytest.mark.slow
