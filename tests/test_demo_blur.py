@@ -53,7 +53,7 @@ def test_cell_labelled_adds_one_copy_per_lesion_phantom_alternately_normal():
 
 
 def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
-    lesions = ct.demo_stages(3, 1, 1)[0].data
+    lesions = ct.demo_stages(3, 1, 1, 1)[0].data
     chunks = ct_phantoms.pool_chunks(20, 500, ((16, 24, 24),), lesions, epochs=3)
 
     seeds = [
@@ -72,7 +72,7 @@ def test_the_localise_pool_renews_one_chunk_of_phantom_pairs_each_epoch():
 
 
 def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_the_first():
-    stages = ct.demo_stages(3, 2, 1)
+    stages = ct.demo_stages(3, 2, 1, 1)
     first, small = stages[0], stages[1]
     shapes = ((16, 24, 24), (16, 28, 28))
     later = first.epochs + ct_phantoms.POOL_CHUNKS - 1
@@ -86,7 +86,12 @@ def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_th
     seeds = {p.volume.metadata["series_description"] for p in chunks(0)}
     described = ct_phantoms.pool_description(40, shapes, small.data, True, small.epochs)
 
-    assert [s.name for s in stages] == ["localise", "small-lesions", "scan-labels"]
+    assert [s.name for s in stages] == [
+        "localise",
+        "small-lesions",
+        "subtle-lesions",
+        "scan-labels",
+    ]
     assert small.data == (ct_phantoms.SMALL_LESIONS, ct_phantoms.TRAIN_LESIONS)
     assert seeds == {f"Synthetic CT phantom (seed {500 + 4 * later + i})" for i in range(4)}
     assert {shape for shape, _ in kinds} == {(16, 24, 24), (16, 28, 28)}
@@ -94,3 +99,24 @@ def test_the_small_lesion_stage_takes_both_kinds_in_every_field_of_view_after_th
     assert "lesions 5-9 mm, 20-120 HU or 5-20 mm, 20-120 HU (in turn by pair)" in described
     with pytest.raises(ValueError, match="training seeds of the stages on lesion masks"):
         ct_phantoms.pool_chunks(40, 500, shapes, small.data, SEED_RANGE // 4, first_chunk=later)
+
+
+def test_the_subtle_lesion_stage_takes_faint_lesions_every_other_pair_after_the_small_stage():
+    """make_cases' lesions (5-15 mm, 20-60 HU) in every other pair, the seeds after the small
+    stage's."""
+    localise, small, subtle = ct.demo_stages(3, 2, 2, 1)[: ct.MASK_STAGES]
+    shapes = ((16, 24, 24),)
+    later = sum(stage.epochs + ct_phantoms.POOL_CHUNKS - 1 for stage in (localise, small))
+    chunks = ct_phantoms.pool_chunks(40, 500, shapes, subtle.data, subtle.epochs, first_chunk=later)
+
+    found = [p.volume.metadata["phantom_lesions"] for p in chunks(0) if p.label == 1]
+    described = ct_phantoms.pool_description(40, shapes, subtle.data, True, subtle.epochs)
+
+    assert subtle.data == (ct_phantoms.SUBTLE_LESIONS, ct_phantoms.TRAIN_LESIONS)
+    assert subtle.name == "subtle-lesions" and subtle.learning_rate == 3e-4
+    faint = found[0]
+    assert all(20.0 <= abs(lesion["contrast"]) <= 60.0 for lesion in faint)
+    assert all(max(lesion["radii_mm"]) <= 1.2 * 15.0 for lesion in faint)
+    seeds = {p.volume.metadata["series_description"] for p in chunks(0)}
+    assert seeds == {f"Synthetic CT phantom (seed {500 + 4 * later + i})" for i in range(4)}
+    assert "lesions 5-15 mm, 20-60 HU or 5-20 mm, 20-120 HU (in turn by pair)" in described

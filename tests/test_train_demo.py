@@ -38,6 +38,8 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
         "1",
         "--small-lesion-epochs",
         "1",
+        "--subtle-lesion-epochs",
+        "1",
         "--epochs",
         "1",
         "--input-shape",
@@ -64,10 +66,19 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     assert (bundle.metadata.version, bundle.metadata.parent_version) == (2, 1)
     assert bundle.metadata.architecture == "cnn3d_mil"
     stages = bundle.metadata.training["stages"]
-    assert [stage["name"] for stage in stages] == ["localise", "small-lesions", "scan-labels"]
+    assert [stage["name"] for stage in stages] == [
+        "localise",
+        "small-lesions",
+        "subtle-lesions",
+        "scan-labels",
+    ]
     assert stages[0]["data"].endswith("2 of them fresh each epoch (10 in all)")
     assert "(in turn by pair)" in stages[1]["data"]
-    assert {p.name for p in (tmp_path / "stages").iterdir()} == {"localise", "small-lesions"}
+    assert {p.name for p in (tmp_path / "stages").iterdir()} == {
+        "localise",
+        "small-lesions",
+        "subtle-lesions",
+    }
     assert "not a diagnostic device" in bundle.metadata.model_card
     metrics = bundle.metadata.training["metrics"]
     assert metrics["held_out_clear"]["n"] == metrics["held_out_make_cases"]["n"] == 8
@@ -83,10 +94,10 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     shutil.rmtree(folder)
     assert main(argv) == 0  # resumes after the stages on lesion masks kept in stages/
     printed = capsys.readouterr().out
-    assert "localise:" not in printed and "small-lesions:" not in printed
+    assert not any(f"{name}:" in printed for name in ("localise", "small-lesions", "subtle"))
     assert "scan-labels:" in printed
     resumed = load_bundle(folder).metadata.training["stages"]
-    assert resumed[:2] == stages[:2]
+    assert resumed[:3] == stages[:3]
 
 
 def test_the_shipped_bundle_is_small_and_valid():

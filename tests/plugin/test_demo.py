@@ -43,7 +43,7 @@ def test_demo_opens_on_a_lesion_with_the_whole_body_in_view(qapp, qtbot) -> None
         phantom = sample_ct_phantom()  # the ground truth, on the grid that made the sample
         k = round(float(phantom.volume.world_to_index(viewer.dims.point[-3:])[0, 0]))
         assert phantom.lesion_mask[k].any(), f"slice {k} holds no lesion"
-        assert saliency.visible and saliency.name == "Grad-CAM · lesion"
+        assert saliency.visible and saliency.name == "Integrated gradients · lesion"
         assert viewer.canvas.overlays.text.text.startswith("Predicted: lesion (p = ")
 
         height, width = viewer.canvas.size

@@ -16,6 +16,7 @@ from napari_scan_classifier.models.demo.ct import (
     LOCALISE_EPOCHS,
     SCAN_LABEL_EPOCHS,
     SMALL_LESION_EPOCHS,
+    SUBTLE_LESION_EPOCHS,
     WIDTH,
     add_applicability,
     add_saliency_choice,
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_cases=_or(args.test_cases, 100),
         localise_epochs=_or(args.localise_epochs, LOCALISE_EPOCHS),
         small_epochs=_or(args.small_lesion_epochs, SMALL_LESION_EPOCHS),
+        subtle_epochs=_or(args.subtle_lesion_epochs, SUBTLE_LESION_EPOCHS),
         epochs=_or(args.epochs, SCAN_LABEL_EPOCHS),
         input_shape=tuple(args.input_shape),
         shapes=[tuple(s) for s in args.phantom_shape] if args.phantom_shape else PHANTOM_SHAPES,
@@ -139,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
         "--small-lesion-epochs",
         type=int,
         help=f"CT stage on lesion masks, small lesions every other pair ({SMALL_LESION_EPOCHS})",
+    )
+    parser.add_argument(
+        "--subtle-lesion-epochs",
+        type=int,
+        help=f"CT stage on lesion masks, subtle lesions every other pair ({SUBTLE_LESION_EPOCHS})",
     )
     parser.add_argument(
         "--slice-epochs", type=int, help=f"MR stage on lesion masks by slice ({mr.SLICE_EPOCHS})"

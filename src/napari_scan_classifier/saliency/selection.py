@@ -8,8 +8,9 @@ record gets integrated gradients: model-agnostic, full resolution, and on the sh
 the most faithful and best localised of the methods measured.
 
 A method that is most faithful on validation cases can still fail its check on one scan (on the
-demo CT model's sample scan, two large lesions: integrated gradients ranks the few voxels feeding
-the maximum-pooled cell first, and the other lesion keeps p(lesion) up while they are removed).
+sample scan of version 8 of the demo CT model, two large lesions: integrated gradients ranked the
+few voxels feeding the maximum-pooled cell first, and the other lesion kept p(lesion) up while
+they were removed).
 So when the default map is checked and fails, :func:`saliency_map` tries the bundle's other
 measured candidates that passed on at least half of its validation cases, best first (at most
 :data:`MAX_REPLACEMENTS`), and returns the first that passes on this scan, naming in its

@@ -106,6 +106,19 @@ phantoms whose largest lesion measured under 8 mm, 6 were found (AUC 0.84 agains
 The same with 60 epochs in this stage (21 min): validation AUC 0.944, held-out 0.946 and 0.817,
 no gain beyond the noise of 100 phantoms, so the stage keeps 30.
 
+Version 8 still missed many subtle lesions, and 100 held-out phantoms measure that loosely: on
+another 100 ``make_cases`` phantoms (seeds apart from every other set) it scored 0.864, on 400
+fresh ones 0.825 (bootstrap 95 % interval 0.780-0.865), and 0.930 (0.901-0.957) on 400 fresh
+phantoms with clear lesions. Hence a third stage on lesion masks, **subtle lesions**
+(:data:`SUBTLE_LESION_EPOCHS` epochs at the same step, from the small-lesion stage's network, its
+pool renewed from the seeds after that stage's): every other phantom pair has ``make_cases``'
+lesions (:data:`SUBTLE_LESIONS`, 5-15 mm, 20-60 HU), the rest the first stage's. Shipped as
+version 9 (the two later stages 12 min, from version 8's kept stages): on the 400 + 400 fresh
+phantoms 0.858 (0.820-0.892) on subtle lesions and 0.927 (0.897-0.956) on clear ones; held-out
+AUC 0.944 and 0.817 on the 100 + 100 of the model card. The fresh sets were looked at to choose
+this recipe, so they are no longer untouched either. On the sample CT its default explanation,
+integrated gradients, passes its check (gap 0.19), where version 8's failed and was replaced.
+
 Training phantoms come in pairs that share anatomy and noise and differ only by the lesions, so
 the network cannot tell the classes apart by the body; validation and tests are unpaired, from
 other seeds. Augmentation is off (but for the blurred copies). The grid stretches the whole scan
@@ -151,6 +164,7 @@ from napari_scan_classifier.models.demo.ct_phantoms import (
     PHANTOM_SHAPES,
     POOL_CHUNKS,
     SMALL_LESIONS,
+    SUBTLE_LESIONS,
     TRAIN_LESIONS,
     LesionKinds,
     clear_cases,
@@ -182,7 +196,8 @@ SALIENCY_CASES = 6  # validation phantoms with a lesion the saliency methods are
 INPUT_SHAPE = (48, 48, 48)
 LOCALISE_EPOCHS = 110
 SMALL_LESION_EPOCHS = 30
-MASK_STAGES = 2  # the first stages, trained on lesion masks (localise, small-lesions)
+SUBTLE_LESION_EPOCHS = 30
+MASK_STAGES = 3  # the first stages, trained on lesion masks (localise, small-, subtle-lesions)
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
@@ -218,12 +233,15 @@ def sample_saliency_contrast(bundle: Bundle) -> tuple[float, float]:
     return float(values[inside].mean()), float(values[~inside].mean())
 
 
-def demo_stages(localise_epochs: int, small_epochs: int, epochs: int) -> list[Stage]:
+def demo_stages(
+    localise_epochs: int, small_epochs: int, subtle_epochs: int, epochs: int
+) -> list[Stage]:
     """The recipe (see the module docstring); each stage's data: its lesions. The first
     :data:`MASK_STAGES` learn from lesion masks."""
     return [
         Stage("localise", localise_epochs, 1e-3, TRAIN_LESIONS),
         Stage("small-lesions", small_epochs, 3e-4, (SMALL_LESIONS, TRAIN_LESIONS)),
+        Stage("subtle-lesions", subtle_epochs, 3e-4, (SUBTLE_LESIONS, TRAIN_LESIONS)),
         Stage("scan-labels", epochs, 3e-4, TRAIN_LESIONS),
     ]
 
@@ -236,6 +254,7 @@ def build_demo(
     test_cases: int = 100,
     localise_epochs: int = LOCALISE_EPOCHS,
     small_epochs: int = SMALL_LESION_EPOCHS,
+    subtle_epochs: int = SUBTLE_LESION_EPOCHS,
     epochs: int = SCAN_LABEL_EPOCHS,
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
     shapes: Sequence[tuple[int, int, int]] = PHANTOM_SHAPES,
@@ -270,7 +289,7 @@ def build_demo(
     validation = on_grid(
         clear_cases(val_cases, seed + SEED_RANGE, shapes), input_shape, "validation"
     )
-    stages = demo_stages(localise_epochs, small_epochs, epochs)
+    stages = demo_stages(localise_epochs, small_epochs, subtle_epochs, epochs)
     checkpoints = Path(out) / STAGES_FOLDER
     base: Path | None = None
     first_chunk = 0
@@ -342,7 +361,7 @@ def add_applicability(
     """Fit the applicability check (input ranges and feature detector) into ``bundle``: on the
     first ``detector_cases`` phantoms of the last stage and on the validation phantoms, the
     same seeds :func:`build_demo` trained and validated with."""
-    last = len(demo_stages(1, 1, 1)) - 1  # its phantoms stand for the training data
+    last = len(demo_stages(1, 1, 1, 1)) - 1  # its phantoms stand for the training data
     train_all = paired_cases(training_cases, seed + 40_000 * last, shapes, TRAIN_LESIONS)
     training = (case for _, case in zip(range(detector_cases), train_all, strict=False))
     validation = clear_cases(val_cases, seed + SEED_RANGE, shapes)
@@ -500,17 +519,19 @@ has never seen a patient scan and its output on real CT means nothing clinically
   ({minutes:.0f} min on a 2-core CPU for the last run, no augmentation{copies}).
 - **Training data**: phantoms from `napari_scan_classifier.phantoms` ({fields} voxels of
   2.5 x 1.5 x 1.5 mm), in pairs that share anatomy and differ only by the lesions, fresh
-  phantoms for each stage, each stage starting from the one before; the first two also learn
+  phantoms for each stage, each stage starting from the one before; the first three also learn
   from the phantoms' lesion masks which cells of the map hold a lesion (the second on small
-  lesions every other pair), the last sees scan labels only, as a user's fine-tuning does:
+  lesions every other pair, the third on subtle ones), the last sees scan labels only, as a
+  user's fine-tuning does:
 {lineage(result.bundle)}
 - **Validation** ({val["n"]} unpaired phantoms with clear lesions, used for early stopping and
   temperature calibration): AUC {fmt(val["auc"])}, accuracy {fmt(val["accuracy"])}, ECE
   {fmt(val["ece_before_calibration"])} before and {fmt(val["ece"])} after calibration
   (temperature {m.temperature:.2f}).
 - **Held-out test, clear lesions** ({clear["n"]} phantoms from another seed, never used in
-  training or selection): AUC {fmt(clear["auc"])}, accuracy {fmt(clear["accuracy"])},
-  sensitivity {fmt(clear["sensitivity"])}, specificity {fmt(clear["specificity"])}.
+  training, but looked at when choosing the recipe): AUC {fmt(clear["auc"])},
+  accuracy {fmt(clear["accuracy"])}, sensitivity {fmt(clear["sensitivity"])},
+  specificity {fmt(clear["specificity"])}.
 - **Held-out test, subtle lesions** ({subtle["n"]} phantoms from `phantoms.make_cases`: 5-15 mm,
   20-60 HU): AUC {fmt(subtle["auc"])}, accuracy {fmt(subtle["accuracy"])},
   sensitivity {fmt(subtle["sensitivity"])}, specificity {fmt(subtle["specificity"])}.

@@ -22,6 +22,8 @@ CLEAR_LESIONS = {"lesion_radius_mm": (6.0, 20.0), "lesion_contrast_hu": (35.0, 1
 TRAIN_LESIONS = {"lesion_radius_mm": (5.0, 20.0), "lesion_contrast_hu": (20.0, 120.0)}
 # The small-lesion stage alternates these with TRAIN_LESIONS, pair by pair.
 SMALL_LESIONS = {"lesion_radius_mm": (5.0, 9.0), "lesion_contrast_hu": (20.0, 120.0)}
+# The subtle-lesion stage alternates these (make_cases' lesions) with TRAIN_LESIONS.
+SUBTLE_LESIONS = {"lesion_radius_mm": (5.0, 15.0), "lesion_contrast_hu": (20.0, 60.0)}
 # Each stage on lesion masks draws from a pool of this many chunks: each epoch one chunk is new
 # (mask_stage.SlidingChunks).
 POOL_CHUNKS = 5
