@@ -6,18 +6,19 @@ The demo model tells synthetic CT phantoms with focal lesions (5-20 mm radius, 2
 the organ: the clear lesions of the validation set and of the sample CT phantom, 12-18 mm, 60-90
 HU, and the subtle ones of :func:`~napari_scan_classifier.phantoms.make_cases`, 5-15 mm, 20-60
 HU) from phantoms without. The network is ``cnn3d_mil``: evidence scored cell by cell on a 12^3
-map of the 48^3 grid and pooled by its maximum. It is trained in three stages, each on fresh
+map of the 48^3 grid and pooled by its maximum. It is trained in four stages, each on fresh
 phantoms (:func:`demo_stages`):
 
 1. **Localise** (:mod:`.localise`): from scratch, on scan labels and, cell by cell, on the
    phantoms' lesion masks, from a pool of phantoms of which a fifth is fresh each epoch.
 2. **Small lesions**: the same, from there, with small lesions in every other phantom pair.
-3. **Scan labels** (version 2): through the same :func:`~napari_scan_classifier.training.train`
+3. **Subtle lesions**: the same, from there, with faint lesions in every other phantom pair.
+4. **Scan labels** (version 2): through the same :func:`~napari_scan_classifier.training.train`
    as a user's training, on scan labels only.
 
 It is then measured on held-out phantoms with clear lesions, on held-out ``make_cases`` phantoms
-(subtle lesions) and on the sample CT phantom, and all of it goes into the model card. Stages 1
-and 2 are kept in ``DIR/stages``, and a rerun into the same ``DIR`` resumes after them.
+(subtle lesions) and on the sample CT phantom, and all of it goes into the model card. Stages
+1-3 are kept in ``DIR/stages``, and a rerun into the same ``DIR`` resumes after them.
 
 **Finalise** (``--finalise``; also, but for the recalibration that training already does and the
 version number, the last step of a full run): the temperature and class bias are refitted on the
