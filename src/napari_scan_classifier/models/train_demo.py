@@ -112,6 +112,30 @@ def _main_mr(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each stage's epochs, one flag per stage; the defaults (in brackets) make the shipped models.
+_STAGE_EPOCH_FLAGS = (
+    ("--localise-epochs", f"CT stage on lesion masks [{LOCALISE_EPOCHS}]"),
+    (
+        "--small-lesion-epochs",
+        f"CT stage on lesion masks, small lesions every other pair [{SMALL_LESION_EPOCHS}]",
+    ),
+    (
+        "--subtle-lesion-epochs",
+        f"CT stage on lesion masks, subtle lesions every other pair [{SUBTLE_LESION_EPOCHS}]",
+    ),
+    ("--slice-epochs", f"MR stage on lesion masks by slice [{mr.SLICE_EPOCHS}]"),
+    (
+        "--t1-epochs",
+        f"MR stage on lesion masks by slice, T1-like two triplets in three [{mr.T1_EPOCHS}]",
+    ),
+    (
+        "--subtle-epochs",
+        f"MR stage on lesion masks by slice, half subtle lesions [{mr.SUBTLE_EPOCHS}]",
+    ),
+    ("--epochs", f"stage on scan labels: CT [{SCAN_LABEL_EPOCHS}], MR mixed [{mr.MIXED_EPOCHS}]"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write the model into")
@@ -134,37 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-cases", type=int, help="held-out phantoms per test set (CT 100, MR 150)"
     )
-    parser.add_argument(
-        "--localise-epochs", type=int, help=f"CT stage on lesion masks ({LOCALISE_EPOCHS})"
-    )
-    parser.add_argument(
-        "--small-lesion-epochs",
-        type=int,
-        help=f"CT stage on lesion masks, small lesions every other pair ({SMALL_LESION_EPOCHS})",
-    )
-    parser.add_argument(
-        "--subtle-lesion-epochs",
-        type=int,
-        help=f"CT stage on lesion masks, subtle lesions every other pair ({SUBTLE_LESION_EPOCHS})",
-    )
-    parser.add_argument(
-        "--slice-epochs", type=int, help=f"MR stage on lesion masks by slice ({mr.SLICE_EPOCHS})"
-    )
-    parser.add_argument(
-        "--t1-epochs",
-        type=int,
-        help=f"MR stage on lesion masks by slice, T1-like two triplets in three ({mr.T1_EPOCHS})",
-    )
-    parser.add_argument(
-        "--subtle-epochs",
-        type=int,
-        help=f"MR stage on lesion masks by slice, half subtle lesions ({mr.SUBTLE_EPOCHS})",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        help=f"stage on scan labels: CT ({SCAN_LABEL_EPOCHS}), MR mixed ({mr.MIXED_EPOCHS})",
-    )
+    for flag, stage in _STAGE_EPOCH_FLAGS:
+        parser.add_argument(flag, type=int, help=f"epochs of the {stage}")
     parser.add_argument("--input-shape", type=int, nargs=3, default=INPUT_SHAPE, help="CT only")
     parser.add_argument(
         "--phantom-shape",
