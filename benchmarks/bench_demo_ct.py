@@ -3,9 +3,10 @@
 The card's held-out sets (100 clear-lesion and 100 ``make_cases`` subtle-lesion phantoms) swing
 the AUC by several hundredths from one draw to the next (version 8: 0.801 on the card's subtle
 set, 0.864 on another 100). This measures a bundle on ``--cases`` fresh phantoms per set, from
-seeds far from every seed the recipe trains, validates or tests on, and, with ``--base``, compares
-two bundles on the very same phantoms: the paired, stratified bootstrap of the AUC difference that
-fine-tuning's guardrail uses (``training.guardrails.compare_with_base``), so a recipe change is
+seeds far from every seed the recipe trains, validates or tests on, and, with ``--base``,
+compares two bundles on the very same phantoms (each on its own model grid): the paired,
+stratified bootstrap of the AUC difference that fine-tuning's guardrail uses
+(``training.guardrails.compare_with_base``), so a recipe change is
 judged by an interval, not by one draw.
 
     python benchmarks/bench_demo_ct.py [--cases 400] [--model BUNDLE] [--base BUNDLE]
@@ -34,6 +35,7 @@ from napari_scan_classifier.models.demo.ct_phantoms import (
 )
 from napari_scan_classifier.training.guardrails import compare_with_base, macro_auc
 from napari_scan_classifier.training.model import volume_logits
+from napari_scan_classifier.volume import Volume
 
 # Far above every seed of the recipe (training stages up to seed + 40 000 x 3 + 480, validation
 # + 10 000, the card's tests + 20 000 and + 30 000).
@@ -56,15 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         "clear": clear_cases(args.cases, FRESH_SEEDS["clear"], PHANTOM_SHAPES),
         "subtle": make_cases(args.cases, FRESH_SEEDS["subtle"], PHANTOM_SHAPES),
     }
-    for name, cases in sets.items():
-        (split,) = on_grid(cases, model.metadata.input_shape, name).splits.values()
-        new = _probabilities(model, split.x)
-        label = f"{name:7s} n={len(split.y)}"
+    for name, found in sets.items():
+        cases = list(found)  # each bundle takes them on its own grid
+        y, new = _probabilities(model, cases)
+        label = f"{name:7s} n={len(y)}"
         if base is None:
-            print(f"{label}  AUC {macro_auc(split.y, new):.3f} {_own_interval(split.y, new)}")
+            print(f"{label}  AUC {macro_auc(y, new):.3f} {_own_interval(y, new)}")
             continue
-        reference = _probabilities(base, split.x)
-        comparison = compare_with_base(split.y, new, reference, base.metadata.version)
+        _, reference = _probabilities(base, cases)
+        comparison = compare_with_base(y, new, reference, base.metadata.version)
         low, high = comparison.ci95
         print(
             f"{label}  AUC {comparison.auc_base:.3f} (base) -> {comparison.auc_new:.3f}, "
@@ -79,8 +81,10 @@ def _name(bundle: Bundle) -> str:
     return f"{bundle.metadata.name} v{bundle.metadata.version}"
 
 
-def _probabilities(bundle: Bundle, x: np.ndarray) -> np.ndarray:
-    return bundle.metadata.probabilities(volume_logits(bundle.model, x, 8))
+def _probabilities(bundle: Bundle, cases: list[tuple[Volume, str]]) -> tuple[np.ndarray, ...]:
+    """The cases' labels and ``bundle``'s probabilities, on its model grid."""
+    (split,) = on_grid(iter(cases), bundle.metadata.input_shape, "").splits.values()
+    return split.y, bundle.metadata.probabilities(volume_logits(bundle.model, split.x, 8))
 
 
 def _own_interval(y: np.ndarray, probabilities: np.ndarray) -> str:

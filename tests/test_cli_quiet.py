@@ -65,14 +65,14 @@ def test_shipped_models_resolve_by_name() -> None:
 def test_models_lists_name_version_region_and_classes(tmp_path: Path, capsys) -> None:
     assert main(["models", "--folder", str(tmp_path)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    version = resolve_bundle("demo_ct_lesion").metadata.version
+    shipped = resolve_bundle("demo_ct_lesion").metadata
     assert header.split() == ["name", "version", "modality", "region", "grid", "classes"]
     assert rows[0].split() == [
         "demo_ct_lesion",
-        str(version),
+        str(shipped.version),
         "CT",
         "abdomen",
-        "48x48x48",
+        "x".join(map(str, shipped.input_shape)),
         "normal,",
         "lesion",
     ]

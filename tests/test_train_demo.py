@@ -40,12 +40,18 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
         "1",
         "--subtle-lesion-epochs",
         "1",
+        "--fine-grid-epochs",
+        "1",
         "--epochs",
         "1",
         "--input-shape",
         "16",
         "16",
         "16",
+        "--coarse-input-shape",
+        "12",
+        "12",
+        "12",
         "--phantom-shape",
         "16",
         "24",
@@ -70,14 +76,21 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
         "localise",
         "small-lesions",
         "subtle-lesions",
+        "fine-grid",
         "scan-labels",
     ]
+    kept = {
+        name: load_bundle(tmp_path / "stages" / name) for name in ("subtle-lesions", "fine-grid")
+    }
+    assert kept["subtle-lesions"].metadata.input_shape == (12, 12, 12)  # the coarse grid
+    assert kept["fine-grid"].metadata.input_shape == bundle.metadata.input_shape == (16, 16, 16)
     assert stages[0]["data"].endswith("2 of them fresh each epoch (10 in all)")
     assert "(in turn by pair)" in stages[1]["data"]
     assert {p.name for p in (tmp_path / "stages").iterdir()} == {
         "localise",
         "small-lesions",
         "subtle-lesions",
+        "fine-grid",
     }
     assert "not a diagnostic device" in bundle.metadata.model_card
     metrics = bundle.metadata.training["metrics"]
@@ -94,10 +107,12 @@ def test_the_script_runs_end_to_end_at_tiny_size(tmp_path, capsys):
     shutil.rmtree(folder)
     assert main(argv) == 0  # resumes after the stages on lesion masks kept in stages/
     printed = capsys.readouterr().out
-    assert not any(f"{name}:" in printed for name in ("localise", "small-lesions", "subtle"))
+    assert not any(
+        f"{name}:" in printed for name in ("localise", "small-lesions", "subtle", "fine")
+    )
     assert "scan-labels:" in printed
     resumed = load_bundle(folder).metadata.training["stages"]
-    assert resumed[:3] == stages[:3]
+    assert resumed[:4] == stages[:4]
 
 
 def test_the_shipped_bundle_is_small_and_valid():

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from napari_scan_classifier.models.demo import mr
 from napari_scan_classifier.models.demo.ct import (
+    COARSE_INPUT_SHAPE,
     DEMO_NAME,
+    FINE_GRID_EPOCHS,
     INPUT_SHAPE,
     LOCALISE_EPOCHS,
     SCAN_LABEL_EPOCHS,
@@ -70,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         localise_epochs=_or(args.localise_epochs, LOCALISE_EPOCHS),
         small_epochs=_or(args.small_lesion_epochs, SMALL_LESION_EPOCHS),
         subtle_epochs=_or(args.subtle_lesion_epochs, SUBTLE_LESION_EPOCHS),
+        fine_epochs=_or(args.fine_grid_epochs, FINE_GRID_EPOCHS),
         epochs=_or(args.epochs, SCAN_LABEL_EPOCHS),
         input_shape=tuple(args.input_shape),
+        coarse_shape=tuple(args.coarse_input_shape),
         shapes=[tuple(s) for s in args.phantom_shape] if args.phantom_shape else PHANTOM_SHAPES,
         width=_or(args.width, WIDTH),
         batch_size=_or(args.batch_size, 8),
@@ -123,6 +127,10 @@ _STAGE_EPOCH_FLAGS = (
         "--subtle-lesion-epochs",
         f"CT stage on lesion masks, subtle lesions every other pair [{SUBTLE_LESION_EPOCHS}]",
     ),
+    (
+        "--fine-grid-epochs",
+        f"CT stage on lesion masks on the final grid, every kind of lesion [{FINE_GRID_EPOCHS}]",
+    ),
     ("--slice-epochs", f"MR stage on lesion masks by slice [{mr.SLICE_EPOCHS}]"),
     (
         "--t1-epochs",
@@ -160,7 +168,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     for flag, stage in _STAGE_EPOCH_FLAGS:
         parser.add_argument(flag, type=int, help=f"epochs of the {stage}")
-    parser.add_argument("--input-shape", type=int, nargs=3, default=INPUT_SHAPE, help="CT only")
+    parser.add_argument(
+        "--input-shape",
+        type=int,
+        nargs=3,
+        default=INPUT_SHAPE,
+        help="CT: the model grid (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--coarse-input-shape",
+        type=int,
+        nargs=3,
+        default=COARSE_INPUT_SHAPE,
+        help="CT: the grid of the first three stages (default: %(default)s)",
+    )
     parser.add_argument(
         "--phantom-shape",
         type=int,

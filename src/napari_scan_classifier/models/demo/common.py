@@ -92,6 +92,8 @@ class Stage:
     learning_rate: float
     data: Any = None
     settings: Mapping[str, Any] = field(default_factory=dict)  # TrainingConfig fields to override
+    input_shape: tuple[int, int, int] | None = None  # its model grid (None: the recipe's own)
+    seeds: int = 0  # its phantoms' seeds, counted from the run's seed
 
 
 def train_stages(

@@ -131,10 +131,11 @@ give the same phantoms, splits and weights (up to the last bits of TensorFlow's 
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ from napari_scan_classifier.models.demo.ct_phantoms import (
     pool_chunks,
     pool_description,
 )
-from napari_scan_classifier.models.demo.mask_stage import StageRun
+from napari_scan_classifier.models.demo.mask_stage import StageRun, regridded
 from napari_scan_classifier.preprocess import prepare
 from napari_scan_classifier.saliency import grad_cam
 from napari_scan_classifier.training import (
@@ -193,13 +194,21 @@ BODY_REGION = "abdomen"  # the phantoms: chest/abdomen CT, read as abdomen (thei
 DETECTOR_CASES = 240  # training-like phantoms the applicability detector is fitted on
 VALIDATION_CASES = 96  # validation phantoms: calibration, detector threshold, saliency choice
 SALIENCY_CASES = 6  # validation phantoms with a lesion the saliency methods are measured on
-# 48^3 trains several times faster per case than 28^3 or 32^3 on a CPU (TF 2.21), and keeps a
-# 5 mm-radius lesion over two voxels across in a 190 mm field of view.
-INPUT_SHAPE = (48, 48, 48)
+# The first stages learn on a 48^3 grid: it trains several times faster per case than 28^3 or
+# 32^3 on a CPU (TF 2.21), and keeps a 5 mm-radius lesion over two voxels across in a 190 mm
+# field of view. The fine-grid stage and the network shipped take 64^3: 3-4 mm voxels, where a
+# 4 mm kidney lesion still stands out (see the module doc).
+COARSE_INPUT_SHAPE = (48, 48, 48)
+INPUT_SHAPE = (64, 64, 64)
 LOCALISE_EPOCHS = 110
 SMALL_LESION_EPOCHS = 30
 SUBTLE_LESION_EPOCHS = 30
-MASK_STAGES = 3  # the first stages, trained on lesion masks (localise, small-, subtle-lesions)
+FINE_GRID_EPOCHS = 30
+# The fine-grid stage's pool draws from seeds of its own: the first stages' pools use up the
+# training seeds below the validation seeds (SEED_RANGE), and the scan-labels stage's begin at
+# 40 000 x its index.
+FINE_GRID_SEEDS = 50_000
+MASK_STAGES = 4  # the first stages, trained on lesion masks (localise to fine-grid)
 BLURRED_COPIES = True  # train on blurred copies too (see build_demo)
 SCAN_LABEL_EPOCHS = 8
 WIDTH = 8
@@ -236,14 +245,22 @@ def sample_saliency_contrast(bundle: Bundle) -> tuple[float, float]:
 
 
 def demo_stages(
-    localise_epochs: int, small_epochs: int, subtle_epochs: int, epochs: int
+    localise_epochs: int,
+    small_epochs: int,
+    subtle_epochs: int,
+    fine_epochs: int,
+    epochs: int,
+    coarse_shape: tuple[int, int, int] = COARSE_INPUT_SHAPE,
 ) -> list[Stage]:
     """The recipe (see the module docstring); each stage's data: its lesions. The first
-    :data:`MASK_STAGES` learn from lesion masks."""
+    :data:`MASK_STAGES` learn from lesion masks, the first three on the ``coarse_shape`` grid."""
+    coarse = {"input_shape": coarse_shape}
+    every_kind = (SUBTLE_LESIONS, TRAIN_LESIONS, SMALL_LESIONS, TRAIN_LESIONS)
     return [
-        Stage("localise", localise_epochs, 1e-3, TRAIN_LESIONS),
-        Stage("small-lesions", small_epochs, 3e-4, (SMALL_LESIONS, TRAIN_LESIONS)),
-        Stage("subtle-lesions", subtle_epochs, 3e-4, (SUBTLE_LESIONS, TRAIN_LESIONS)),
+        Stage("localise", localise_epochs, 1e-3, TRAIN_LESIONS, **coarse),
+        Stage("small-lesions", small_epochs, 3e-4, (SMALL_LESIONS, TRAIN_LESIONS), **coarse),
+        Stage("subtle-lesions", subtle_epochs, 3e-4, (SUBTLE_LESIONS, TRAIN_LESIONS), **coarse),
+        Stage("fine-grid", fine_epochs, 3e-4, every_kind, seeds=FINE_GRID_SEEDS),
         Stage("scan-labels", epochs, 3e-4, TRAIN_LESIONS),
     ]
 
@@ -257,8 +274,10 @@ def build_demo(
     localise_epochs: int = LOCALISE_EPOCHS,
     small_epochs: int = SMALL_LESION_EPOCHS,
     subtle_epochs: int = SUBTLE_LESION_EPOCHS,
+    fine_epochs: int = FINE_GRID_EPOCHS,
     epochs: int = SCAN_LABEL_EPOCHS,
     input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    coarse_shape: tuple[int, int, int] = COARSE_INPUT_SHAPE,
     shapes: Sequence[tuple[int, int, int]] = PHANTOM_SHAPES,
     width: int = WIDTH,
     batch_size: int = 8,
@@ -288,36 +307,41 @@ def build_demo(
         "seed": seed,
         "name": DEMO_NAME,
     }
-    validation = on_grid(
-        clear_cases(val_cases, seed + SEED_RANGE, shapes), input_shape, "validation"
+    validation = _validation(val_cases, seed, shapes)
+    stages = demo_stages(
+        localise_epochs, small_epochs, subtle_epochs, fine_epochs, epochs, coarse_shape
     )
-    stages = demo_stages(localise_epochs, small_epochs, subtle_epochs, epochs)
     checkpoints = Path(out) / STAGES_FOLDER
     base: Path | None = None
-    first_chunk = 0
+    chunks_used: dict[int, int] = {}  # chunks of each seed block the stages before drew
     for stage in stages[:MASK_STAGES]:
         kept = checkpoints / stage.name
+        first_chunk = chunks_used.get(stage.seeds, 0)
+        chunks_used[stage.seeds] = first_chunk + stage.epochs + POOL_CHUNKS - 1
         if not kept.is_dir():
+            stage_grid = grid(stage.input_shape or input_shape)
             description = pool_description(cases, shapes, stage.data, blur, stage.epochs)
             run = StageRun.of(stage, width, batch_size, seed, description, verbose)
+            earlier = None if base is None else regridded(load_bundle(base), stage_grid, run)
             localised = localise.train_localised(
-                pool_chunks(cases, seed, shapes, stage.data, stage.epochs, first_chunk),
-                validation,
-                grid(input_shape),
+                pool_chunks(
+                    cases, seed + stage.seeds, shapes, stage.data, stage.epochs, first_chunk
+                ),
+                validation(stage_grid.input_shape),
+                stage_grid,
                 run,
                 blur=blur,
                 window=POOL_CHUNKS,
-                base=None if base is None else load_bundle(base),
+                base=earlier,
                 name=stage.name,
             )
             save_bundle(localised, kept)
         base = kept
-        first_chunk += stage.epochs + POOL_CHUNKS - 1
 
     def stage_data(index: int, stage: Stage) -> LabelledData:
         stage_seed = seed + 40_000 * index
-        data = _paired_data(cases, stage_seed, shapes, stage.data, input_shape, validation, blur)
-        return data
+        final = validation(input_shape)
+        return _paired_data(cases, stage_seed, shapes, stage.data, input_shape, final, blur)
 
     result = train_stages(stages, stage_data, common_config, checkpoints, verbose)
     tests = {
@@ -363,7 +387,7 @@ def add_applicability(
     """Fit the applicability check (input ranges and feature detector) into ``bundle``: on the
     first ``detector_cases`` phantoms of the last stage and on the validation phantoms, the
     same seeds :func:`build_demo` trained and validated with."""
-    last = len(demo_stages(1, 1, 1, 1)) - 1  # its phantoms stand for the training data
+    last = len(demo_stages(1, 1, 1, 1, 1)) - 1  # its phantoms stand for the training data
     train_all = paired_cases(training_cases, seed + 40_000 * last, shapes, TRAIN_LESIONS)
     training = (case for _, case in zip(range(detector_cases), train_all, strict=False))
     validation = clear_cases(val_cases, seed + SEED_RANGE, shapes)
@@ -465,6 +489,18 @@ def add_saliency_choice(bundle: Bundle, *, seed: int = 2024, cases: int = SALIEN
     )
     volumes = [volume for _, volume in zip(range(cases), lesions, strict=False)]
     common.add_saliency_choice(bundle, volumes, "lesion")
+
+
+def _validation(
+    cases: int, seed: int, shapes: Sequence[tuple[int, int, int]]
+) -> Callable[[tuple[int, int, int]], LabelledData]:
+    """The validation phantoms on a model grid, prepared once per grid."""
+
+    @functools.cache
+    def on(input_shape: tuple[int, int, int]) -> LabelledData:
+        return on_grid(clear_cases(cases, seed + SEED_RANGE, shapes), input_shape, "validation")
+
+    return on
 
 
 def _paired_data(

@@ -7,7 +7,7 @@ user's data has them; these stages add a second, per-location target."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -130,6 +130,18 @@ def fresh_model(architecture: str, grid: Grid, width: int, seed: int) -> keras.M
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BATCHNORM_MOMENTUM
     return model
+
+
+def regridded(bundle: Bundle, grid: Grid, run: StageRun) -> Bundle:
+    """``bundle`` with its network rebuilt on ``grid``'s input shape, weights and all: the
+    network is convolutional up to a global pooling, so its weights fit any grid, and a stage
+    on a finer grid refines what cheaper stages on a coarser one learnt."""
+    if tuple(bundle.metadata.input_shape) == tuple(grid.input_shape):
+        return bundle
+    model = fresh_model(bundle.metadata.architecture, grid, run.width, run.seed)
+    model.set_weights(bundle.model.get_weights())
+    metadata = replace(bundle.metadata, input_shape=tuple(grid.input_shape))
+    return replace(bundle, model=model, metadata=metadata)
 
 
 def fit_epochs(
