@@ -74,7 +74,7 @@ def make_series(folder: Path, slices: int, size: int) -> Path:
 
 
 def make_library(root: Path) -> Path:
-    """Twelve phantom cases (six with lesions) on the bundled model's 48^3 grid."""
+    """Twelve small (48^3) phantom cases, six with lesions."""
     from napari_scan_classifier.cases import CaseLibrary
     from napari_scan_classifier.phantoms import make_case
 

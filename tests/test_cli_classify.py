@@ -218,18 +218,19 @@ def test_the_shipped_model_passes_its_check_on_the_sample_ct(
         csv_row["saliency_method"] == "integrated_gradients" and not csv_row["saliency_instead_of"]
     )
     assert row["saliency"]["faithfulness"]["passed"] is True
-    assert row["saliency"]["faithfulness"]["gap"] > FAITHFUL_MARGIN + 0.05  # 0.19
+    assert row["saliency"]["faithfulness"]["gap"] > FAITHFUL_MARGIN + 0.05  # 0.26
 
 
 @pytest.mark.slow
 def test_a_default_map_that_fails_is_replaced_and_named_in_every_output(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """The shipped model with Grad-CAM on its first block as the recorded default (that map
-    fails on the sample CT): integrated gradients, measured as passing on the validation
-    cases, is shown, and JSON, CSV and text name the default that failed."""
+    """The shipped model with Grad-CAM on its second block as the recorded default (that map
+    failed on every validation phantom, and fails on the sample CT): integrated gradients,
+    measured as passing on the validation cases, is shown, and JSON, CSV and text name the
+    default that failed."""
     bundle = load_default_bundle()
-    record = {**bundle.metadata.saliency, "method": "gradcam", "layer": "block1_relu"}
+    record = {**bundle.metadata.saliency, "method": "gradcam", "layer": "block2_relu"}
     bundle.metadata = replace(bundle.metadata, saliency=record)
     model = save_bundle(bundle, tmp_path / "model")
     out, out_csv = tmp_path / "sample.json", tmp_path / "sample.csv"
@@ -242,12 +243,12 @@ def test_a_default_map_that_fails_is_replaced_and_named_in_every_output(
     with out_csv.open(newline="") as stream:
         (csv_row,) = (r for r in csv.DictReader(stream) if r["series_key"])
     (failed,) = row["saliency"]["instead_of"]
-    assert (failed["method"], failed["layer"]) == ("grad_cam", "block1_relu")
+    assert (failed["method"], failed["layer"]) == ("grad_cam", "block2_relu")
     assert failed["gap"] < FAITHFUL_MARGIN
     assert row["saliency"]["method"] == "integrated_gradients"
     assert row["saliency"]["faithfulness"]["passed"] is True
     assert csv_row["saliency_method"] == "integrated_gradients"
-    assert csv_row["saliency_instead_of"] == f"grad_cam block1_relu (gap {failed['gap']:.3g})"
+    assert csv_row["saliency_instead_of"] == f"grad_cam block2_relu (gap {failed['gap']:.3g})"
     assert (
         "  shown instead of the model's default (Grad-CAM), whose map failed its check on this "
         f"scan (gap {failed['gap']:.3f})"

@@ -14,13 +14,14 @@ reason a person can read:
    recorded in ``bundle.json`` (``applicability.checks``) when the bundle is trained.
 2. **Feature score**: the Mahalanobis distance of the network's penultimate-layer features to the
    nearest class mean, under one covariance shared by the classes (Ledoit-Wolf shrinkage keeps it
-   well conditioned with few cases), fitted on the training cases. Its threshold is the
-   ``1 - rate`` quantile of the validation cases' scores, so about ``rate`` (default 5 %) of
-   in-distribution scans are turned away. Chosen over the energy score and the maximum softmax
-   probability by measurement (``benchmarks/bench_ood.py``): a two-class network gives noise and
-   other anatomy confident logits, so scores from the logits alone separate them poorly, while
-   the features themselves move far from the training cloud. The class means and the precision
-   matrix are stored beside the model as :data:`DETECTOR_FILE`.
+   well conditioned with few cases), fitted on the training cases. Its threshold is set on the
+   validation cases' scores by split conformal prediction (:func:`threshold_for`), so that at
+   most ``rate`` (default 5 %) of in-distribution scans are turned away on average. Chosen over
+   the energy score and the maximum softmax probability by measurement
+   (``benchmarks/bench_ood.py``): a two-class network gives noise and other anatomy confident
+   logits, so scores from the logits alone separate them poorly, while the features themselves
+   move far from the training cloud. The class means and the precision matrix are stored beside
+   the model as :data:`DETECTOR_FILE`.
 
 A scan fails when any check fails or its score exceeds the threshold; its probabilities are
 still reported, with ``status: "out_of_distribution"``.
@@ -361,10 +362,15 @@ class FeatureDetector:
 
 
 def threshold_for(scores: np.ndarray, rate: float = DEFAULT_FALSE_ABSTENTION) -> float:
-    """The score above which only ``rate`` of these (validation) scores lie."""
+    """The split-conformal threshold: the ``ceil((n + 1)(1 - rate))``-th smallest of the ``n``
+    validation scores, so that a new in-distribution scan scores above it with probability at
+    most ``rate`` (the plain ``1 - rate`` quantile turns away more than ``rate`` of new scans on
+    average). With too few scores for that, the highest."""
     if not 0.0 < rate < 1.0:
         raise ValueError(f"the false-abstention rate must be within (0, 1), got {rate}")
-    return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - rate, method="higher"))
+    ordered = np.sort(np.asarray(scores, dtype=float))
+    rank = min(len(ordered), math.ceil((len(ordered) + 1) * (1.0 - rate)))
+    return float(ordered[rank - 1])
 
 
 _EXTRACTORS: weakref.WeakKeyDictionary[keras.Model, keras.Model] = weakref.WeakKeyDictionary()
@@ -412,7 +418,7 @@ def fit_detector(
         "n_train": len(train_y),
         "n_validation": len(scores),
     }
-    if len(scores) < math.ceil(1 / rate):
+    if (len(scores) + 1) * rate < 1:  # even the highest of them cannot hold the rate
         info["note"] = (
             f"the threshold was set on {len(scores)} validation cases, too few to hold a "
             f"{rate:.0%} false-abstention rate: it is their highest score"

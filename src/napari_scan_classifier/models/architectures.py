@@ -82,7 +82,7 @@ def build_cnn3d_mil(
     dropout: float = 0.3,
 ) -> keras.Model:
     """A 3D CNN for small findings: evidence scored cell by cell on a map a quarter of the grid
-    (a 12^3 map of 16 mm cells for a 190 mm scan on 48^3), pooled by its maximum
+    (a 16^3 map of 12 mm cells for a 190 mm scan on 64^3), pooled by its maximum
     (multiple-instance pooling).
 
     ``cnn3d`` halves the grid four times and averages what is left, so a lesion of a few voxels
