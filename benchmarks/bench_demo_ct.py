@@ -6,8 +6,8 @@ set, 0.864 on another 100). This measures a bundle on ``--cases`` fresh phantoms
 seeds far from every seed the recipe trains, validates or tests on, and, with ``--base``,
 compares two bundles on the very same phantoms (each on its own model grid): the paired,
 stratified bootstrap of the AUC difference that fine-tuning's guardrail uses
-(``training.guardrails.compare_with_base``), so a recipe change is
-judged by an interval, not by one draw.
+(``training.guardrails.compare_with_base``), so a recipe change is judged by an interval, not by
+one draw.
 
     python benchmarks/bench_demo_ct.py [--cases 400] [--model BUNDLE] [--base BUNDLE]
 
@@ -37,8 +37,9 @@ from napari_scan_classifier.training.guardrails import compare_with_base, macro_
 from napari_scan_classifier.training.model import volume_logits
 from napari_scan_classifier.volume import Volume
 
-# Far above every seed of the recipe (training stages up to seed + 40 000 x 3 + 480, validation
-# + 10 000, the card's tests + 20 000 and + 30 000).
+# Far above every seed of the recipe (the stages on lesion masks below + 10 000 and from + 50 000,
+# the scan-labels stage from + 40 000 x 4, validation + 10 000, the card's tests + 20 000 and
+# + 30 000).
 FRESH_SEEDS = {"clear": 2024 + 500_000, "subtle": 2024 + 600_000}
 
 

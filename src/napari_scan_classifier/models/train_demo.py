@@ -24,6 +24,8 @@ from napari_scan_classifier.models.demo.ct import (
     add_saliency_choice,
     build_demo,
     finalise,
+)
+from napari_scan_classifier.models.demo.ct_card import (
     sample_lesion_probability,
     sample_saliency_contrast,
 )
