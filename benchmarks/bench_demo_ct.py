@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import paired
 
 from napari_scan_classifier.backend import device_name
 from napari_scan_classifier.models import Bundle, load_bundle
@@ -33,7 +34,6 @@ from napari_scan_classifier.models.demo.ct_phantoms import (
     make_cases,
     on_grid,
 )
-from napari_scan_classifier.training.guardrails import compare_with_base, macro_auc
 from napari_scan_classifier.training.model import volume_logits
 from napari_scan_classifier.volume import Volume
 
@@ -53,47 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     model = load_bundle(args.model) if args.model else load_default_bundle()
     base = load_bundle(args.base) if args.base else None
     print(f"{platform.processor() or platform.machine()}, {device_name()}")
-    print(f"model {_name(model)}" + (f" against base {_name(base)}" if base else ""))
+    print(f"model {paired.name(model)}" + (f" against base {paired.name(base)}" if base else ""))
     started = time.perf_counter()
     sets = {
         "clear": clear_cases(args.cases, FRESH_SEEDS["clear"], PHANTOM_SHAPES),
         "subtle": make_cases(args.cases, FRESH_SEEDS["subtle"], PHANTOM_SHAPES),
     }
-    for name, found in sets.items():
+    for set_name, found in sets.items():
         cases = list(found)  # each bundle takes them on its own grid
         y, new = _probabilities(model, cases)
-        label = f"{name:7s} n={len(y)}"
-        if base is None:
-            print(f"{label}  AUC {macro_auc(y, new):.3f} {_own_interval(y, new)}")
-            continue
-        _, reference = _probabilities(base, cases)
-        comparison = compare_with_base(y, new, reference, base.metadata.version)
-        low, high = comparison.ci95
-        print(
-            f"{label}  AUC {comparison.auc_base:.3f} (base) -> {comparison.auc_new:.3f}, "
-            f"difference {comparison.difference:+.3f} (95 % interval {low:+.3f} to "
-            f"{high:+.3f}): {comparison.verdict}"
-        )
+        reference = _probabilities(base, cases)[1] if base else None
+        print(paired.line(f"{set_name:7s} n={len(y)}", y, new, reference, base))
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _name(bundle: Bundle) -> str:
-    return f"{bundle.metadata.name} v{bundle.metadata.version}"
 
 
 def _probabilities(bundle: Bundle, cases: list[tuple[Volume, str]]) -> tuple[np.ndarray, ...]:
     """The cases' labels and ``bundle``'s probabilities, on its model grid."""
     (split,) = on_grid(iter(cases), bundle.metadata.input_shape, "").splits.values()
     return split.y, bundle.metadata.probabilities(volume_logits(bundle.model, split.x, 8))
-
-
-def _own_interval(y: np.ndarray, probabilities: np.ndarray) -> str:
-    """The AUC's stratified bootstrap 95 % interval: the guardrail's comparison against a
-    constant score, whose AUC is 0.5 on every resample."""
-    constant = np.full_like(probabilities, 0.5)
-    low, high = compare_with_base(y, probabilities, constant, 0).ci95
-    return f"(95 % interval {0.5 + low:.3f}-{0.5 + high:.3f})"
 
 
 if __name__ == "__main__":

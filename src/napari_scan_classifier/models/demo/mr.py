@@ -21,6 +21,18 @@ Why the last stage barely trains: version 5 followed its mask stage with 8 epoch
 took the T1-like held-out macro AUC of the mask stages' network from 0.73 back to 0.58; at 1e-4
 they still traded subtle lesions for clear ones (0.616 against 0.644).
 
+Tried and not adopted: more training on T1-like scans. A fourth mask stage after the subtle one
+(fresh triplets three in four T1-like, half subtle, 3e-4) held the validation macro AUC at
+0.79-0.84 for 20 epochs (0.831 before it) with a flat training loss (scan loss 0.92-0.96), and was
+stopped. T1-like infarcts stay at chance (one-vs-rest AUC 0.59 clear on 300 fresh phantoms,
+``benchmarks/bench_demo_mr.py``), though an observer told where to look tells them apart (AUC
+0.99, see the README). On single T1-like slices through clear infarcts against the same slices
+of normal heads (2722 training slices, 688 test slices from other seeds, 8 epochs), a 2D encoder
+like this one's (first convolution at stride 2, max-pooled at once) reached test AUC 0.54-0.59,
+and one with two convolutions at full resolution first 0.59-0.66; with the normal of the same
+head beside each infarct (5386 slices) 0.53-0.60 and 0.57-0.64. The full-resolution stem helps
+a little; what the network is missing is larger than the stem.
+
 Training phantoms come in triplets (one per class) that share head, acquisition and noise and
 differ only by the lesion, so only the lesion tells the classes apart. Validation (early
 stopping, calibration) and the held-out tests are unpaired and drawn from other seeds. MR has no
