@@ -17,16 +17,12 @@ stratified bootstrap 95 % interval.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import paired
 
-from napari_scan_classifier.backend import device_name
-from napari_scan_classifier.models import Bundle, load_bundle
+from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.models.demo.ct_phantoms import (
     PHANTOM_SHAPES,
@@ -44,20 +40,11 @@ FRESH_SEEDS = {"clear": 2024 + 500_000, "subtle": 2024 + 600_000}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=400, help="phantoms per set")
-    parser.add_argument("--model", type=Path, help="bundle folder (default: the shipped one)")
-    parser.add_argument("--base", type=Path, help="a bundle to compare with, on the same cases")
-    args = parser.parse_args(argv)
-
-    model = load_bundle(args.model) if args.model else load_default_bundle()
-    base = load_bundle(args.base) if args.base else None
-    print(f"{platform.processor() or platform.machine()}, {device_name()}")
-    print(f"model {paired.name(model)}" + (f" against base {paired.name(base)}" if base else ""))
+    n_cases, model, base = paired.setup(__doc__.split("\n\n")[0], 400, load_default_bundle, argv)
     started = time.perf_counter()
     sets = {
-        "clear": clear_cases(args.cases, FRESH_SEEDS["clear"], PHANTOM_SHAPES),
-        "subtle": make_cases(args.cases, FRESH_SEEDS["subtle"], PHANTOM_SHAPES),
+        "clear": clear_cases(n_cases, FRESH_SEEDS["clear"], PHANTOM_SHAPES),
+        "subtle": make_cases(n_cases, FRESH_SEEDS["subtle"], PHANTOM_SHAPES),
     }
     for set_name, found in sets.items():
         cases = list(found)  # each bundle takes them on its own grid

@@ -16,15 +16,11 @@ Without ``--model``: the shipped ``demo_mr_brain``.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import paired
 
-from napari_scan_classifier.backend import device_name
 from napari_scan_classifier.evaluation import evaluate
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundled import named_bundle_path
@@ -41,19 +37,12 @@ LESIONS = {"clear": CLEAR, "subtle": SUBTLE}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=300, help="phantoms per set")
-    parser.add_argument("--model", type=Path, help="bundle folder (default: the shipped one)")
-    parser.add_argument("--base", type=Path, help="a bundle to compare with, on the same cases")
-    args = parser.parse_args(argv)
-
-    model = load_bundle(args.model or named_bundle_path(mr.DEMO_NAME))
-    base = load_bundle(args.base) if args.base else None
-    print(f"{platform.processor() or platform.machine()}, {device_name()}")
-    print(f"model {paired.name(model)}" + (f" against base {paired.name(base)}" if base else ""))
+    n_cases, model, base = paired.setup(
+        __doc__.split("\n\n")[0], 300, lambda: load_bundle(named_bundle_path(mr.DEMO_NAME)), argv
+    )
     started = time.perf_counter()
     for set_name, lesions in LESIONS.items():
-        cases = list(mr.unpaired_cases(args.cases, FRESH_SEEDS[set_name], (lesions,)))
+        cases = list(mr.unpaired_cases(n_cases, FRESH_SEEDS[set_name], (lesions,)))
         (split,) = on_grid(iter(cases), mr.GRID, set_name).splits.values()
         contrasts = np.array([_contrast(volume) for volume, _ in cases])
         new = _probabilities(model, split.x)

@@ -4,10 +4,33 @@ bootstrap of ``training.guardrails.compare_with_base``)."""
 
 from __future__ import annotations
 
+import argparse
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
-from napari_scan_classifier.models import Bundle
+from napari_scan_classifier.backend import device_name
+from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.training.guardrails import compare_with_base, macro_auc
+
+
+def setup(
+    description: str, cases: int, shipped: Callable[[], Bundle], argv: list[str] | None
+) -> tuple[int, Bundle, Bundle | None]:
+    """The command line (``--cases``, ``--model``, ``--base``) read, the bundles loaded (the
+    shipped one without ``--model``) and the machine and bundles printed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cases", type=int, default=cases, help="phantoms per set")
+    parser.add_argument("--model", type=Path, help="bundle folder (default: the shipped one)")
+    parser.add_argument("--base", type=Path, help="a bundle to compare with, on the same cases")
+    args = parser.parse_args(argv)
+    model = load_bundle(args.model) if args.model else shipped()
+    base = load_bundle(args.base) if args.base else None
+    print(f"{platform.processor() or platform.machine()}, {device_name()}")
+    print(f"model {name(model)}" + (f" against base {name(base)}" if base else ""))
+    return args.cases, model, base
 
 
 def name(bundle: Bundle) -> str:
