@@ -14,7 +14,8 @@ import pytest
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.nifti import save_nifti
-from napari_scan_classifier.models import check_model, load_bundle
+from napari_scan_classifier.models import check_model, load_bundle, train_demo
+from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import load_default_bundle, named_bundle_path
 from napari_scan_classifier.models.demo import mr
 from napari_scan_classifier.phantoms import (
@@ -138,3 +139,37 @@ def test_an_mr_given_to_the_ct_model_is_out_of_distribution():
 
     assert not prediction.ood.in_distribution
     assert "the scan is MR but the model was trained on CT scans" in prediction.ood.reasons
+
+
+@pytest.mark.slow
+def test_the_mr_recipe_runs_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsys):
+    small = mr.Grid((8, 24, 24), (20.0, 9.0, 9.0), mr.GRID.intensity, BRAIN_CLASSES)
+    monkeypatch.setattr(mr, "GRID", small)
+    monkeypatch.setattr(mr, "DETECTOR_CASES", 12)
+    monkeypatch.setattr(mr, "SALIENCY_CASES", 2)
+    argv = ["--model", "demo_mr_brain", "--out", str(tmp_path), "--cases", "6", "--val-cases"]
+    argv += ["6", "--test-cases", "6", "--slice-epochs", "1", "--t1-epochs", "1"]
+    argv += ["--subtle-epochs", "1", "--epochs", "1", "--width", "4", "--batch-size", "3"]
+
+    assert train_demo.main(argv) == 0
+
+    bundle = load_bundle(tmp_path / mr.DEMO_NAME)
+    m = bundle.metadata
+    assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, "slice_gru", "head")
+    assert m.version == read_metadata(named_bundle_path(mr.DEMO_NAME)).version + 1
+    assert tuple(m.classes) == BRAIN_CLASSES and tuple(m.input_shape) == (8, 24, 24)
+    assert [s["name"] for s in m.training["stages"]] == ["slices", "t1", "subtle", "mixed"]
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["slices", "subtle", "t1"]
+    for name in ("clear", "subtle"):
+        figures = m.training["metrics"][f"held_out_{name}"]
+        assert figures["n"] == 6 and 0.0 <= figures["auc"] <= 1.0
+        assert f"macro AUC {figures['auc']:.3f}" in " ".join(m.model_card.split())
+    samples = m.training["samples"]
+    assert set(samples) == {"tumour", "infarct"}
+    for figures in samples.values():
+        assert figures["predicted"] in BRAIN_CLASSES
+        assert sum(figures["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert m.applicability["checks"]["modality"] == "MR"
+    assert "held-out macro AUC" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="models are never replaced"):
+        train_demo.main(argv)
