@@ -31,7 +31,12 @@ of normal heads (2722 training slices, 688 test slices from other seeds, 8 epoch
 like this one's (first convolution at stride 2, max-pooled at once) reached test AUC 0.54-0.59,
 and one with two convolutions at full resolution first 0.59-0.66; with the normal of the same
 head beside each infarct (5386 slices) 0.53-0.60 and 0.57-0.64. The full-resolution stem helps
-a little; what the network is missing is larger than the stem.
+a little; what the network is missing is larger than the stem. What it misses is supervision
+that reaches the pixels: the same slices through a small U-Net (two convolutions at full
+resolution, two halvings, back up with skip connections to a per-pixel lesion logit, trained on
+the lesion mask pixel by pixel and on the slice label through the map's maximum) reached test
+AUC 0.95-0.97 from its fifth epoch on (0.57-0.67 in the four before). A slice encoder with such
+a head is the next step for this recipe.
 
 Training phantoms come in triplets (one per class) that share head, acquisition and noise and
 differ only by the lesion, so only the lesion tells the classes apart. Validation (early
