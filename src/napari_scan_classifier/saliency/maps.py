@@ -3,9 +3,9 @@
 - :func:`grad_cam`: gradients of the target class logit w.r.t. a layer's activations (the
   bundle's ``gradcam_layer`` unless another is named), averaged over space into one weight per
   channel; the ReLU of the weighted sum of the activations is the map. Slice-wise models
-  (``slice_gru``) get one 2D map per slice, each with its own channel weights, stacked. The map
-  has the resolution of that layer (1/16 of the input for ``cnn3d``'s last block) and is
-  interpolated linearly from there.
+  (``slice_gru``, ``slice_unet_gru``) get one 2D map per slice, each with its own channel
+  weights, stacked. The map has the resolution of that layer (1/16 of the input for ``cnn3d``'s
+  last block, the input's own for ``slice_unet_gru``) and is interpolated linearly from there.
 - :func:`occlusion`: model-agnostic; the drop of the target probability when a patch of the
   model input is replaced by air (or the mean), averaged over the patches covering each voxel.
 """
@@ -38,7 +38,10 @@ from napari_scan_classifier.saliency.core import (
 from napari_scan_classifier.saliency.faithfulness import measure_faithfulness
 from napari_scan_classifier.volume import Volume
 
-SLICE_WISE_ARCHITECTURES = ("slice_gru",)  # their Grad-CAM layer is (B, D, h, w, C): per slice
+SLICE_WISE_ARCHITECTURES = (
+    "slice_gru",
+    "slice_unet_gru",
+)  # their Grad-CAM layer is (B, D, h, w, C): per slice
 
 
 def grad_cam(
@@ -125,12 +128,15 @@ def occlusion(
 
 
 def activation_layers(bundle: Bundle) -> list[str]:
-    """The layers Grad-CAM can use: every convolution block's ReLU (5D activations), input side
-    first, the bundle's ``gradcam_layer`` among them."""
+    """The layers Grad-CAM can use: every convolution block's ReLU (5D activations) that all
+    paths to the logits pass through (a U-Net's skip connections go around its encoder's), input
+    side first, the bundle's ``gradcam_layer`` among them."""
     names = [
         layer.name
         for layer in bundle.model.layers
-        if isinstance(layer, keras.layers.Activation) and len(layer.output.shape) == 5
+        if isinstance(layer, keras.layers.Activation)
+        and len(layer.output.shape) == 5
+        and _splits_the_model(bundle.model, layer.name)
     ]
     if bundle.metadata.gradcam_layer not in names:
         names.append(bundle.metadata.gradcam_layer)
@@ -148,6 +154,14 @@ class _GradCamParts:
 _PARTS: weakref.WeakKeyDictionary[keras.Model, dict[str, _GradCamParts]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _splits_the_model(model: keras.Model, layer_name: str) -> bool:
+    try:
+        _gradcam_parts(model, layer_name)
+    except InvalidBundleError:
+        return False
+    return True
 
 
 def _gradcam_parts(model: keras.Model, layer_name: str) -> _GradCamParts:

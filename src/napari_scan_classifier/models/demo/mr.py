@@ -102,7 +102,7 @@ from napari_scan_classifier.training import TrainingConfig, evaluate_bundle, tra
 
 DEMO_NAME = "demo_mr_brain"
 BODY_REGION = "head"  # what the model is made for (bundle.json body_region)
-ARCHITECTURE = "slice_gru"
+ARCHITECTURE = "slice_unet_gru"
 GRID = Grid((24, 96, 96), (6.5, 2.2, 2.2), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
 DETECTOR_CASES = 240
 VALIDATION_CASES = 96
@@ -266,7 +266,13 @@ def _train_mask_stages(
             run = StageRun.of(stage, width, batch_size, seed, description, verbose)
             phantoms = _fresh_phantoms(cases, seed, stage, first_epoch)
             base = slices.train_slice_localised(
-                phantoms, validation, GRID, run, base=base, name=stage.name
+                phantoms,
+                validation,
+                GRID,
+                run,
+                base=base,
+                architecture=ARCHITECTURE,
+                name=stage.name,
             )
             save_bundle(base, kept)
         else:
