@@ -155,7 +155,7 @@ def test_the_mr_recipe_runs_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsy
 
     bundle = load_bundle(tmp_path / mr.DEMO_NAME)
     m = bundle.metadata
-    assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, mr.ARCHITECTURE, "head")
+    assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, "slice_gru", "head")
     assert m.version == read_metadata(named_bundle_path(mr.DEMO_NAME)).version + 1
     assert tuple(m.classes) == BRAIN_CLASSES and tuple(m.input_shape) == (8, 24, 24)
     assert [s["name"] for s in m.training["stages"]] == ["slices", "t1", "subtle", "mixed"]

@@ -1,18 +1,13 @@
-"""The MR demo's first stage: voxel and slice labels follow the lesion mask on the model grid, a
-short run trains every head on each epoch's own phantoms and records the stage, and the demo
-draws fresh phantoms for every epoch from seeds below the validation ones."""
+"""The MR demo's first stage: slice labels follow the lesion mask on the model grid, a short run
+trains both heads on each epoch's own phantoms and records the stage, and the demo draws fresh
+phantoms for every epoch from seeds below the validation ones."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import keras
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from napari_scan_classifier.datasets import ALL
-from napari_scan_classifier.models.architectures import PIXEL_LOGITS_LAYER
 from napari_scan_classifier.models.demo import mr, slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
 from napari_scan_classifier.models.demo.mask_stage import SlidingChunks, StageRun
@@ -26,19 +21,16 @@ def _triplet(seed: int):
     return [make_brain_mr_phantom(seed, name) for name in BRAIN_CLASSES]
 
 
-def test_voxel_and_slice_labels_mark_the_lesion_with_its_class_and_the_rest_normal() -> None:
+def test_slice_labels_mark_the_lesions_slices_with_its_class_and_the_rest_normal() -> None:
     phantoms = _triplet(3)
 
-    x, y, voxel_y = slices.pixel_labelled(phantoms, GRID)
-    slice_y = slices.slice_labels(voxel_y)
+    x, y, slice_y = slices.slice_labelled(phantoms, GRID)
 
     assert x.shape == (3, *GRID.input_shape) and y.tolist() == [0, 1, 2]
-    assert voxel_y.shape == (3, *GRID.input_shape) and not voxel_y[0].any()
     assert slice_y.shape == (3, GRID.input_shape[0]) and not slice_y[0].any()
     for index, phantom in enumerate(phantoms[1:], start=1):
         _, grid = prepare(phantom.volume, GRID.input_shape, GRID.spacing, GRID.intensity)
         lesion = resample_to_grid(phantom.lesion_mask.astype(np.float32), grid, 0.0) > 0.5
-        np.testing.assert_array_equal(voxel_y[index], np.where(lesion, index, 0))
         expected = np.where(lesion.any(axis=(1, 2)), index, 0)
         assert 0 < np.count_nonzero(expected) < GRID.input_shape[0]
         np.testing.assert_array_equal(slice_y[index], expected)
@@ -77,44 +69,6 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     assert following.model is bundle.model  # continued, not a fresh network
     after = following.model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
-
-
-def test_a_network_with_pixel_logits_learns_where_the_lesion_lies_pixel_by_pixel() -> None:
-    """After a short run, lesion pixels' logits for the scan's class (over ``normal``) rank above
-    those of the rest of the head; untrained, they do not."""
-    fine = Grid((8, 48, 48), (20.0, 4.5, 4.5), GRID.intensity, BRAIN_CLASSES)
-    triplets = [
-        make_brain_mr_phantom(seed, name, lesions=mr.CONSPICUOUS)
-        for seed in range(4)
-        for name in BRAIN_CLASSES
-    ]
-    validation = on_grid(((p.volume, p.class_name) for p in _triplet(40)), fine, "validation")
-    x, y, voxel_y = slices.pixel_labelled(triplets, fine)
-    run = StageRun(10, 3e-3, width=4, batch_size=3, seed=0, description="12", verbose=False)
-
-    def lesion_pixel_auc(bundle) -> float:
-        pixels = keras.Model(bundle.model.input, bundle.model.get_layer(PIXEL_LOGITS_LAYER).output)
-        logits = np.asarray(pixels(x[..., None]))
-        lesioned = np.flatnonzero(y > 0)
-        scores = [(logits[i, ..., y[i]] - logits[i, ..., 0]).ravel() for i in lesioned]
-        truth = [(voxel_y[i] > 0).ravel() for i in lesioned]
-        return roc_auc_score(np.concatenate(truth), np.concatenate(scores))
-
-    untrained = slices.train_slice_localised(
-        lambda epoch: triplets,
-        validation,
-        fine,
-        replace(run, epochs=1, learning_rate=1e-9),
-        architecture="slice_unet_gru",
-    )
-    trained = slices.train_slice_localised(
-        lambda epoch: triplets, validation, fine, run, architecture="slice_unet_gru"
-    )
-
-    assert trained.metadata.architecture == "slice_unet_gru"
-    assert lesion_pixel_auc(untrained) < 0.6 < 0.75 < lesion_pixel_auc(trained)
-    outputs = trained.model(x[:2, ..., None])
-    assert set(outputs) == {"volume", "slices"} and outputs["slices"].shape == (2, 8, 3)
 
 
 def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:

@@ -3,9 +3,9 @@
 - :func:`grad_cam`: gradients of the target class logit w.r.t. a layer's activations (the
   bundle's ``gradcam_layer`` unless another is named), averaged over space into one weight per
   channel; the ReLU of the weighted sum of the activations is the map. Slice-wise models
-  (``slice_gru``, ``slice_unet_gru``) get one 2D map per slice, each with its own channel
-  weights, stacked. The map has the resolution of that layer (1/16 of the input for ``cnn3d``'s
-  last block, the input's own for ``slice_unet_gru``) and is interpolated linearly from there.
+  (``slice_gru``) get one 2D map per slice, each with its own channel weights, stacked. The map
+  has the resolution of that layer (1/16 of the input for ``cnn3d``'s last block) and is
+  interpolated linearly from there.
 - :func:`occlusion`: model-agnostic; the drop of the target probability when a patch of the
   model input is replaced by air (or the mean), averaged over the patches covering each voxel.
 """
@@ -38,10 +38,7 @@ from napari_scan_classifier.saliency.core import (
 from napari_scan_classifier.saliency.faithfulness import measure_faithfulness
 from napari_scan_classifier.volume import Volume
 
-SLICE_WISE_ARCHITECTURES = (
-    "slice_gru",
-    "slice_unet_gru",
-)  # their Grad-CAM layer is (B, D, h, w, C): per slice
+SLICE_WISE_ARCHITECTURES = ("slice_gru",)  # their Grad-CAM layer is (B, D, h, w, C): per slice
 
 
 def grad_cam(
@@ -129,7 +126,7 @@ def occlusion(
 
 def activation_layers(bundle: Bundle) -> list[str]:
     """The layers Grad-CAM can use: every convolution block's ReLU (5D activations) that all
-    paths to the logits pass through (a U-Net's skip connections go around its encoder's), input
+    paths to the logits pass through (a skip connection goes around the layers it spans), input
     side first, the bundle's ``gradcam_layer`` among them."""
     names = [
         layer.name

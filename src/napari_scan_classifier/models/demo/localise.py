@@ -124,8 +124,9 @@ def train_localised(
     return train_stage(
         model,
         twin,
-        {"cells": _cell_loss},
+        _cell_loss,
         SlidingChunks(chunk, window),
+        "cells",
         validation,
         grid,
         run,

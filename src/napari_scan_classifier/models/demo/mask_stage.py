@@ -77,8 +77,9 @@ class StageRun:
 def train_stage(
     model: keras.Model,
     twin: keras.Model,
-    location_losses: Mapping[str, Callable[[Any, Any], Any]],
+    location_loss: Callable[[Any, Any], Any],
     data: EpochData,
+    located: str,
     validation: LabelledData,
     grid: Grid,
     run: StageRun,
@@ -88,12 +89,15 @@ def train_stage(
     architecture: str,
     earlier: Sequence[Mapping[str, Any]] = (),
 ) -> Bundle:
-    """Compile ``twin`` (``model``'s scan logits plus the per-location outputs named in
-    ``location_losses``; compiled in ``model``'s stead, since a saved custom loss would be code),
-    fit it on each epoch's ``data`` and return ``model`` as the stage's bundle."""
-    volume_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    """Compile ``twin`` (``model``'s scan logits plus the per-location output ``located``;
+    compiled in ``model``'s stead, since a saved custom loss would be code), fit it on each
+    epoch's ``data`` and return ``model`` as the stage's bundle."""
     twin.compile(
-        keras.optimizers.Adam(run.learning_rate), {"volume": volume_loss, **location_losses}
+        keras.optimizers.Adam(run.learning_rate),
+        {
+            "volume": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            located: location_loss,
+        },
     )
     aucs = fit_epochs(
         twin,
