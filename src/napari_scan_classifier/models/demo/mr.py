@@ -46,7 +46,15 @@ infarct logit of a head told infarcts from normal heads with AUC 0.52-0.54 (FLAI
 and neither its mean over the top 50 or 2000 voxels nor the voxels it called infarct did better
 (0.53-0.58): the map had learnt where infarcts lie, not what they look like. A loss on each
 slice's highest pixel logits (6 more epochs, two triplets in three T1-like) and the same network
-from scratch on T1-like triplets alone (9 epochs of 240) left it there (0.52-0.54). Not adopted.
+from scratch on T1-like triplets alone (9 epochs of 240) left it there (0.52-0.54); by slice, its
+highest infarct logit told slices through an infarct from the same slices of a normal head with
+AUC 0.49-0.52. Not adopted. The single-slice U-Net, rerun, held: test AUC 0.97 against the same
+slices of the same head without the infarct and, by the highest logit over all 24 slices, 0.98
+between whole T1-like heads with and without one (0.97 and 0.94 at width 8, by its epoch 8).
+Trained instead on all 48 slices of one head with and without the infarct, through the lesion
+or not, width 8, it stayed at 0.54-0.56 for 6 epochs (3 times the slices each). So the whole-scan recipe fails in what it
+trains on, not in the network: balanced slices through lesions and the same slices of normal
+heads may have to come first.
 
 Training phantoms come in triplets (one per class) that share head, acquisition and noise and
 differ only by the lesion, so only the lesion tells the classes apart. Validation (early
