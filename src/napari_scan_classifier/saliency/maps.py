@@ -154,6 +154,8 @@ _PARTS: weakref.WeakKeyDictionary[keras.Model, dict[str, _GradCamParts]] = (
 
 
 def _splits_the_model(model: keras.Model, layer_name: str) -> bool:
+    """Whether the model splits at the layer into the two parts Grad-CAM needs (a path around it
+    leaves the head with an input it cannot be built from)."""
     try:
         _gradcam_parts(model, layer_name)
     except InvalidBundleError:
