@@ -25,10 +25,10 @@ import numpy as np
 
 from napari_scan_classifier.inference import prepare_input
 from napari_scan_classifier.models import (
+    ARCHITECTURES,
     Bundle,
     BundleMetadata,
     build_cnn3d,
-    build_slice_gru,
     save_bundle,
 )
 from napari_scan_classifier.volume import Volume
@@ -108,10 +108,8 @@ def tiny_bundle(
     """An untrained, seeded model: fast, and enough for checks that need no skill."""
     keras.utils.set_random_seed(0)
     k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
-    if architecture == "slice_gru":
-        model = build_slice_gru((*grid, 1), k, width=4, gru_units=4, dropout=0.5)
-    else:
-        model = build_cnn3d((*grid, 1), k, width=4, dropout=0.5)
+    recurrent = {"gru_units": 4} if architecture.startswith("slice_") else {}
+    model = ARCHITECTURES[architecture]((*grid, 1), k, width=4, dropout=0.5, **recurrent)
     meta = metadata(architecture=architecture, input_shape=grid, **changes)
     return Bundle(meta, model)
 

@@ -148,18 +148,19 @@ def test_the_mr_recipe_runs_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(mr, "DETECTOR_CASES", 12)
     monkeypatch.setattr(mr, "SALIENCY_CASES", 2)
     argv = ["--model", "demo_mr_brain", "--out", str(tmp_path), "--cases", "6", "--val-cases"]
-    argv += ["6", "--test-cases", "6", "--slice-epochs", "1", "--t1-epochs", "1"]
-    argv += ["--subtle-epochs", "1", "--epochs", "1", "--width", "4", "--batch-size", "3"]
+    argv += ["6", "--test-cases", "6", "--infarct-epochs", "1", "--slice-epochs", "1"]
+    argv += ["--scan-epochs", "1", "--epochs", "1", "--width", "4", "--batch-size", "3"]
 
     assert train_demo.main(argv) == 0
 
     bundle = load_bundle(tmp_path / mr.DEMO_NAME)
     m = bundle.metadata
-    assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, "slice_gru", "head")
+    assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, "slice_unet_gru", "head")
     assert m.version == read_metadata(named_bundle_path(mr.DEMO_NAME)).version + 1
     assert tuple(m.classes) == BRAIN_CLASSES and tuple(m.input_shape) == (8, 24, 24)
-    assert [s["name"] for s in m.training["stages"]] == ["slices", "t1", "subtle", "mixed"]
-    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["slices", "subtle", "t1"]
+    kept = ["t1_infarct_slices", "lesion_slices", "scans"]
+    assert [s["name"] for s in m.training["stages"]] == [*kept, "mixed"]
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == sorted(kept)
     for name in ("clear", "subtle"):
         figures = m.training["metrics"][f"held_out_{name}"]
         assert figures["n"] == 6 and 0.0 <= figures["auc"] <= 1.0

@@ -1,18 +1,24 @@
-"""The MR demo's first stage: slice labels follow the lesion mask on the model grid, a short run
-trains both heads on each epoch's own phantoms and records the stage, and the demo draws fresh
-phantoms for every epoch from seeds below the validation ones."""
+"""The MR demo's first stage: voxel and slice labels follow the lesion mask on the model grid, a
+short run trains every head on each epoch's own phantoms and records the stage, and the demo
+draws fresh phantoms for every epoch from seeds below the validation ones."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import keras
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from napari_scan_classifier.datasets import ALL
-from napari_scan_classifier.models.demo import mr, slices
+from napari_scan_classifier.models.architectures import PIXEL_LOGITS_LAYER
+from napari_scan_classifier.models.demo import lesion_slices, mr, slices
 from napari_scan_classifier.models.demo.common import Grid, on_grid
 from napari_scan_classifier.models.demo.mask_stage import SlidingChunks, StageRun
-from napari_scan_classifier.phantoms import BRAIN_CLASSES, SUBTLE, make_brain_mr_phantom
+from napari_scan_classifier.phantoms import BRAIN_CLASSES, CLEAR, SUBTLE, make_brain_mr_phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
+from napari_scan_classifier.training.fit import refresh_batchnorm
 
 GRID = Grid((8, 24, 24), (20.0, 9.0, 9.0), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
 
@@ -21,16 +27,19 @@ def _triplet(seed: int):
     return [make_brain_mr_phantom(seed, name) for name in BRAIN_CLASSES]
 
 
-def test_slice_labels_mark_the_lesions_slices_with_its_class_and_the_rest_normal() -> None:
+def test_voxel_and_slice_labels_mark_the_lesion_with_its_class_and_the_rest_normal() -> None:
     phantoms = _triplet(3)
 
-    x, y, slice_y = slices.slice_labelled(phantoms, GRID)
+    x, y, voxel_y = slices.pixel_labelled(phantoms, GRID)
+    slice_y = slices.slice_labels(voxel_y)
 
     assert x.shape == (3, *GRID.input_shape) and y.tolist() == [0, 1, 2]
+    assert voxel_y.shape == (3, *GRID.input_shape) and not voxel_y[0].any()
     assert slice_y.shape == (3, GRID.input_shape[0]) and not slice_y[0].any()
     for index, phantom in enumerate(phantoms[1:], start=1):
         _, grid = prepare(phantom.volume, GRID.input_shape, GRID.spacing, GRID.intensity)
         lesion = resample_to_grid(phantom.lesion_mask.astype(np.float32), grid, 0.0) > 0.5
+        np.testing.assert_array_equal(voxel_y[index], np.where(lesion, index, 0))
         expected = np.where(lesion.any(axis=(1, 2)), index, 0)
         assert 0 < np.count_nonzero(expected) < GRID.input_shape[0]
         np.testing.assert_array_equal(slice_y[index], expected)
@@ -71,61 +80,116 @@ def test_the_slice_stage_trains_both_heads_and_records_itself() -> None:
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_each_epoch_of_the_slice_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
-    stage = mr.demo_stages(slice_epochs=3, t1_epochs=1, subtle_epochs=1, mixed_epochs=1)[0]
+def test_a_network_with_pixel_logits_learns_where_the_lesion_lies_pixel_by_pixel() -> None:
+    """After a short run, lesion pixels' logits for the scan's class (over ``normal``) rank above
+    those of the rest of the head; untrained, they do not."""
+    fine = Grid((8, 48, 48), (20.0, 4.5, 4.5), GRID.intensity, BRAIN_CLASSES)
+    triplets = [
+        make_brain_mr_phantom(seed, name, lesions=mr.CONSPICUOUS)
+        for seed in range(4)
+        for name in BRAIN_CLASSES
+    ]
+    validation = on_grid(((p.volume, p.class_name) for p in _triplet(40)), fine, "validation")
+    x, y, voxel_y = slices.pixel_labelled(triplets, fine)
+    run = StageRun(10, 3e-3, width=4, batch_size=3, seed=0, description="12", verbose=False)
 
-    epochs = mr._fresh_phantoms(9, 100, stage)
+    def lesion_pixel_auc(bundle) -> float:
+        pixels = keras.Model(bundle.model.input, bundle.model.get_layer(PIXEL_LOGITS_LAYER).output)
+        logits = np.asarray(pixels(x[..., None]))
+        lesioned = np.flatnonzero(y > 0)
+        scores = [(logits[i, ..., y[i]] - logits[i, ..., 0]).ravel() for i in lesioned]
+        truth = [(voxel_y[i] > 0).ravel() for i in lesioned]
+        return roc_auc_score(np.concatenate(truth), np.concatenate(scores))
+
+    untrained = slices.train_slice_localised(
+        lambda epoch: triplets,
+        validation,
+        fine,
+        replace(run, epochs=1, learning_rate=1e-9),
+        architecture="slice_unet_gru",
+    )
+    trained = slices.train_slice_localised(
+        lambda epoch: triplets, validation, fine, run, architecture="slice_unet_gru"
+    )
+
+    assert trained.metadata.architecture == "slice_unet_gru"
+    assert lesion_pixel_auc(untrained) < 0.6 < 0.75 < lesion_pixel_auc(trained)
+    outputs = trained.model(x[:2, ..., None])
+    assert set(outputs) == {"volume", "slices"} and outputs["slices"].shape == (2, 8, 3)
+
+
+def test_each_epoch_of_the_scan_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
+    stage = mr.demo_stages(infarct_epochs=1, slice_epochs=1, scan_epochs=3, mixed_epochs=1)[2]
+
+    epochs = mr._fresh_phantoms(9, 100, stage, start=18)
 
     seeds = [
         {int(p.volume.metadata["series_description"].split()[-1][:-1]) for p in epochs(e)}
         for e in range(3)
     ]
-    assert seeds == [{100, 101, 102}, {103, 104, 105}, {106, 107, 108}]
-    assert mr._stage_description(9, stage, fresh=True).startswith(
-        "9 fresh brain MR phantoms each epoch (27 in all)"
+    assert seeds == [{118, 119, 120}, {121, 122, 123}, {124, 125, 126}]
+    assert mr._stage_description(9, stage, fresh=True) == (
+        "9 fresh brain MR phantoms each epoch (27 in all) in triplets, clear and subtle lesions"
     )
-    too_long = mr.demo_stages(mr.SEED_RANGE // 3 + 1, 1, 1, 1)[0]
+    too_long = mr.demo_stages(1, 1, mr.SEED_RANGE // 3, 1)[2]
     with pytest.raises(ValueError, match="training seeds of the mask stages"):
-        mr._fresh_phantoms(9, 100, too_long)
+        mr._fresh_phantoms(9, 100, too_long, start=18)
 
 
-def test_the_t1_stage_draws_t1_like_triplets_two_in_three_after_the_slice_stages_seeds() -> None:
-    stages = mr.demo_stages(slice_epochs=3, t1_epochs=2, subtle_epochs=1, mixed_epochs=1)
-    t1 = stages[1]
-    assert [s.name for s in stages[: mr.MASK_STAGES]] == ["slices", "t1", "subtle"]
+def test_the_recipe_trains_the_encoder_then_whole_scans_then_scan_labels() -> None:
+    stages = mr.demo_stages(infarct_epochs=4, slice_epochs=3, scan_epochs=2, mixed_epochs=1)
+
+    names = ["t1_infarct_slices", "lesion_slices", "scans"]
+    assert [s.name for s in stages[: mr.MASK_STAGES]] == names
     assert [s.name for s in stages[mr.MASK_STAGES :]] == ["mixed"]
-
-    epochs = mr._fresh_phantoms(9, 100, t1, first_epoch=3)
-
-    first, second = ([p.volume.metadata["series_description"] for p in epochs(e)] for e in (0, 1))
-    assert {int(d.split()[-1][:-1]) for d in first} == {109, 110, 111}
-    assert {int(d.split()[-1][:-1]) for d in second} == {112, 113, 114}
-    contrasts = [next(c for c in ("T1", "FLAIR") if f" {c} " in d) for d in first]
-    assert contrasts == ["T1"] * 6 + ["FLAIR"] * 3
-    assert mr._stage_description(9, t1, fresh=True).endswith(
-        "conspicuous T1-like, clear T1-like and clear FLAIR-like lesions"
+    assert [s.epochs for s in stages] == [4, 3, 2, 1]
+    assert stages[0].data == (("infarct", "T1"),) and stages[1].data == lesion_slices.PAIR_KINDS
+    assert stages[-1].learning_rate < stages[2].learning_rate
+    assert stages[2].data == stages[3].data == (CLEAR, SUBTLE)
+    assert mr._kinds(stages[0]) == "T1-like infarct"
+    assert (
+        mr._kinds(stages[1])
+        == "FLAIR-like infarct, FLAIR-like tumour, T1-like infarct or T1-like tumour"
     )
-    with pytest.raises(ValueError, match="training seeds of the mask stages"):
-        mr._fresh_phantoms(9, 100, t1, first_epoch=mr.SEED_RANGE // 3 - 1)
 
 
-def test_the_subtle_stage_draws_subtle_lesions_every_other_triplet() -> None:
-    subtle = mr.demo_stages(slice_epochs=3, t1_epochs=2, subtle_epochs=1, mixed_epochs=1)[2]
-
-    phantoms = list(mr._fresh_phantoms(12, 100, subtle, first_epoch=5)(0))
-
-    expected = [
-        make_brain_mr_phantom(seed, name, lesions=lesions, contrast=contrast)
-        for seed, (lesions, contrast) in zip(range(120, 124), mr.SUBTLE_DRAWS, strict=True)
-        for name in BRAIN_CLASSES
-    ]
-    assert [p.class_name for p in phantoms] == [p.class_name for p in expected]
-    for drawn, made in zip(phantoms, expected, strict=True):
-        np.testing.assert_array_equal(drawn.volume.voxels, made.volume.voxels)
-    assert mr.SUBTLE_DRAWS[0][0] == SUBTLE and mr.SUBTLE_DRAWS[2] == (SUBTLE, "T1")
-    assert mr._stage_description(12, subtle, fresh=True).endswith(
-        "subtle, clear T1-like, subtle T1-like and clear lesions"
+def test_a_kept_encoder_stays_as_it_was_while_what_follows_it_trains() -> None:
+    """Its weights stay; its normalisation is re-estimated on the stage's whole scans first."""
+    triplets = [p for seed in range(2) for p in _triplet(seed)]
+    validation = on_grid(((p.volume, p.class_name) for p in _triplet(40)), GRID, "validation")
+    run = StageRun(1, 1e-3, width=4, batch_size=3, seed=0, description="6", verbose=False)
+    base = slices.train_slice_localised(
+        lambda epoch: triplets, validation, GRID, run, architecture="slice_unet_gru"
     )
+    encoder = slices.pixel_encoder(base.model)
+    expected = keras.models.clone_model(base.model)
+    expected.set_weights(base.model.get_weights())
+    refresh_batchnorm(expected, slices.pixel_labelled(triplets, GRID)[0], run.batch_size)
+    before = {id(w): w.numpy().copy() for layer in base.model.layers for w in layer.weights}
+
+    scans = slices.train_slice_localised(
+        lambda epoch: triplets, validation, GRID, run, base=base, name="scans", train_encoder=False
+    )
+
+    changed = {
+        id(w)
+        for layer in scans.model.layers
+        for w in layer.weights
+        if not np.allclose(w.numpy(), before[id(w)])
+    }
+    learnt = {id(w) for layer in encoder for w in layer.trainable_weights}
+    assert {layer.name for layer in encoder} >= {"enc0_conv", "dec0_bn", PIXEL_LOGITS_LAYER}
+    assert "gru" not in {layer.name for layer in encoder}
+    assert changed - learnt and not changed & learnt
+    for layer in encoder:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for got, want in zip(
+                layer.non_trainable_weights,
+                expected.get_layer(layer.name).non_trainable_weights,
+                strict=True,
+            ):
+                np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    assert all(layer.trainable for layer in scans.model.layers)  # a user's fine-tune trains all
 
 
 def test_sliding_chunks_draw_each_chunk_once_and_give_each_epoch_its_window() -> None:

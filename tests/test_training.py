@@ -306,8 +306,9 @@ def test_fine_tuning_with_a_new_class_extends_the_classes():
 
 
 @pytest.mark.slow
-def test_slice_gru_trains_from_scratch(tmp_path):
-    config = TrainingConfig(**{**FAST, "architecture": "slice_gru"}, epochs=1, name="gru demo")
+@pytest.mark.parametrize("architecture", ["slice_gru", "slice_unet_gru"])
+def test_slice_networks_train_from_scratch(tmp_path, architecture):
+    config = TrainingConfig(**{**FAST, "architecture": architecture}, epochs=1, name="gru demo")
     result = train(phantom_cases(["normal", "lesion"] * 8), config, out=tmp_path)
 
     assert result.bundle.path == tmp_path / "gru_demo-v1"

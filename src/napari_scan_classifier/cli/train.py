@@ -204,7 +204,9 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         "--base", help=f"model bundle to fine-tune, or a shipped model's name ({DEMO})"
     )
     start.add_argument(
-        "--architecture", choices=("cnn3d", "cnn3d_mil", "slice_gru"), help="train from scratch"
+        "--architecture",
+        choices=("cnn3d", "cnn3d_mil", "slice_gru", "slice_unet_gru"),
+        help="train from scratch",
     )
     train.add_argument("--input-shape", type=int, nargs=3, metavar=("D", "H", "W"))
     train.add_argument("--modality", choices=("CT", "MR"))

@@ -28,6 +28,8 @@ import keras
 from keras import layers
 
 GRADCAM_LAYER = "gradcam_target"
+PIXEL_LOGITS_LAYER = "pixel_logits"  # slice_unet_gru's per-pixel class logits, (B, D, H, W, n)
+PIXEL_PEAK_LAYER = "pixel_peak"  # each slice's highest pixel logit per class, (B, D, n)
 SERIALIZATION_PACKAGE = "napari_scan_classifier"
 
 
@@ -129,24 +131,51 @@ def build_slice_gru(
     x = _conv_bn_relu(_per_slice_conv2d, x, width * 2, name="enc2")
     x = layers.TimeDistributed(layers.MaxPool2D(2, padding="same"), name="enc2_pool")(x)
     x = _conv_bn_relu(_per_slice_conv2d, x, width * 4, name="enc3", activation_name=GRADCAM_LAYER)
-    mean = layers.TimeDistributed(layers.GlobalAveragePooling2D(), name="slice_mean")(x)
-    peak = layers.TimeDistributed(layers.GlobalMaxPooling2D(), name="slice_peak")(x)
-    x = layers.Concatenate(name="slice_features")([mean, peak])
-    x = layers.Bidirectional(layers.GRU(gru_units, return_sequences=True), name="gru")(x)
-    x = MCDropout(dropout, name="dropout")(x)
-    slice_logits = layers.Dense(n_classes, name="slice_logits")(x)
-    scores = layers.Dense(1, name="attention_score")(x)
-    attention = layers.Softmax(axis=1, name="slice_attention")(scores)
-    pooled = layers.Dot(axes=1, name="attention_pool")([attention, x])
-    pooled = layers.Flatten(name="pooled")(pooled)
-    volume_logits = layers.Dense(n_classes, name="volume_logits")(pooled)
-    return keras.Model(inputs, {"volume": volume_logits, "slices": slice_logits}, name="slice_gru")
+    outputs = _across_slices([_mean_and_peak(x)], n_classes, gru_units, dropout)
+    return keras.Model(inputs, outputs, name="slice_gru")
+
+
+def build_slice_unet_gru(
+    input_shape: Sequence[int],
+    n_classes: int,
+    *,
+    width: int = 16,
+    gru_units: int = 32,
+    dropout: float = 0.3,
+) -> keras.Model:
+    """``slice_gru`` whose slice encoder is a small U-Net ending in a per-pixel lesion logit per
+    class (:data:`PIXEL_LOGITS_LAYER`), at the input's resolution, so a training stage can
+    supervise every pixel with a lesion mask.
+
+    Why: on T1-like brain MR phantoms, infarcts barely differ from the white matter around them;
+    ``slice_gru``'s encoder (a stride-2 first convolution, pooled at once) left them at chance
+    even with slice labels, while a U-Net trained on the lesion mask pixel by pixel told single
+    slices through them from normal ones with AUC 0.95-0.97. Two convolutions at full resolution
+    and two halvings go down; upsampling with skip connections comes back to full resolution,
+    the :data:`GRADCAM_LAYER` (every path to the logits passes through it). Each slice is then
+    summarised by the mean and maximum of that activation and the maximum of each class's pixel
+    logit, and the bidirectional GRU and slice attention of ``slice_gru`` follow.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="scan")
+    full = _conv_bn_relu(_in_plane_conv, inputs, width, name="enc0")
+    full = _conv_bn_relu(_in_plane_conv, full, width, name="enc0b")
+    half = _conv_bn_relu(_in_plane_conv, _in_plane_pool(full, "enc0_pool"), 2 * width, name="enc1")
+    quarter = _conv_bn_relu(
+        _in_plane_conv, _in_plane_pool(half, "enc1_pool"), 4 * width, name="enc2"
+    )
+    x = _up_and_join(quarter, half, 2 * width, name="dec1")
+    x = _up_and_join(x, full, width, name="dec0", activation_name=GRADCAM_LAYER)
+    pixels = layers.Conv3D(n_classes, 1, name=PIXEL_LOGITS_LAYER)(x)
+    peak = layers.TimeDistributed(layers.GlobalMaxPooling2D(), name=PIXEL_PEAK_LAYER)(pixels)
+    outputs = _across_slices([_mean_and_peak(x), peak], n_classes, gru_units, dropout)
+    return keras.Model(inputs, outputs, name="slice_unet_gru")
 
 
 ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "cnn3d": build_cnn3d,
     "cnn3d_mil": build_cnn3d_mil,
     "slice_gru": build_slice_gru,
+    "slice_unet_gru": build_slice_unet_gru,
 }
 
 
@@ -167,6 +196,48 @@ def with_mc_dropout(model: keras.Model) -> keras.Model:
 
 def _per_slice_conv2d(filters: int, kernel_size: int, *, name: str, **kwargs: Any) -> Any:
     return layers.TimeDistributed(layers.Conv2D(filters, kernel_size, **kwargs), name=name)
+
+
+def _in_plane_conv(filters: int, kernel_size: int, *, name: str, **kwargs: Any) -> Any:
+    """A 2D convolution of every slice as one 3D convolution one slice deep: ``TimeDistributed``
+    runs its layer slice after slice, 18 times slower to train at full resolution."""
+    return layers.Conv3D(filters, (1, kernel_size, kernel_size), name=name, **kwargs)
+
+
+def _in_plane_pool(x: Any, name: str) -> Any:
+    return layers.MaxPool3D((1, 2, 2), padding="same", name=name)(x)
+
+
+def _up_and_join(
+    x: Any, skip: Any, filters: int, *, name: str, activation_name: str | None = None
+) -> Any:
+    """Upsample each slice to ``skip``'s size, join the two, one convolution block."""
+    x = layers.UpSampling3D((1, 2, 2), name=f"{name}_up")(x)
+    x = layers.Concatenate(name=f"{name}_join")([x, skip])
+    return _conv_bn_relu(_in_plane_conv, x, filters, name=name, activation_name=activation_name)
+
+
+def _mean_and_peak(x: Any) -> Any:
+    """Each slice's mean and maximum activation: the mean alone dilutes a focal finding."""
+    mean = layers.TimeDistributed(layers.GlobalAveragePooling2D(), name="slice_mean")(x)
+    peak = layers.TimeDistributed(layers.GlobalMaxPooling2D(), name="slice_peak")(x)
+    return layers.Concatenate(name="slice_pooled")([mean, peak])
+
+
+def _across_slices(
+    features: Sequence[Any], n_classes: int, gru_units: int, dropout: float
+) -> dict[str, Any]:
+    """Per-slice features through a bidirectional GRU to per-slice logits, pooled into the
+    volume logits by attention over the slices."""
+    x = features[0] if len(features) == 1 else layers.Concatenate(name="slice_features")(features)
+    x = layers.Bidirectional(layers.GRU(gru_units, return_sequences=True), name="gru")(x)
+    x = MCDropout(dropout, name="dropout")(x)
+    slice_logits = layers.Dense(n_classes, name="slice_logits")(x)
+    scores = layers.Dense(1, name="attention_score")(x)
+    attention = layers.Softmax(axis=1, name="slice_attention")(scores)
+    pooled = layers.Dot(axes=1, name="attention_pool")([attention, x])
+    pooled = layers.Flatten(name="pooled")(pooled)
+    return {"volume": layers.Dense(n_classes, name="volume_logits")(pooled), "slices": slice_logits}
 
 
 def _conv_bn_relu(

@@ -124,9 +124,8 @@ def train_localised(
     return train_stage(
         model,
         twin,
-        _cell_loss,
+        {"cells": _cell_loss},
         SlidingChunks(chunk, window),
-        "cells",
         validation,
         grid,
         run,

@@ -77,9 +77,8 @@ class StageRun:
 def train_stage(
     model: keras.Model,
     twin: keras.Model,
-    location_loss: Callable[[Any, Any], Any],
+    location_losses: Mapping[str, Callable[[Any, Any], Any]],
     data: EpochData,
-    located: str,
     validation: LabelledData,
     grid: Grid,
     run: StageRun,
@@ -89,15 +88,12 @@ def train_stage(
     architecture: str,
     earlier: Sequence[Mapping[str, Any]] = (),
 ) -> Bundle:
-    """Compile ``twin`` (``model``'s scan logits plus the per-location output ``located``;
-    compiled in ``model``'s stead, since a saved custom loss would be code), fit it on each
-    epoch's ``data`` and return ``model`` as the stage's bundle."""
+    """Compile ``twin`` (``model``'s scan logits plus the per-location outputs named in
+    ``location_losses``; compiled in ``model``'s stead, since a saved custom loss would be code),
+    fit it on each epoch's ``data`` and return ``model`` as the stage's bundle."""
+    volume_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     twin.compile(
-        keras.optimizers.Adam(run.learning_rate),
-        {
-            "volume": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            located: location_loss,
-        },
+        keras.optimizers.Adam(run.learning_rate), {"volume": volume_loss, **location_losses}
     )
     aucs = fit_epochs(
         twin,

@@ -1,80 +1,58 @@
 """The bundled brain MR demo model, ``demo_mr_brain``: ``normal``, ``tumour`` or ``infarct``.
 
-``python -m napari_scan_classifier.models.train_demo --model demo_mr_brain --out DIR`` trains it
-on :func:`~napari_scan_classifier.phantoms.make_brain_mr_phantom` phantoms through the same
-:func:`~napari_scan_classifier.training.train` as a user's training, in stages (each on fresh
-phantoms, from the stage before):
+``python -m napari_scan_classifier.models.train_demo --model demo_mr_brain --out DIR`` trains a
+``slice_unet_gru`` (a small U-Net on each axial slice, ending in per-pixel class logits, then a
+bidirectional GRU across the slices) on
+:func:`~napari_scan_classifier.phantoms.make_brain_mr_phantom` phantoms, in stages, each from the
+one before:
 
-1. **slices** from scratch, on triplets alternately conspicuous and clear, fresh ones every
-   epoch, with each slice's label from the lesion mask beside the scan's (:mod:`.slices`: with
-   the scan's label alone the network did not learn T1-like scans or small lesions);
-2. **t1**, the same supervision on fresh triplets two in three T1-like (:data:`T1_DRAWS`): after
-   the first stage, T1-like infarcts were at chance (held-out AUC 0.49, FLAIR-like 0.999);
-3. **subtle**, the same on fresh triplets half with subtle lesions
-   (:data:`~napari_scan_classifier.phantoms.SUBTLE`, :data:`SUBTLE_DRAWS`);
+1. **t1_infarct_slices** from scratch: the slice encoder alone learns, pixel by pixel, slices
+   through clear T1-like infarcts beside the same slices of other normal heads (180 pairs, 18
+   epochs; :mod:`.lesion_slices`);
+2. **lesion_slices**: the same on slices through every lesion kind (360 pairs, half of them
+   T1-like infarcts, 10 epochs);
+3. **scans**: the encoder kept as it is, the GRU across slices learns whole scans from their
+   scan and slice labels (:mod:`.slices`), on 360 fresh triplets each epoch, clear and subtle
+   lesions in turn (6 epochs);
 4. **mixed**: two epochs of scan labels alone, clear and subtle, through the same training
    pipeline as a user's fine-tuning, at a learning rate (1e-5) low enough to keep what the mask
    stages learned; it fits the calibration on the validation phantoms.
 
+Why the encoder learns apart, on balanced slices: T1-like infarcts are 10-12 % darker than their
+tissue, under a 5-20 % bias field. Every recipe that trained on whole scans left them at chance
+(one-vs-rest AUC 0.59 clear for version 6, a ``slice_gru`` trained on slice labels; 0.52-0.54 for
+this network with its per-pixel logits trained on the lesion masks voxel by voxel: it learnt
+where infarcts lie, not what they look like), though an observer told where to look tells them
+apart (AUC 0.99, see the README), and a 2D U-Net trained on balanced slices through them learnt
+them (test AUC 0.97 by slice, 0.98 by head). Most slices and voxels of a scan hold no lesion;
+balanced slices give the encoder the lesions to learn from. Why T1-like infarcts first: see
+:mod:`.lesion_slices`. Why the encoder is kept in the scans stage: trained on whole scans it
+lost what it had learnt of T1-like tumours (AUC by the head's highest logit 0.78 to 0.71 in 4
+epochs).
+
 Why the last stage barely trains: version 5 followed its mask stage with 8 epochs on clear and
-6 on mixed lesions at 5e-4 and 3e-4, on 360 phantoms each. With the t1 stage before them, they
-took the T1-like held-out macro AUC of the mask stages' network from 0.73 back to 0.58; at 1e-4
-they still traded subtle lesions for clear ones (0.616 against 0.644).
+6 on mixed lesions at 5e-4 and 3e-4, on 360 phantoms each. They took the T1-like held-out macro
+AUC of the mask stages' network from 0.73 back to 0.58; at 1e-4 they still traded subtle lesions
+for clear ones (0.616 against 0.644).
 
-Tried and not adopted: more training on T1-like scans. A fourth mask stage after the subtle one
-(fresh triplets three in four T1-like, half subtle, 3e-4) held the validation macro AUC at
-0.79-0.84 for 20 epochs (0.831 before it) with a flat training loss (scan loss 0.92-0.96), and was
-stopped. T1-like infarcts stay at chance (one-vs-rest AUC 0.59 clear on 300 fresh phantoms,
-``benchmarks/bench_demo_mr.py``), though an observer told where to look tells them apart (AUC
-0.99, see the README). On single T1-like slices through clear infarcts against the same slices
-of normal heads (2722 training slices, 688 test slices from other seeds, 8 epochs), a 2D encoder
-like this one's (first convolution at stride 2, max-pooled at once) reached test AUC 0.54-0.59,
-and one with two convolutions at full resolution first 0.59-0.66; with the normal of the same
-head beside each infarct (5386 slices) 0.53-0.60 and 0.57-0.64. The full-resolution stem helps
-a little; what the network is missing is larger than the stem. What it misses is supervision
-that reaches the pixels: the same slices through a small U-Net (two convolutions at full
-resolution, two halvings, back up with skip connections to a per-pixel lesion logit, trained on
-the lesion mask pixel by pixel and on the slice label through the map's maximum) reached test
-AUC 0.95-0.97 from its fifth epoch on (0.57-0.67 in the four before). That did not carry over to
-whole scans. A slice encoder built that way (two convolutions at full resolution, two halvings,
-back up with skip connections to per-pixel logits of each class, width 8, its slice features
-the mean and maximum of the last activation and each class's highest pixel logit) was trained on
-the lesion masks voxel by voxel (lesion voxels x10) beside the slice and scan labels. After 16
-epochs of the first stage and 6 of the t1 stage, on 16 fresh clear T1-like triplets, the
-infarct's own voxels ranked above the rest of its head (voxel AUC 0.88-0.91), but the highest
-infarct logit of a head told infarcts from normal heads with AUC 0.52-0.54 (FLAIR-like: 1.00),
-and neither its mean over the top 50 or 2000 voxels nor the voxels it called infarct did better
-(0.53-0.58): the map had learnt where infarcts lie, not what they look like. A loss on each
-slice's highest pixel logits (6 more epochs, two triplets in three T1-like) and the same network
-from scratch on T1-like triplets alone (9 epochs of 240) left it there (0.52-0.54); by slice, its
-highest infarct logit told slices through an infarct from the same slices of a normal head with
-AUC 0.49-0.52. Not adopted. The single-slice U-Net, rerun, held: test AUC 0.97 against the same
-slices of the same head without the infarct and, by the highest logit over all 24 slices, 0.98
-between whole T1-like heads with and without one (0.97 and 0.94 at width 8, by its epoch 8). Trained
-instead on all 48 slices of one head with and without the infarct, through the lesion or not, width
-8, it stayed at 0.54-0.56 for 6 epochs (3 times the slices each). The whole-scan recipe fails in
-what it trains on, not in the network: the per-pixel slice encoder above (width 16), trained only on
-such balanced slices (those through T1-like infarcts and the same slices of other normal heads, 24
-to a batch, 16 epochs of 2830), then told slices through an infarct from the same slices of the same
-head without it with AUC 0.93, and whole T1-like heads by its highest infarct logit with 0.91 (its
-mean over the top 2000 voxels: 0.95). With the four lesion kinds (T1-like and FLAIR-like tumours and
-infarcts) in turn, 16 epochs of 5414 slices, it told whole heads apart by FLAIR-like lesions with
-AUC 1.00 and by T1-like tumours with 0.78, but not yet by T1-like infarcts (0.54): it had been shown
-slices through them about 11 000 times, against 18 000-23 000 when the infarct-only stage learned
-them. A first stage on balanced slices, long enough or weighted toward T1-like infarcts, before the
-whole-scan stages, is the next step for this recipe.
+Versions 3-6 were ``slice_gru`` (a CNN with a stride-2 first convolution on each slice, the
+GRU across slices): scan labels alone (version 3: held-out macro AUC 0.859 clear, 0.566 subtle),
+then slice labels from the lesion mask (4-6; version 6: 0.902 and 0.653, T1-like infarcts 0.59).
+Tried on it and not adopted: labels per 8 x 8-pixel cell (:mod:`.slices`), more training on
+T1-like scans (validation AUC flat at 0.79-0.84 for 20 epochs), a full-resolution stem (single
+T1-like infarct slices: test AUC 0.59-0.66 against 0.54-0.59).
 
-Training phantoms come in triplets (one per class) that share head, acquisition and noise and
-differ only by the lesion, so only the lesion tells the classes apart. Validation (early
+The scan stages' phantoms come in triplets (one per class) that share head, acquisition and
+noise and differ only by the lesion, so only the lesion tells the classes apart. Validation (early
 stopping, calibration) and the held-out tests are unpaired and drawn from other seeds. MR has no
 absolute unit, so each scan is z-scored inside its head mask (the bundle's intensity recipe) and
 training augments with smooth bias fields and a global gain on top of the phantoms' own.
 
-The model is a slice CNN with a bidirectional GRU across slices (``slice_gru``) on axial slices
-of 96 x 96 pixels of 2.2 mm (the whole head in-plane) and 24 slices of 6.5 mm. Finalisation is the
-CT demo's (:mod:`.common`): applicability check on training-like and validation phantoms, the most
-faithful saliency method on validation phantoms with a lesion; then the two sample MRs are
-classified and explained and the figures go into ``bundle.json`` and the model card.
+The model sees axial slices of 96 x 96 pixels of 2.2 mm (the whole head in-plane) and 24 slices
+of 6.5 mm. Finalisation is the CT demo's (:mod:`.common`): applicability check on training-like
+and validation phantoms, the most faithful saliency method on validation phantoms with a lesion;
+then the two sample MRs are classified and explained and the figures go into ``bundle.json`` and
+the model card.
 :func:`compare_architectures` measures ``slice_gru`` against ``cnn3d`` on the same phantoms.
 """
 
@@ -92,7 +70,7 @@ import numpy as np
 
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.models.bundle import Bundle, load_bundle, save_bundle
-from napari_scan_classifier.models.demo import slices
+from napari_scan_classifier.models.demo import lesion_slices, slices
 from napari_scan_classifier.models.demo.common import (
     SEED_RANGE,
     STAGES_FOLDER,
@@ -111,6 +89,7 @@ from napari_scan_classifier.models.demo.common import (
     train_stages,
     training_split,
 )
+from napari_scan_classifier.models.demo.lesion_slices import LesionSlices
 from napari_scan_classifier.models.demo.mask_stage import StageRun
 from napari_scan_classifier.phantoms import (
     BRAIN_CLASSES,
@@ -128,31 +107,26 @@ from napari_scan_classifier.training import TrainingConfig, evaluate_bundle, tra
 
 DEMO_NAME = "demo_mr_brain"
 BODY_REGION = "head"  # what the model is made for (bundle.json body_region)
-ARCHITECTURE = "slice_gru"
+ARCHITECTURE = lesion_slices.ARCHITECTURE
 GRID = Grid((24, 96, 96), (6.5, 2.2, 2.2), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
 DETECTOR_CASES = 240
 VALIDATION_CASES = 96
 SALIENCY_CASES = 4
 SAMPLES = {"tumour": sample_mr_phantom, "infarct": sample_mr_infarct_phantom}
 COMPARISON_FILE = "architecture_comparison.json"
-SLICE_EPOCHS = 24
-T1_EPOCHS = 8
-SUBTLE_EPOCHS = 8
+COMPARISON_LEARNING_RATE = 1e-3
+INFARCT_EPOCHS = 18
+SLICE_EPOCHS = 10
+SCAN_EPOCHS = 6
 MIXED_EPOCHS = 2
-MASK_STAGES = 3  # the first stages, on lesion masks by slice; the last on scan labels
+MASK_STAGES = 3  # the first stages, on lesion masks; the last on scan labels
 STAGE_SEED_STEP = 40_000  # a scan-label stage k draws its phantoms from seed + k x this
 BATCH_SIZE = 4  # twice the steps of 8 for the same time: from scratch, steps are what is short
-# First-stage lesions: larger and with more contrast than CLEAR (from scratch on CLEAR, the network
-# stayed near chance for 6 epochs of 150 cases).
+# The architecture comparison's lesions: larger and with more contrast than CLEAR (from scratch on
+# CLEAR, with scan labels, the network stayed near chance for 6 epochs of 150 cases).
 CONSPICUOUS = Lesions(
     conspicuity=(1.5, 1.9), tumour_radius_mm=(12.0, 20.0), infarct_width=(0.8, 1.0)
 )
-# The t1 stage's triplets in turn. FLAIR-like ones stay: 8 epochs on T1-like triplets alone
-# raised the T1-like held-out macro AUC from 0.66 to 0.77 but the validation AUC (both contrasts)
-# fell from 0.77 to 0.64: the network forgot FLAIR.
-T1_DRAWS = ((CONSPICUOUS, "T1"), (CLEAR, "T1"), (CLEAR, "FLAIR"))
-# The subtle stage's triplets in turn: half subtle, T1-like over-represented as above.
-SUBTLE_DRAWS = ((SUBTLE, None), (CLEAR, "T1"), (SUBTLE, "T1"), (CLEAR, None))
 Draw = Lesions | tuple[Lesions, str | None]  # a lesion range, and a fixed contrast or None
 
 
@@ -187,14 +161,15 @@ _KIND_NAMES = {CONSPICUOUS: "conspicuous", CLEAR: "clear", SUBTLE: "subtle"}
 
 
 def demo_stages(
-    slice_epochs: int, t1_epochs: int, subtle_epochs: int, mixed_epochs: int
+    infarct_epochs: int, slice_epochs: int, scan_epochs: int, mixed_epochs: int
 ) -> list[Stage]:
-    """The recipe (see the module docstring); each stage's data: the lesion ranges (and
-    contrasts) its triplets cycle through, and whether it augments."""
+    """The recipe (see the module docstring); each stage's data: the lesion kinds its pairs
+    cycle through (slice stages), or the lesion ranges (and contrasts) its triplets cycle
+    through, and whether it augments."""
     return [
-        Stage(slices.STAGE_NAME, slice_epochs, 1e-3, (CONSPICUOUS, CLEAR), {"augment": False}),
-        Stage("t1", t1_epochs, 3e-4, T1_DRAWS, {"augment": False}),
-        Stage("subtle", subtle_epochs, 3e-4, SUBTLE_DRAWS, {"augment": False}),
+        Stage("t1_infarct_slices", infarct_epochs, 1e-3, lesion_slices.T1_INFARCTS),
+        Stage("lesion_slices", slice_epochs, 1e-3, lesion_slices.PAIR_KINDS),
+        Stage("scans", scan_epochs, 1e-3, (CLEAR, SUBTLE), {"augment": False}),
         Stage("mixed", mixed_epochs, 1e-5, (CLEAR, SUBTLE)),
     ]
 
@@ -214,9 +189,9 @@ def build_mr_demo(
     cases: int = 360,
     val_cases: int = VALIDATION_CASES,
     test_cases: int = 150,
+    infarct_epochs: int = INFARCT_EPOCHS,
     slice_epochs: int = SLICE_EPOCHS,
-    t1_epochs: int = T1_EPOCHS,
-    subtle_epochs: int = SUBTLE_EPOCHS,
+    scan_epochs: int = SCAN_EPOCHS,
     mixed_epochs: int = MIXED_EPOCHS,
     width: int = 16,
     batch_size: int = BATCH_SIZE,
@@ -234,7 +209,7 @@ def build_mr_demo(
     validation_cases = unpaired_cases(val_cases, seeds["validation"], (CLEAR, SUBTLE))
     validation = on_grid(validation_cases, GRID, "validation")
     config = _config(width, batch_size, seed)
-    stages = demo_stages(slice_epochs, t1_epochs, subtle_epochs, mixed_epochs)
+    stages = demo_stages(infarct_epochs, slice_epochs, scan_epochs, mixed_epochs)
     checkpoints = Path(out) / STAGES_FOLDER
     _train_mask_stages(stages[:MASK_STAGES], checkpoints, validation, cases, config, verbose)
 
@@ -280,40 +255,56 @@ def _train_mask_stages(
     config: dict[str, Any],
     verbose: bool,
 ) -> None:
-    """Train (each from the one before) and keep every mask stage not yet kept; their epochs
-    draw consecutive seeds, so no two epochs of any of them share a phantom."""
+    """Train (each from the one before) and keep the mask stages not yet kept: the encoder on
+    balanced lesion slices (``cases // 2`` pairs, then ``cases`` pairs), then the network after
+    it on whole scans, fresh each epoch; no two of them share a seed."""
     seed, width, batch_size = config["seed"], config["width"], config["batch_size"]
+    *slice_stages, scans = stages
     base: Bundle | None = None
-    first_epoch = 0
-    for stage in stages:
+    start = 0
+    for stage, pairs in zip(slice_stages, (cases // 2, cases), strict=True):
         kept = checkpoints / stage.name
         if not kept.is_dir():
-            description = _stage_description(cases, stage, fresh=True)
+            description = f"{pairs} pairs of a normal head and one with a clear {_kinds(stage)}"
             run = StageRun.of(stage, width, batch_size, seed, description, verbose)
-            phantoms = _fresh_phantoms(cases, seed, stage, first_epoch)
-            base = slices.train_slice_localised(
-                phantoms, validation, GRID, run, base=base, name=stage.name
+            data = LesionSlices.of(
+                lesion_slices.lesion_pairs(pairs, seed + start, stage.data), GRID
+            )
+            base = lesion_slices.train_lesion_slices(
+                data, validation, GRID, run, name=stage.name, base=base
             )
             save_bundle(base, kept)
         else:
             base = load_bundle(kept)
-        first_epoch += stage.epochs
+        start += 2 * pairs
+    if (checkpoints / scans.name).is_dir():
+        return
+    description = _stage_description(cases, scans, fresh=True)
+    run = StageRun.of(scans, width, batch_size, seed, description, verbose)
+    phantoms = _fresh_phantoms(cases, seed, scans, start=start)
+    bundle = slices.train_slice_localised(
+        phantoms, validation, GRID, run, base=base, name=scans.name, train_encoder=False
+    )
+    save_bundle(bundle, checkpoints / scans.name)
+
+
+def _kinds(stage: Stage) -> str:
+    names = sorted({f"{contrast}-like {name}" for name, contrast in stage.data})
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _fresh_phantoms(
-    cases: int, seed: int, stage: Stage, first_epoch: int = 0
+    cases: int, seed: int, stage: Stage, start: int = 0
 ) -> Callable[[int], Iterator[Phantom]]:
-    """Each epoch's own ``cases`` phantoms, from seeds after the epoch before's (below the
-    validation seeds); the stage's epochs follow ``first_epoch`` earlier ones."""
+    """Each epoch's own ``cases`` phantoms, from seeds after the epoch before's, the first at
+    ``seed + start``, all below the validation seeds."""
     triplets = cases // len(BRAIN_CLASSES)
-    if (first_epoch + stage.epochs) * triplets > SEED_RANGE:
+    if start + stage.epochs * triplets > SEED_RANGE:
         raise ValueError(
-            f"{first_epoch + stage.epochs} epochs of {cases} fresh phantoms need more than the "
-            f"{SEED_RANGE} training seeds of the mask stages: use fewer epochs or cases"
+            f"{stage.epochs} epochs of {cases} fresh phantoms from seed +{start} need more than "
+            f"the {SEED_RANGE} training seeds of the mask stages: use fewer epochs or cases"
         )
-    return lambda epoch: triplet_phantoms(
-        cases, seed + (first_epoch + epoch) * triplets, stage.data
-    )
+    return lambda epoch: triplet_phantoms(cases, seed + start + epoch * triplets, stage.data)
 
 
 def _stage_description(cases: int, stage: Stage, *, fresh: bool = False) -> str:
@@ -435,13 +426,15 @@ phantoms; it has never seen a patient scan and its output on real MR means nothi
   territory: anterior, middle or posterior).
 - **Input**: MR of the head, T1-like or FLAIR-like, any gain: z-scored inside the head mask,
   resampled to {grid} voxels of {" x ".join(f"{s:g}" for s in m.target_spacing_mm)} mm.
-- **Network**: `{m.architecture}` (a CNN on each axial slice, a bidirectional GRU across the
-  slices), made by `python -m napari_scan_classifier.models.train_demo --model demo_mr_brain`
-  ({minutes:.0f} min on a 2-core CPU for the last run, which resumed after the kept stages;
-  augmentation with bias fields, gain, flips and rotations in the scan-label stage).
-- **Training data**: phantoms from `napari_scan_classifier.phantoms.make_brain_mr_phantom` in
-  triplets that share head, acquisition and noise and differ only by the lesion; fresh phantoms
-  for each stage, each starting from the one before:
+- **Network**: `{m.architecture}` (a small U-Net on each axial slice, ending in per-pixel class
+  logits, then a bidirectional GRU across the slices), made by
+  `python -m napari_scan_classifier.models.train_demo --model demo_mr_brain` ({minutes:.0f} min
+  on a 2-core CPU for its last run; a run resumes after the stages it kept; augmentation with
+  bias fields, gain, flips and rotations in the scan-label stage).
+- **Training data**: phantoms from `napari_scan_classifier.phantoms.make_brain_mr_phantom`: for
+  the slice stages, pairs of a head with a lesion and another normal head of its contrast; for
+  the scan stages, triplets that share head, acquisition and noise and differ only by the
+  lesion; fresh phantoms for each stage, each starting from the one before:
 {lineage(bundle)}
 - **Validation** ({val["n"]} unpaired phantoms, clear and subtle lesions): macro AUC
   {fmt(val["auc"])}, accuracy {fmt(val["accuracy"])}, ECE {fmt(val["ece"])} after calibration.
@@ -496,15 +489,15 @@ def compare_architectures(
     architectures: Sequence[str] = ("slice_gru", "cnn3d"),
     verbose: bool = True,
 ) -> Path:
-    """Train each architecture on the first stage's phantoms with scan labels only (same
+    """Train each architecture on conspicuous and clear triplets with scan labels only (same
     settings and seed) and measure it on the same held-out phantoms; writes
     ``out/architecture_comparison.json``."""
     seeds = _seeds(seed)
     validation = on_grid(
         unpaired_cases(VALIDATION_CASES // 2, seeds["validation"], (CLEAR,)), GRID, "val"
     )
-    warmup = demo_stages(epochs, 1, 1, 1)[0]
-    training = on_grid(triplet_cases(cases, seed, warmup.data), GRID, "conspicuous triplets")
+    lesions = (CONSPICUOUS, CLEAR)
+    training = on_grid(triplet_cases(cases, seed, lesions), GRID, "conspicuous triplets")
     data = training_split(training, validation)
     tests = {
         "clear": on_grid(unpaired_cases(test_cases, seeds["clear"], (CLEAR,)), GRID, "clear"),
@@ -515,7 +508,7 @@ def compare_architectures(
         started = time.perf_counter()
         settings = {**_config(16, BATCH_SIZE, seed, name), "augment": False}
         config = TrainingConfig(
-            **settings, epochs=epochs, learning_rate=warmup.learning_rate, patience=epochs
+            **settings, epochs=epochs, learning_rate=COMPARISON_LEARNING_RATE, patience=epochs
         )
         bundle = train(data, config, progress=printer(verbose, name)).bundle
         minutes = (time.perf_counter() - started) / 60
