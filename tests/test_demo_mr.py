@@ -50,7 +50,7 @@ def test_the_shipped_mr_bundle_is_small_valid_and_three_class(folder, bundle):
     assert sum(p.stat().st_size for p in folder.iterdir()) < 5_000_000
     check_model(bundle.metadata, bundle.model)
     m = bundle.metadata
-    assert (m.modality, m.architecture) == ("MR", "slice_gru")
+    assert (m.modality, m.architecture) == ("MR", "slice_unet_gru")
     assert tuple(m.classes) == BRAIN_CLASSES
     assert m.intensity == {"kind": "zscore", "mask": "head"}
     assert tuple(m.input_shape) == mr.GRID.input_shape
@@ -105,10 +105,12 @@ def test_the_sample_mrs_are_classified_and_explained_as_recorded(bundle, recorde
     assert figures["in_distribution"]
     for label, p in expected["probabilities"].items():
         assert figures["probabilities"][label] == pytest.approx(p, abs=2e-3)
-    assert figures["saliency_method"] == expected["saliency_method"] == "integrated_gradients"
+    # the bundle's default (integrated gradients) or, where it fails its check on this scan, the
+    # measured candidate that replaced it (Grad-CAM on the tumour MR)
+    assert figures["saliency_method"] == expected["saliency_method"]
     assert figures["faithfulness_passed"] == expected["faithfulness_passed"]
     inside, outside = figures["saliency_inside_outside"]
-    assert inside >= 2 * outside  # measured 19.0 (tumour) and 11.0 (infarct)
+    assert inside >= 2 * outside  # measured 29.1 (tumour) and 19.4 (infarct)
     assert inside == pytest.approx(expected["saliency_inside_outside"][0], abs=0.01)
 
 

@@ -38,7 +38,6 @@ from napari_scan_classifier.models.demo.mask_stage import (
 )
 from napari_scan_classifier.phantoms import Phantom
 from napari_scan_classifier.preprocess import prepare, resample_to_grid
-from napari_scan_classifier.training.fit import refresh_batchnorm
 
 ARCHITECTURE = "slice_gru"
 STAGE_NAME = "slices"
@@ -100,10 +99,11 @@ def train_slice_localised(
     learned those phantoms, not the lesions. ``train_encoder=False`` keeps a per-pixel
     encoder as it is (trained on balanced slices, :mod:`.lesion_slices`) and trains what
     follows it: on whole scans it lost what it had learnt of T1-like tumours (AUC by the head's
-    highest logit 0.78 to 0.71 in 4 epochs). Its normalisation is first re-estimated on whole
-    scans: kept at the balanced slices' statistics, the layers after it learnt on features that
-    the next training (a user's fine-tuning, the recipe's last stage) shifted at once, and the
-    validation AUC fell from 0.827 to 0.791 in one epoch at a learning rate of 1e-5."""
+    highest logit 0.78 to 0.71 in 4 epochs). Its batch normalisation stays frozen afterwards,
+    at the balanced slices' statistics, for every later training (the recipe's last stage, a
+    user's fine-tuning): re-estimated on whole scans, it took the validation AUC from 0.827 to
+    0.786 (0.791 after one epoch of the last stage at 1e-5), and the stage trained after such a
+    re-estimate reached 0.773."""
     if base is not None:
         architecture = base.metadata.architecture
     model = fresh_model(architecture, grid, run.width, run.seed) if base is None else base.model
@@ -121,9 +121,6 @@ def train_slice_localised(
         targets = {"volume": y, "slices": slice_labels(voxels)}
         return x, {**targets, "pixels": voxels} if "pixels" in outputs else targets
 
-    data = SlidingChunks(chunk, 1)
-    if frozen:
-        refresh_batchnorm(model, data(0)[0], run.batch_size)
     for layer in frozen:
         layer.trainable = False
     try:
@@ -131,7 +128,7 @@ def train_slice_localised(
             model,
             twin,
             losses,
-            data,
+            SlidingChunks(chunk, 1),
             validation,
             grid,
             run,
@@ -142,7 +139,7 @@ def train_slice_localised(
         )
     finally:
         for layer in frozen:
-            layer.trainable = True
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def pixel_encoder(model: keras.Model) -> list[keras.Layer]:
