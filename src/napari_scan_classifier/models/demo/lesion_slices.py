@@ -23,7 +23,7 @@ tells clear T1-like infarcts apart with one-vs-rest AUC 0.98 (300 fresh phantoms
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
@@ -32,12 +32,7 @@ from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.models.architectures import PIXEL_LOGITS_LAYER, PIXEL_PEAK_LAYER
 from napari_scan_classifier.models.bundle import Bundle
 from napari_scan_classifier.models.demo.common import Grid
-from napari_scan_classifier.models.demo.mask_stage import (
-    StageRun,
-    fit_epochs,
-    fresh_model,
-    stage_bundle,
-)
+from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model, train_stage
 from napari_scan_classifier.models.demo.slices import (
     LESION_PIXEL_WEIGHT,
     LESION_SLICE_WEIGHT,
@@ -122,31 +117,22 @@ def train_lesion_slices(
     pixels = model.get_layer(PIXEL_LOGITS_LAYER).output
     peaks = model.get_layer(PIXEL_PEAK_LAYER).output
     encoder = keras.Model(model.input, {"pixels": pixels, "peaks": peaks})
-    encoder.compile(
-        keras.optimizers.Adam(run.learning_rate),
-        {
-            "pixels": weighted_loss(LESION_PIXEL_WEIGHT),
-            "peaks": weighted_loss(LESION_SLICE_WEIGHT),
-        },
-    )
+    losses = {
+        "pixels": weighted_loss(LESION_PIXEL_WEIGHT),
+        "peaks": weighted_loss(LESION_SLICE_WEIGHT),
+    }
     scan_peaks = keras.Model(model.input, keras.layers.GlobalMaxPooling1D(name="scan_peak")(peaks))
-    aucs = fit_epochs(
+    return train_stage(
+        model,
         encoder,
-        scan_peaks,
+        losses,
         lambda epoch: data.packed(grid.input_shape[0], run.seed + epoch),
         validation,
-        epochs=run.epochs,
-        batch_size=1,
-        name=name,
-        verbose=run.verbose,
-    )
-    return stage_bundle(
-        model,
         grid,
+        replace(run, batch_size=1),  # one pseudo-scan of slices a step
         name=name,
         modality="MR",
         architecture=ARCHITECTURE,
-        description=run.description,
-        aucs=aucs,
         earlier=() if base is None else base.metadata.training.get("stages", ()),
+        scored=scan_peaks,
     )

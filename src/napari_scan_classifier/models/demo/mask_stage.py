@@ -87,17 +87,20 @@ def train_stage(
     modality: str,
     architecture: str,
     earlier: Sequence[Mapping[str, Any]] = (),
+    scored: keras.Model | None = None,
 ) -> Bundle:
     """Compile ``twin`` (``model``'s scan logits plus the per-location outputs named in
     ``location_losses``; compiled in ``model``'s stead, since a saved custom loss would be code),
-    fit it on each epoch's ``data`` and return ``model`` as the stage's bundle."""
-    volume_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    twin.compile(
-        keras.optimizers.Adam(run.learning_rate), {"volume": volume_loss, **location_losses}
-    )
+    fit it on each epoch's ``data`` and return ``model`` as the stage's bundle. With ``scored``
+    (a stage that trains only part of ``model``, without its scan logits), the validation AUC
+    is that of ``scored``'s output and ``twin`` has no scan loss."""
+    losses = dict(location_losses)
+    if scored is None:
+        losses["volume"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    twin.compile(keras.optimizers.Adam(run.learning_rate), losses)
     aucs = fit_epochs(
         twin,
-        model,
+        model if scored is None else scored,
         data,
         validation,
         epochs=run.epochs,
