@@ -11,7 +11,7 @@ infarct logit of a head told infarct heads from normal ones with AUC 0.52-0.54).
 infarcts first, alone (:data:`T1_INFARCTS`), then every kind (:data:`PAIR_KINDS`): on balanced
 slices of every kind from the start, half of them T1-like infarcts, 22 epochs of 360 pairs (and
 14 more, its training loss still falling) left the head's highest infarct logit at AUC
-0.51-0.55 on T1-like heads from other seeds, while on T1-like infarct slices alone the encoder
+0.50-0.55 on T1-like heads from other seeds, while on T1-like infarct slices alone the encoder
 learns them within 13-16 epochs of 170-180 pairs (0.91). Every kind after that keeps part of it:
 in the shipped run, 10 epochs at 1e-3 left T1-like infarcts at 0.66 and taught T1-like tumours
 0.73 and FLAIR-like lesions 0.96-1.00 (in a pilot from another first stage: 0.75, 0.79 and
