@@ -1,7 +1,9 @@
-"""A first MR training stage that tells ``slice_gru`` *which slices* hold the lesion: brain
-phantoms come with their lesion masks, so each slice of the model grid gets its own label (the
-scan's lesion class where a lesion voxel lies in it, ``normal`` elsewhere), and the network's
-per-slice logits learn it beside the scan's label.
+"""An MR training stage on whole scans that tells a slice network *which slices* hold the
+lesion: brain phantoms come with their lesion masks, so each slice of the model grid gets its own
+label (the scan's lesion class where a lesion voxel lies in it, ``normal`` elsewhere), and the
+network's per-slice logits learn it beside the scan's label. In the MR demo it is the ``scans``
+stage, after the slice encoder learnt the lesions on balanced slices (:mod:`.lesion_slices`);
+versions 4-6 (``slice_gru``) began with it.
 
 Why: with the scan's label alone, the network stayed near chance on T1-like scans (held-out macro
 AUC 0.55 there, 0.98 on FLAIR-like ones) and on small lesions (0.57): a lesion is a few of the
