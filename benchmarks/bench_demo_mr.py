@@ -5,7 +5,8 @@ The card's held-out sets (150 clear-lesion and 150 subtle-lesion phantoms, a thi
 leave the macro AUC uncertain by a few hundredths. This measures a bundle on ``--cases`` fresh
 phantoms per set, from seeds far from every seed the recipe trains, validates or tests on: the
 macro AUC with its stratified bootstrap 95 % interval, the ECE, and on the T1-like and the
-FLAIR-like phantoms apart the macro AUC and each class's one-vs-rest AUC. With ``--base``, it
+FLAIR-like phantoms apart the macro AUC and each class's one-vs-rest AUC; then the ECE of both
+sets together, the mix the calibration is fitted to. With ``--base``, it
 compares two bundles on the very same phantoms by the paired bootstrap that fine-tuning's
 guardrail uses, so a recipe change is judged by an interval, not by one draw.
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         __doc__.split("\n\n")[0], 300, lambda: load_bundle(named_bundle_path(mr.DEMO_NAME)), argv
     )
     started = time.perf_counter()
+    truths, predictions = [], []
     for set_name, lesions in LESIONS.items():
         cases = list(mr.unpaired_cases(n_cases, FRESH_SEEDS[set_name], (lesions,)))
         (split,) = on_grid(iter(cases), mr.GRID, set_name).splits.values()
@@ -48,9 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         new = _probabilities(model, split.x)
         reference = _probabilities(base, split.x) if base else None
         print(paired.line(f"{set_name:7s} n={len(split.y)}", split.y, new, reference, base))
-        print(f"{'':7s} ECE {evaluate(split.y, new, mr.GRID.classes).ece:.3f}")
+        report = evaluate(split.y, new, mr.GRID.classes)
+        print(
+            f"{'':7s} ECE {report.ece:.3f}, mean confidence {new.max(axis=1).mean():.3f}, "
+            f"accuracy {report.accuracy:.3f}"
+        )
         for contrast in CONTRASTS:
             print(f"{'':7s} {_by_class(split.y, new, contrasts == contrast, contrast)}")
+        truths.append(split.y)
+        predictions.append(new)
+    both = evaluate(np.concatenate(truths), np.concatenate(predictions), mr.GRID.classes)
+    print(f"both sets together (the validation's mix) n={both.n}: ECE {both.ece:.3f}")
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

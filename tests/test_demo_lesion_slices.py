@@ -1,4 +1,4 @@
-"""The MR demo's first stage: balanced slices through lesions and the same slices of normal
+"""The MR demo's first stages: balanced slices through lesions and the same slices of normal
 heads, packed into pseudo-scans, train the per-pixel encoder alone."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from napari_scan_classifier.models.demo.common import Grid, on_grid
 from napari_scan_classifier.models.demo.mask_stage import StageRun, fresh_model
 from napari_scan_classifier.models.demo.mr import CONSPICUOUS
 from napari_scan_classifier.models.demo.slices import pixel_labelled
-from napari_scan_classifier.phantoms import BRAIN_CLASSES, make_brain_mr_phantom
+from napari_scan_classifier.phantoms import BRAIN_CLASSES, CLEAR, SUBTLE, make_brain_mr_phantom
 
 GRID = Grid((8, 48, 48), (20.0, 4.5, 4.5), {"kind": "zscore", "mask": "head"}, BRAIN_CLASSES)
 
@@ -35,12 +35,32 @@ def test_pairs_cycle_through_the_kinds_half_t1_like_infarcts_each_beside_another
     only_infarcts = lesion_slices.lesion_pairs(2, 100, lesion_slices.T1_INFARCTS)
 
     kinds = [(lesioned.class_name, _contrast(lesioned)) for lesioned, _ in pairs]
-    assert kinds == list(lesion_slices.PAIR_KINDS)
+    assert kinds == [(name, contrast) for name, contrast, _ in lesion_slices.PAIR_KINDS]
     assert kinds.count(("infarct", "T1")) == 4 and kinds.count(("tumour", "T1")) == 2
     for index, (lesioned, normal) in enumerate(pairs):
         assert normal.class_name == "normal" and _contrast(normal) == _contrast(lesioned)
         assert (_seed(lesioned), _seed(normal)) == (100 + index, 108 + index)
     assert [(p.class_name, _contrast(p)) for p, _ in only_infarcts] == [("infarct", "T1")] * 2
+
+
+def test_subtle_pairs_draw_their_lesions_from_the_subtle_ranges_and_keep_clear_ones_beside():
+    kinds = lesion_slices.SUBTLE_PAIR_KINDS
+    pairs = list(lesion_slices.lesion_pairs(len(kinds), 300, kinds))
+
+    assert {lesions for *_, lesions in kinds} == {SUBTLE, CLEAR}
+    assert len(set(kinds)) == len(kinds) == 8
+    for index, ((name, contrast, lesions), (lesioned, _)) in enumerate(
+        zip(kinds, pairs, strict=True)
+    ):
+        expected = make_brain_mr_phantom(300 + index, name, lesions=lesions, contrast=contrast)
+        np.testing.assert_array_equal(lesioned.lesion_mask, expected.lesion_mask)
+        np.testing.assert_array_equal(lesioned.volume.voxels, expected.volume.voxels)
+    sizes = [lesioned.lesion_mask.sum() for lesioned, _ in pairs]
+    subtle, clear = (
+        np.mean([n for (*_, k), n in zip(kinds, sizes, strict=True) if k == kind])
+        for kind in (SUBTLE, CLEAR)
+    )
+    assert subtle < clear
 
 
 def test_slices_through_each_lesion_come_with_the_same_slices_of_the_normal_head():

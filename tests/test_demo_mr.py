@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_scan_classifier.datasets import LabelledData, Split
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.nifti import save_nifti
@@ -18,6 +19,7 @@ from napari_scan_classifier.models import check_model, load_bundle, train_demo
 from napari_scan_classifier.models.bundle import read_metadata
 from napari_scan_classifier.models.bundled import load_default_bundle, named_bundle_path
 from napari_scan_classifier.models.demo import mr
+from napari_scan_classifier.models.demo.common import pooled
 from napari_scan_classifier.phantoms import (
     BRAIN_CLASSES,
     sample_ct_phantom,
@@ -63,15 +65,31 @@ def test_the_shipped_mr_bundle_is_small_valid_and_three_class(folder, bundle):
 def test_the_card_quotes_the_recorded_figures(recorded):
     card = " ".join(recorded["model_card"].split())
     metrics = recorded["training"]["metrics"]
-    for name in ("clear", "subtle"):
+    for name, n in (("clear", 150), ("subtle", 150), (mr.POOLED, 300)):
         figures = metrics[f"held_out_{name}"]
-        assert figures["n"] == 150
+        assert figures["n"] == n
         assert f"macro AUC {figures['auc']:.3f}, accuracy {figures['accuracy']:.3f}" in card
         assert f"ECE {figures['ece']:.3f}" in card
     comparison = recorded["training"]["architecture_comparison"]["results"]
     assert set(comparison) == {"slice_gru", "cnn3d"}
     for name, result in comparison.items():
         assert f"`{name}` macro AUC {result['clear']['auc']:.3f} clear" in card
+
+
+def test_pooled_sets_keep_every_case_with_its_label():
+    def labelled(n: int, first_label: int) -> LabelledData:
+        y = (np.arange(n) + first_label) % 3
+        x = np.broadcast_to(y[:, None, None, None], (n, 2, 3, 3)).astype(np.float32)
+        split = Split(x, y, np.zeros((n, 2), dtype=int))
+        return LabelledData(BRAIN_CLASSES, {"test": split}, "set")
+
+    both = pooled([labelled(4, 0), labelled(5, 1)], "both")
+
+    (split,) = both.splits.values()
+    assert both.class_names == BRAIN_CLASSES and both.description == "both"
+    np.testing.assert_array_equal(split.y, [0, 1, 2, 0, 1, 2, 0, 1, 2])
+    assert split.x.shape == (9, 2, 3, 3) and np.all(split.x == split.y[:, None, None, None])
+    assert split.axes.shape == (9, 2)
 
 
 def _readme_section() -> str:
@@ -87,6 +105,9 @@ def test_the_readme_quotes_the_model_card(recorded):
         "150 phantoms, clear": f"{metrics['held_out_clear']['auc']:.3f}",
         "150 phantoms, subtle": f"{metrics['held_out_subtle']['auc']:.3f}",
     }
+    both = metrics[f"held_out_{mr.POOLED}"]
+    row = f"| both sets together ({both['n']} phantoms, the validation's mix) | {both['auc']:.3f} |"
+    assert f"{row} {both['accuracy']:.3f} | {both['ece']:.3f} |" in section
     for name in ("clear", "subtle"):
         assert f"{metrics[f'held_out_{name}']['ece']:.3f}" in section
     for name, figures in recorded["training"]["samples"].items():
@@ -151,6 +172,7 @@ def test_the_mr_recipe_runs_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(mr, "SALIENCY_CASES", 2)
     argv = ["--model", "demo_mr_brain", "--out", str(tmp_path), "--cases", "6", "--val-cases"]
     argv += ["6", "--test-cases", "6", "--infarct-epochs", "1", "--slice-epochs", "1"]
+    argv += ["--subtle-slice-epochs", "1"]
     argv += ["--scan-epochs", "1", "--epochs", "1", "--width", "4", "--batch-size", "3"]
 
     assert train_demo.main(argv) == 0
@@ -160,12 +182,12 @@ def test_the_mr_recipe_runs_end_to_end_at_tiny_size(tmp_path, monkeypatch, capsy
     assert (m.name, m.architecture, m.body_region) == (mr.DEMO_NAME, "slice_unet_gru", "head")
     assert m.version == read_metadata(named_bundle_path(mr.DEMO_NAME)).version + 1
     assert tuple(m.classes) == BRAIN_CLASSES and tuple(m.input_shape) == (8, 24, 24)
-    kept = ["t1_infarct_slices", "lesion_slices", "scans"]
+    kept = ["t1_infarct_slices", "lesion_slices", "subtle_slices", "scans"]
     assert [s["name"] for s in m.training["stages"]] == [*kept, "mixed"]
     assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == sorted(kept)
-    for name in ("clear", "subtle"):
+    for name, n in (("clear", 6), ("subtle", 6), (mr.POOLED, 12)):
         figures = m.training["metrics"][f"held_out_{name}"]
-        assert figures["n"] == 6 and 0.0 <= figures["auc"] <= 1.0
+        assert figures["n"] == n and 0.0 <= figures["auc"] <= 1.0
         assert f"macro AUC {figures['auc']:.3f}" in " ".join(m.model_card.split())
     samples = m.training["samples"]
     assert set(samples) == {"tumour", "infarct"}

@@ -119,7 +119,7 @@ def test_a_network_with_pixel_logits_learns_where_the_lesion_lies_pixel_by_pixel
 
 
 def test_each_epoch_of_the_scan_stage_gets_fresh_phantoms_below_the_validation_seeds() -> None:
-    stage = mr.demo_stages(infarct_epochs=1, slice_epochs=1, scan_epochs=3, mixed_epochs=1)[2]
+    stage = mr.demo_stages(1, 1, 1, scan_epochs=3, mixed_epochs=1)[3]
 
     epochs = mr._fresh_phantoms(9, 100, stage, start=18)
 
@@ -131,26 +131,29 @@ def test_each_epoch_of_the_scan_stage_gets_fresh_phantoms_below_the_validation_s
     assert mr._stage_description(9, stage, fresh=True) == (
         "9 fresh brain MR phantoms each epoch (27 in all) in triplets, clear and subtle lesions"
     )
-    too_long = mr.demo_stages(1, 1, mr.SEED_RANGE // 3, 1)[2]
+    too_long = mr.demo_stages(1, 1, 1, mr.SEED_RANGE // 3, 1)[3]
     with pytest.raises(ValueError, match="training seeds of the mask stages"):
         mr._fresh_phantoms(9, 100, too_long, start=18)
 
 
 def test_the_recipe_trains_the_encoder_then_whole_scans_then_scan_labels() -> None:
-    stages = mr.demo_stages(infarct_epochs=4, slice_epochs=3, scan_epochs=2, mixed_epochs=1)
+    stages = mr.demo_stages(
+        infarct_epochs=4, slice_epochs=3, subtle_slice_epochs=5, scan_epochs=2, mixed_epochs=1
+    )
 
-    names = ["t1_infarct_slices", "lesion_slices", "scans"]
+    names = ["t1_infarct_slices", "lesion_slices", "subtle_slices", "scans"]
     assert [s.name for s in stages[: mr.MASK_STAGES]] == names
     assert [s.name for s in stages[mr.MASK_STAGES :]] == ["mixed"]
-    assert [s.epochs for s in stages] == [4, 3, 2, 1]
-    assert stages[0].data == (("infarct", "T1"),) and stages[1].data == lesion_slices.PAIR_KINDS
-    assert stages[-1].learning_rate < stages[2].learning_rate
-    assert stages[2].data == stages[3].data == (CLEAR, SUBTLE)
-    assert mr._kinds(stages[0]) == "T1-like infarct"
-    assert (
-        mr._kinds(stages[1])
-        == "FLAIR-like infarct, FLAIR-like tumour, T1-like infarct or T1-like tumour"
-    )
+    assert [s.epochs for s in stages] == [4, 3, 5, 2, 1]
+    assert stages[0].data == (("infarct", "T1", CLEAR),)
+    assert stages[1].data == lesion_slices.PAIR_KINDS
+    assert stages[2].data == lesion_slices.SUBTLE_PAIR_KINDS
+    assert stages[-1].learning_rate < stages[3].learning_rate
+    assert stages[3].data == stages[4].data == (CLEAR, SUBTLE)
+    assert mr._kinds(stages[0]) == "clear T1-like infarct"
+    kinds = "FLAIR-like infarct, FLAIR-like tumour, T1-like infarct or T1-like tumour"
+    assert mr._kinds(stages[1]) == f"clear {kinds}"
+    assert mr._kinds(stages[2]) == f"clear or subtle {kinds}"
 
 
 def test_a_kept_encoder_stays_as_it_was_while_what_follows_it_trains(tmp_path) -> None:

@@ -108,6 +108,7 @@ def _main_mr(args: argparse.Namespace) -> int:
         test_cases=_or(args.test_cases, 150),
         infarct_epochs=_or(args.infarct_epochs, mr.INFARCT_EPOCHS),
         slice_epochs=_or(args.slice_epochs, mr.SLICE_EPOCHS),
+        subtle_slice_epochs=_or(args.subtle_slice_epochs, mr.SUBTLE_SLICE_EPOCHS),
         scan_epochs=_or(args.scan_epochs, mr.SCAN_EPOCHS),
         mixed_epochs=_or(args.epochs, mr.MIXED_EPOCHS),
         width=_or(args.width, 16),
@@ -140,6 +141,11 @@ _STAGE_EPOCH_FLAGS = (
     (
         "--slice-epochs",
         f"MR stage on lesion masks, slices through every lesion kind [{mr.SLICE_EPOCHS}]",
+    ),
+    (
+        "--subtle-slice-epochs",
+        "MR stage on lesion masks, slices through every lesion kind, subtle and clear "
+        f"[{mr.SUBTLE_SLICE_EPOCHS}]",
     ),
     (
         "--scan-epochs",

@@ -138,6 +138,15 @@ def training_split(training: LabelledData, validation: LabelledData) -> Labelled
     return LabelledData(training.class_names, splits, training.description, training.modalities)
 
 
+def pooled(sets: Sequence[LabelledData], description: str) -> LabelledData:
+    """Every case of ``sets`` (on one grid, with the same class names) in one split."""
+    splits = [split for data in sets for split in data.splits.values()]
+    joined = datasets.Split(
+        *(np.concatenate([getattr(s, part) for s in splits]) for part in ("x", "y", "axes"))
+    )
+    return LabelledData(sets[0].class_names, {datasets.ALL: joined}, description)
+
+
 def held_out_metrics(reports: Mapping[str, EvaluationReport]) -> dict[str, dict[str, Any]]:
     """The model card's figures of each held-out test set."""
     return {
