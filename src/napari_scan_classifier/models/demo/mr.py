@@ -127,9 +127,9 @@ DETECTOR_CASES = 240
 VALIDATION_CASES = 96
 SALIENCY_CASES = 4
 SAMPLES = {"tumour": sample_mr_phantom, "infarct": sample_mr_infarct_phantom}
-COMPARISON_FILE = "architecture_comparison.json"
 # Both held-out sets together: the validation's mix, which the calibration is fitted to.
 POOLED = "clear_and_subtle"
+COMPARISON_FILE = "architecture_comparison.json"
 COMPARISON_LEARNING_RATE = 1e-3
 INFARCT_EPOCHS = 18
 SLICE_EPOCHS = 10
