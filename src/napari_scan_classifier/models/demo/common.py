@@ -231,10 +231,16 @@ def _resume(checkpoints: Path, stages: Sequence[Stage]) -> tuple[Bundle | None, 
     return None, 0
 
 
+def earlier_stages(base: Bundle | None) -> list[dict[str, Any]]:
+    """The training stages ``base`` records (none for a fresh network): the lineage a stage
+    trained from it continues."""
+    return [] if base is None else list(base.metadata.training.get("stages", []))
+
+
 def _record_stage(bundle: Bundle, base: Bundle | None, stage: Stage) -> None:
     """Add this stage to the lineage the model card is written from."""
     m = bundle.metadata
-    earlier = list(base.metadata.training.get("stages", [])) if base is not None else []
+    earlier = earlier_stages(base)
     validation = m.training["metrics"]["validation"]
     entry = {
         "name": stage.name,

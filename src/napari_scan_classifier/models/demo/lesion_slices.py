@@ -140,6 +140,6 @@ def train_lesion_slices(
         name=name,
         modality="MR",
         architecture=ARCHITECTURE,
-        earlier=() if base is None else base.metadata.training.get("stages", ()),
+        base=base,
         scored=scan_peaks,
     )

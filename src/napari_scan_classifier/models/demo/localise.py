@@ -132,5 +132,5 @@ def train_localised(
         name=name,
         modality="CT",
         architecture=ARCHITECTURE,
-        earlier=() if base is None else base.metadata.training.get("stages", ()),
+        base=base,
     )

@@ -17,7 +17,7 @@ from napari_scan_classifier.datasets import LabelledData
 from napari_scan_classifier.evaluation import evaluate
 from napari_scan_classifier.models.architectures import ARCHITECTURES
 from napari_scan_classifier.models.bundle import Bundle, BundleMetadata
-from napari_scan_classifier.models.demo.common import Grid, Stage
+from napari_scan_classifier.models.demo.common import Grid, Stage, earlier_stages
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.model import volume_logits
 
@@ -86,14 +86,15 @@ def train_stage(
     name: str,
     modality: str,
     architecture: str,
-    earlier: Sequence[Mapping[str, Any]] = (),
+    base: Bundle | None = None,
     scored: keras.Model | None = None,
 ) -> Bundle:
     """Compile ``twin`` (``model``'s scan logits plus the per-location outputs named in
     ``location_losses``; compiled in ``model``'s stead, since a saved custom loss would be code),
     fit it on each epoch's ``data`` and return ``model`` as the stage's bundle. With ``scored``
     (a stage that trains only part of ``model``, without its scan logits), the validation AUC
-    is that of ``scored``'s output and ``twin`` has no scan loss."""
+    is that of ``scored``'s output and ``twin`` has no scan loss. ``base``: the stage's network
+    came from that bundle, whose stages the new one's lineage continues."""
     losses = dict(location_losses)
     if scored is None:
         losses["volume"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -116,7 +117,7 @@ def train_stage(
         architecture=architecture,
         description=run.description,
         aucs=aucs,
-        earlier=earlier,
+        earlier=earlier_stages(base),
     )
 
 

@@ -137,7 +137,7 @@ def train_slice_localised(
             name=name,
             modality="MR",
             architecture=architecture,
-            earlier=() if base is None else base.metadata.training.get("stages", ()),
+            base=base,
         )
     finally:
         for layer in frozen:
