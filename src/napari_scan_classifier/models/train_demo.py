@@ -1,7 +1,7 @@
 """Train the bundled demo models, reproducibly: ``python -m napari_scan_classifier.models.train_demo
 --out DIR`` writes ``DIR/demo_ct_lesion`` (:mod:`.demo.ct`); with ``--model demo_mr_brain``,
-``DIR/demo_mr_brain`` (:mod:`.demo.mr`), and ``--compare`` measures its architecture against
-``cnn3d`` at small scale first.
+``DIR/demo_mr_brain`` (:mod:`.demo.mr`), and ``--compare`` measures its architecture and the
+seed's ``slice_gru`` against ``cnn3d`` at small scale first.
 """
 
 from __future__ import annotations
@@ -204,7 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="CT 8, MR 4")
     parser.add_argument("--seed", type=int, help="CT 2024, MR 2025")
     parser.add_argument(
-        "--compare", action="store_true", help="MR: compare slice_gru with cnn3d first"
+        "--compare",
+        action="store_true",
+        help="MR: compare slice_gru, slice_unet_gru and cnn3d first",
     )
     parser.add_argument("--comparison", help="MR: an earlier comparison's JSON for the card")
     parser.add_argument("--compare-cases", type=int, default=180)
