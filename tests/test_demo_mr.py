@@ -71,7 +71,7 @@ def test_the_card_quotes_the_recorded_figures(recorded):
         assert f"macro AUC {figures['auc']:.3f}, accuracy {figures['accuracy']:.3f}" in card
         assert f"ECE {figures['ece']:.3f}" in card
     comparison = recorded["training"]["architecture_comparison"]["results"]
-    assert set(comparison) == {"slice_gru", "cnn3d"}
+    assert list(comparison) == ["slice_gru", "slice_unet_gru", "cnn3d"]
     for name, result in comparison.items():
         assert f"`{name}` macro AUC {result['clear']['auc']:.3f} clear" in card
 
@@ -112,6 +112,10 @@ def test_the_readme_quotes_the_model_card(recorded):
         assert f"{metrics[f'held_out_{name}']['ece']:.3f}" in section
     for name, figures in recorded["training"]["samples"].items():
         assert f"P({name}) = {figures['probabilities'][name]:.2f}" in section
+    comparison = recorded["training"]["architecture_comparison"]["results"]
+    for name, figures in comparison.items():
+        auc = f"{figures['clear']['auc']:.3f} / {figures['subtle']['auc']:.3f}"
+        assert f"{auc} for `{name}`" in " ".join(section.split())
 
 
 @pytest.mark.slow
