@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="MR: compare slice_gru, slice_unet_gru and cnn3d first",
+        help=f"MR: compare slice_gru, {mr.ARCHITECTURE} and cnn3d first",
     )
     parser.add_argument("--comparison", help="MR: an earlier comparison's JSON for the card")
     parser.add_argument("--compare-cases", type=int, default=180)
