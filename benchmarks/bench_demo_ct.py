@@ -30,7 +30,7 @@ from napari_scan_classifier.models.demo.ct_phantoms import (
     make_cases,
     on_grid,
 )
-from napari_scan_classifier.training.model import volume_logits
+from napari_scan_classifier.training.model import bundle_logits
 from napari_scan_classifier.volume import Volume
 
 # Far above every seed of the recipe (the stages on lesion masks below + 10 000 and from + 50 000,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 def _probabilities(bundle: Bundle, cases: list[tuple[Volume, str]]) -> tuple[np.ndarray, ...]:
     """The cases' labels and ``bundle``'s probabilities, on its model grid."""
     (split,) = on_grid(iter(cases), bundle.metadata.input_shape, "").splits.values()
-    return split.y, bundle.metadata.probabilities(volume_logits(bundle.model, split.x, 8))
+    return split.y, bundle.metadata.probabilities(bundle_logits(bundle, split.x))
 
 
 if __name__ == "__main__":

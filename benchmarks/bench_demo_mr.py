@@ -28,7 +28,7 @@ from napari_scan_classifier.models.bundled import named_bundle_path
 from napari_scan_classifier.models.demo import mr
 from napari_scan_classifier.models.demo.common import on_grid
 from napari_scan_classifier.phantoms import CLEAR, CONTRASTS, SUBTLE
-from napari_scan_classifier.training.model import volume_logits
+from napari_scan_classifier.training.model import bundle_logits
 from napari_scan_classifier.volume import Volume
 
 # Far above every seed of the recipe (mask stages below + 10 000, the scan-label stage from
@@ -79,7 +79,7 @@ def _by_class(y: np.ndarray, probabilities: np.ndarray, chosen: np.ndarray, labe
 
 
 def _probabilities(bundle: Bundle, x: np.ndarray) -> np.ndarray:
-    return bundle.metadata.probabilities(volume_logits(bundle.model, x, 8))
+    return bundle.metadata.probabilities(bundle_logits(bundle, x))
 
 
 if __name__ == "__main__":

@@ -251,3 +251,18 @@ def test_evaluate_a_three_class_model_per_class_with_figures(tmp_path, capsys):
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert figures == ["confusion.png", "reliability.png", "roc.png"]
     assert printed[-1] == "wrote roc.png, confusion.png, reliability.png into the --figures folder"
+
+
+def test_train_sets_and_clears_the_mirror_image_answer(tmp_path, capsys):
+    npz = write_npz(tmp_path / "tiny.npz")
+    common = ["--cases", str(npz), "--epochs", "1", "--batch-size", "4"]
+    scratch = ["--architecture", "cnn3d", "--input-shape", "16", "16", "16", "--width", "4"]
+    argv = ["train", *common, *scratch, "--name", "tiny", "--test-time-mirror"]
+    assert main([*argv, "--out", str(tmp_path / "on")]) == 0
+    first = tmp_path / "on" / "tiny-v1"
+    assert json.loads((first / "bundle.json").read_text())["test_time_mirror"] is True
+    argv = ["train", *common, "--base", str(first), "--no-test-time-mirror"]
+    assert main([*argv, "--out", str(tmp_path / "off")]) == 0
+    second = tmp_path / "off" / "tiny-v2"
+    assert json.loads((second / "bundle.json").read_text())["test_time_mirror"] is False
+    capsys.readouterr()

@@ -14,9 +14,15 @@ from scipy.special import entr
 
 from napari_scan_classifier.backend import device_name
 from napari_scan_classifier.errors import CancelledError, InvalidInputError
-from napari_scan_classifier.inference import classify, left_right_axis, prepare_input
+from napari_scan_classifier.inference import classify, prepare_input
 from napari_scan_classifier.models import Bundle, MCDropout
-from napari_scan_classifier.preprocess import Box, model_grid, prepare, slice_index_map
+from napari_scan_classifier.preprocess import (
+    LEFT_RIGHT_AXIS,
+    Box,
+    model_grid,
+    prepare,
+    slice_index_map,
+)
 from napari_scan_classifier.results import summary_lines
 from napari_scan_classifier.volume import Volume
 
@@ -178,9 +184,10 @@ def test_left_right_is_the_axis_along_world_left():
     axial = Volume(np.zeros((4, 5, 6)), np.diag([2.0, 0.8, 0.8, 1.0]), modality="CT")
     sagittal_affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     sagittal = Volume(np.zeros((4, 5, 6)), sagittal_affine, modality="CT")
-    assert left_right_axis(model_grid(axial, (4, 4, 4))) == 2
     # the model grid reads a sagittal series in world order too: left-right is its last axis
-    assert left_right_axis(model_grid(sagittal, (4, 4, 4))) == 2
+    for volume in (axial, sagittal):
+        along_left = np.abs(model_grid(volume, (4, 4, 4)).affine[2, :3])
+        assert int(np.argmax(along_left)) == LEFT_RIGHT_AXIS == 2
 
 
 def test_mc_twin_follows_later_weight_changes():

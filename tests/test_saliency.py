@@ -199,7 +199,7 @@ def test_integrated_gradients_add_up_to_the_score_change():
     baseline = np.full_like(x, x.mean())
     attribution = attributions(bundle, x, baseline, 1, steps=64, batch_size=16)
 
-    log_p = np.log(softmax(logits_of(bundle.model, np.stack([x, baseline])), 1.0)[:, 1])
+    log_p = np.log(softmax(logits_of(bundle, np.stack([x, baseline])), 1.0)[:, 1])
     assert attribution.shape == x.shape
     assert attribution.sum() == pytest.approx(log_p[0] - log_p[1], rel=0.05, abs=1e-3)
 

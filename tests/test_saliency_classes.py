@@ -94,7 +94,7 @@ def test_by_default_the_class_the_model_predicts_is_explained_class_bias_include
     map explains the answer."""
     plain = tiny_bundle(classes=SIDES)
     volume, _ = side_case(1, ["side_a"], SHAPE)
-    logits = logits_of(plain.model, prepare_input(volume, plain)[0][None])[0]
+    logits = logits_of(plain, prepare_input(volume, plain)[0][None])[0]
     answer = int(np.argmin(logits))  # the least likely class without a bias
     bias = [0.0, 0.0, 0.0]
     bias[answer] = float(logits.max() - logits.min()) / plain.metadata.temperature + 5.0

@@ -13,13 +13,19 @@ Uncertainty comes from N stochastic passes:
   moving statistics). Everything upstream of the first dropout layer is deterministic, so it runs
   once and only the network's tail is sampled N times: ten passes cost about one.
 - ``"tta"``: test-time augmentation, the plain pass plus N - 1 passes with a small intensity
-  gain/offset jitter, every other one mirrored left-right (the only flip anatomy allows: the body
-  is roughly left-right symmetric, never top-bottom or front-back).
+  gain/offset jitter, every other one mirrored left-right (see
+  :func:`~napari_scan_classifier.preprocess.mirror_left_right`).
 - ``"none"``: the plain pass only; the spread is zero.
 
 Reported per scan: the per-class standard deviation of the pass probabilities, the predictive
 entropy ``H[mean p]`` and the mutual information ``H[mean p] - mean H[p]`` (the part of the
 entropy due to the model's own uncertainty), in nats.
+
+A bundle with ``test_time_mirror`` answers with the mean logits (volume and per slice) of the scan
+and of its left-right mirror image: a lesion is as likely on either side, and the network, never
+exactly symmetric, sees each scan both ways round (nnU-Net's mirroring at test time). Each
+uncertainty pass is averaged the same way. The applicability check reads the plain pass's
+features, as its detector was fitted on them.
 """
 
 from __future__ import annotations
@@ -41,7 +47,14 @@ from napari_scan_classifier.backend import device_name
 from napari_scan_classifier.errors import CancelledError, InvalidInputError
 from napari_scan_classifier.evaluation import softmax
 from napari_scan_classifier.models import Bundle, MCDropout, with_mc_dropout
-from napari_scan_classifier.preprocess import Box, ModelGrid, check_scan, prepare, slice_index_map
+from napari_scan_classifier.preprocess import (
+    Box,
+    ModelGrid,
+    check_scan,
+    mirror_left_right,
+    prepare,
+    slice_index_map,
+)
 from napari_scan_classifier.volume import Volume
 
 Method = Literal["mc_dropout", "tta", "none"]
@@ -151,7 +164,8 @@ def classify(
     report("running the model")
     t0 = time.perf_counter()
     runner = _runner(bundle.model)
-    features, outputs = runner.forward(batch)
+    mirror = bundle.metadata.test_time_mirror
+    features, outputs = runner.forward(batch, mirror)
     predict_time = time.perf_counter() - t0
     meta = bundle.metadata
     t0 = time.perf_counter()
@@ -161,7 +175,7 @@ def classify(
     applicability_time = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    samples = _sample(runner, batch, features, outputs["volume"], method, passes, grids, report)
+    samples = _sample(runner, batch, features, outputs["volume"], method, passes, mirror, report)
     timings = {
         "predict": predict_time,
         "applicability": applicability_time,
@@ -199,14 +213,17 @@ def prepare_input(
     return prepare(volume, meta.input_shape, meta.target_spacing_mm, meta.intensity, box)
 
 
-def logits_of(model: keras.Model, batch: np.ndarray) -> np.ndarray:
-    """Volume logits (B, classes) of a (B, D, H, W) batch, through the compiled predict path."""
-    return np.asarray(model.predict_on_batch(batch[..., None])["volume"], dtype=np.float64)
+def logits_of(bundle: Bundle, batch: np.ndarray) -> np.ndarray:
+    """Volume logits (B, classes) of a (B, D, H, W) batch, through the compiled predict path,
+    averaged with the mirror image's for a bundle with ``test_time_mirror``."""
+    model = bundle.model
 
+    def logits(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(x[..., None])["volume"], dtype=np.float64)
 
-def left_right_axis(grid: ModelGrid) -> int:
-    """The array axis of the model grid that runs most nearly along the patient's left-right."""
-    return int(np.argmax(np.abs(grid.affine[2, :3])))  # world axis 2 is L (see volume.py)
+    if not bundle.metadata.test_time_mirror:
+        return logits(batch)
+    return (logits(batch) + logits(mirror_left_right(batch))) / 2
 
 
 @dataclass
@@ -240,8 +257,24 @@ class _Runner:
         deterministic = keras.Model(model.input, [model.get_layer(cut).input, model.output])
         return cls(deterministic, twin, tail)
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Cut features and the model's outputs for a (B, D, H, W, 1) batch."""
+    def forward(
+        self, batch: np.ndarray, mirror: bool = False
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """Cut features and the model's outputs for a (B, D, H, W, 1) batch; with ``mirror``,
+        the features of the batch and of its mirror image and the mean of their outputs (per
+        scan and per slice: neither has a left-right axis)."""
+        views = [batch, mirror_left_right(batch)] if mirror else [batch]
+        passes = [self._one_pass(view) for view in views]
+        outputs = {key: np.mean([out[key] for _, out in passes], axis=0) for key in passes[0][1]}
+        return [features for features, _ in passes], outputs
+
+    def sampled(self, features: list[np.ndarray]) -> np.ndarray:
+        """One dropout sample of the volume logits, the mean over the views of ``features``."""
+        assert self.tail is not None
+        views = [keras.ops.convert_to_numpy(self.tail(f)["volume"]) for f in features]
+        return np.mean(views, axis=0)
+
+    def _one_pass(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self.cut_is_input:
             return batch, dict(self.deterministic.predict_on_batch(batch))
         features, outputs = self.deterministic.predict_on_batch(batch)
@@ -292,11 +325,11 @@ class Reporter:
 def _sample(
     runner: _Runner,
     batch: np.ndarray,
-    features: np.ndarray,
+    features: list[np.ndarray],
     logits: np.ndarray,
     method: Method,
     passes: int,
-    grids: list[ModelGrid],
+    mirror: bool,
     report: Reporter,
 ) -> np.ndarray:
     """Volume logits of every uncertainty pass, (passes, B, classes); the plain pass for none."""
@@ -307,26 +340,23 @@ def _sample(
         samples = []
         for k in range(passes):
             report(f"uncertainty: dropout pass {k + 1} of {passes}")
-            samples.append(keras.ops.convert_to_numpy(tail(features)["volume"]))
+            samples.append(runner.sampled(features))
         return np.stack(samples)
     rng = np.random.default_rng(0)
-    axes = [left_right_axis(grid) for grid in grids]
     samples = [np.asarray(logits)]
     report(f"uncertainty: augmented pass 1 of {passes}")
     for k in range(1, passes):
         report(f"uncertainty: augmented pass {k + 1} of {passes}")
-        augmented = _augment(batch, axes, flip=k % 2 == 1, rng=rng)
-        samples.append(runner.forward(augmented)[1]["volume"])
+        augmented = _augment(batch, flip=k % 2 == 1, rng=rng)
+        samples.append(runner.forward(augmented, mirror)[1]["volume"])
     return np.stack(samples)
 
 
-def _augment(
-    batch: np.ndarray, axes: list[int], *, flip: bool, rng: np.random.Generator
-) -> np.ndarray:
+def _augment(batch: np.ndarray, *, flip: bool, rng: np.random.Generator) -> np.ndarray:
     """Each scan of the batch with an intensity jitter, mirrored left-right when ``flip``."""
+    views = mirror_left_right(batch) if flip else batch
     out = np.empty_like(batch)
-    for b, axis in enumerate(axes):
-        x = np.flip(batch[b], axis=axis) if flip else batch[b]
+    for b, x in enumerate(views):
         gain = 1.0 + rng.uniform(-TTA_GAIN, TTA_GAIN)
         offset = rng.uniform(-TTA_OFFSET, TTA_OFFSET) * float(x.max() - x.min())
         out[b] = x * np.float32(gain) + np.float32(offset)

@@ -43,6 +43,7 @@ CT_AIR_HU = -1024.0
 INTENSITY_KINDS = ("ct_window", "zscore", "percentile")
 INTENSITY_MASKS = ("foreground", "head")
 ZSCORE_CLIP = 5.0
+LEFT_RIGHT_AXIS = 2  # model grids run along world I, P, L (see above): axis 2 is left-right
 
 Triple = tuple[float, float, float]
 
@@ -319,6 +320,12 @@ def _mirrored(grid: ModelGrid, axes: tuple[int, ...]) -> ModelGrid:
         flip[axis, axis] = -1.0
         flip[axis, 3] = grid.source_shape[axis] - 1
     return replace(grid, source_from_model=flip @ grid.source_from_model)
+
+
+def mirror_left_right(batch: np.ndarray) -> np.ndarray:
+    """A batch (B, D, H, W, ...) of model-grid arrays, each mirrored left-right: the one flip
+    anatomy allows (the body is roughly left-right symmetric, never top-bottom or front-back)."""
+    return np.flip(batch, axis=1 + LEFT_RIGHT_AXIS)
 
 
 def inside_mask(grid: ModelGrid) -> np.ndarray:

@@ -47,6 +47,7 @@ def _train_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "validation_fraction": args.validation_fraction,
         "patience": args.patience,
+        "test_time_mirror": args.test_time_mirror,
         "name": args.name,
         "width": args.width,
         "label_names": tuple(args.classes) if args.classes else None,
@@ -230,6 +231,12 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         "--target-sensitivity",
         type=float,
         help="two classes: call the second at the threshold keeping this validation sensitivity",
+    )
+    train.add_argument(
+        "--test-time-mirror",
+        action=argparse.BooleanOptionalAction,
+        help="answer with the mean of the scan's and its left-right mirror image's logits "
+        "(default: as the base does; off from scratch)",
     )
     train.set_defaults(run=_train_command)
 

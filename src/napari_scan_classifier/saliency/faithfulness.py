@@ -200,7 +200,7 @@ def _probabilities(
     inputs = [np.asarray(key, dtype=np.int64) for key in unique]
     found = np.concatenate(
         [
-            bundle.metadata.probabilities(logits_of(bundle.model, batch))[:, k]
+            bundle.metadata.probabilities(logits_of(bundle, batch))[:, k]
             for batch in _batches(regions, inputs, batch_size)
         ]
     )

@@ -23,7 +23,7 @@ from scipy import ndimage
 from napari_scan_classifier.backend import value_and_gradient
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
-from napari_scan_classifier.preprocess import Box, inside_mask
+from napari_scan_classifier.preprocess import LEFT_RIGHT_AXIS, Box, inside_mask
 from napari_scan_classifier.saliency.core import (
     SaliencyMap,
     Target,
@@ -53,7 +53,7 @@ def integrated_gradients(
     """Integrated gradients of ``target_class`` (default: the predicted class), ``steps``
     midpoint samples along the path, ``batch_size`` at a time."""
     x, grid = prepare_input(volume, bundle, box)
-    k = target_index(bundle, target_class, logits_of(bundle.model, x[None])[0])
+    k = target_index(bundle, target_class, logits_of(bundle, x[None])[0])
     baseline = np.full_like(x, x[inside_mask(grid)].mean())
     attribution = attributions(bundle, x, baseline, k, steps, batch_size, progress, cancel)
     evidence = ndimage.gaussian_filter(np.maximum(attribution, 0), SMOOTHING_VOXELS)
@@ -82,10 +82,13 @@ def attributions(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     alphas = (np.arange(steps) + 0.5) / steps
-    model = bundle.model
+    model, mirror = bundle.model, bundle.metadata.test_time_mirror
 
     def score(batch: object) -> object:
         logits = model(batch, training=False)["volume"]
+        if mirror:  # the answer's own logits (see inference.py): the map explains it
+            flipped = keras.ops.flip(batch, axis=1 + LEFT_RIGHT_AXIS)
+            logits = (logits + model(flipped, training=False)["volume"]) / 2
         return keras.ops.sum(keras.ops.log_softmax(logits, axis=-1)[:, k])
 
     total = np.zeros(x.shape, dtype=np.float64)

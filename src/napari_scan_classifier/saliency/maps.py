@@ -2,10 +2,11 @@
 
 - :func:`grad_cam`: gradients of the target class logit w.r.t. a layer's activations (the
   bundle's ``gradcam_layer`` unless another is named), averaged over space into one weight per
-  channel; the ReLU of the weighted sum of the activations is the map. Slice-wise models
-  (``slice_gru``) get one 2D map per slice, each with its own channel weights, stacked. The map
-  has the resolution of that layer (1/16 of the input for ``cnn3d``'s last block) and is
-  interpolated linearly from there.
+  channel; the ReLU of the weighted sum of the activations is the map (for a bundle with
+  ``test_time_mirror``, the mean of the scan's map and its mirror image's, mirrored back).
+  Slice-wise models (``slice_gru``) get one 2D map per slice, each with its own channel weights,
+  stacked. The map has the resolution of that layer (1/16 of the input for ``cnn3d``'s last
+  block) and is interpolated linearly from there.
 - :func:`occlusion`: model-agnostic; the drop of the target probability when a patch of the
   model input is replaced by air (or the mean), averaged over the patches covering each voxel.
 """
@@ -25,7 +26,7 @@ from napari_scan_classifier.backend import value_and_gradient
 from napari_scan_classifier.errors import InvalidBundleError
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
-from napari_scan_classifier.preprocess import Box, ModelGrid, inside_mask
+from napari_scan_classifier.preprocess import Box, ModelGrid, inside_mask, mirror_left_right
 from napari_scan_classifier.saliency.core import (
     SaliencyMap,
     Target,
@@ -58,12 +59,18 @@ def grad_cam(
     layer = bundle.metadata.gradcam_layer if layer is None else layer
     x, grid = prepare_input(volume, bundle, box)
     parts = _gradcam_parts(bundle.model, layer)
-    activation = np.asarray(parts.features.predict_on_batch(x[None, ..., None]))
-    logits = keras.ops.convert_to_numpy(parts.head(activation))[0]
+    mirror = bundle.metadata.test_time_mirror
+    views = np.concatenate([x[None], mirror_left_right(x[None])]) if mirror else x[None]
+    activation = np.asarray(parts.features.predict_on_batch(views[..., None]))
+    logits = keras.ops.convert_to_numpy(parts.head(activation)).mean(axis=0)
     k = target_index(bundle, target_class, logits)
     _, gradient = value_and_gradient(lambda a: keras.ops.sum(parts.head(a)[:, k]), activation)
     per_slice = bundle.metadata.architecture in SLICE_WISE_ARCHITECTURES
-    cam = _weighted_activation(activation[0], gradient[0], spatial=(1, 2) if per_slice else None)
+    spatial = (1, 2) if per_slice else None
+    cams = [_weighted_activation(a, g, spatial) for a, g in zip(activation, gradient, strict=True)]
+    if mirror:  # the mirror image's map, back on the scan: the answer averages both views
+        cams[1] = mirror_left_right(cams[1][None])[0]
+    cam = np.mean(cams, axis=0)
     values = to_source(normalised(cam), coarse_grid(grid, cam.shape), volume)
     classes = bundle.metadata.classes
     result = SaliencyMap(
@@ -101,7 +108,7 @@ def occlusion(
     patch = _voxels(patch_mm, grid)
     stride = _voxels(patch_mm / 2 if stride_mm is None else stride_mm, grid)
     boxes = [b for b in _patch_boxes(grid.shape, patch, stride) if inside[b].any()]
-    logits = logits_of(bundle.model, x[None])
+    logits = logits_of(bundle, x[None])
     k = target_index(bundle, target_class, logits[0])
     plain = bundle.metadata.probabilities(logits)[0, k]
     drop, count = np.zeros(grid.shape), np.zeros(grid.shape)
@@ -110,7 +117,7 @@ def occlusion(
     for n, chunk in enumerate(chunks):
         report(f"occluding patches {n * batch_size + 1}-{n * batch_size + len(chunk)}")
         occluded = np.stack([_filled(x, b, fill) for b in chunk])
-        probabilities = bundle.metadata.probabilities(logits_of(bundle.model, occluded))[:, k]
+        probabilities = bundle.metadata.probabilities(logits_of(bundle, occluded))[:, k]
         for b, p in zip(chunk, probabilities, strict=True):
             drop[b] += plain - p
             count[b] += 1

@@ -61,6 +61,9 @@ class TrainingConfig:
     target_sensitivity: float | None = None
     # share of in-distribution validation scans the applicability check may turn away
     false_abstention_rate: float = 0.05
+    # answer with the mean logits of the scan and its left-right mirror image (see inference.py);
+    # None: as the base does, off from scratch
+    test_time_mirror: bool | None = None
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(n) for n in self.input_shape)  # type: ignore[assignment]

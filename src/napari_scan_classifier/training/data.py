@@ -29,20 +29,28 @@ from napari_scan_classifier.training.guardrails import refuse_new_classes
 
 @dataclass(frozen=True)
 class Recipe:
-    """What fixes the model's input: from the base bundle, or from the config from scratch."""
+    """What fixes the model's input: from the base bundle, or from the config from scratch; and
+    whether it answers with the mirror image too (the config's choice, else the base's)."""
 
     architecture: str
     input_shape: tuple[int, int, int]
     target_spacing_mm: tuple[float, float, float] | None
     modality: str
     intensity: dict[str, Any]
+    test_time_mirror: bool = False
 
 
 def recipe_for(config: TrainingConfig, base: Bundle | None) -> Recipe:
+    mirror = config.test_time_mirror
     if base is not None:
         m = base.metadata
         return Recipe(
-            m.architecture, m.input_shape, m.target_spacing_mm, m.modality, dict(m.intensity)
+            m.architecture,
+            m.input_shape,
+            m.target_spacing_mm,
+            m.modality,
+            dict(m.intensity),
+            m.test_time_mirror if mirror is None else mirror,
         )
     intensity = config.intensity or DEFAULT_INTENSITY[config.modality]
     return Recipe(
@@ -51,6 +59,7 @@ def recipe_for(config: TrainingConfig, base: Bundle | None) -> Recipe:
         config.target_spacing_mm,
         config.modality,
         dict(intensity),
+        bool(mirror),
     )
 
 

@@ -13,6 +13,7 @@ from napari_scan_classifier.models import (
     ARCHITECTURES,
     Bundle,
 )
+from napari_scan_classifier.preprocess import mirror_left_right
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.data import Recipe
 
@@ -76,10 +77,24 @@ def copy_with_classes(model: keras.Model, n_old: int, n_new: int) -> keras.Model
     return copy
 
 
-def volume_logits(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+def volume_logits(
+    model: keras.Model, x: np.ndarray, batch_size: int, *, mirror: bool = False
+) -> np.ndarray:
     """Volume logits (N, classes) for arrays (N, D, H, W), calling the model batch by batch:
     no input pipeline (see :func:`.fit.fit_epoch`), and under a strategy each case once (its
-    ``predict_on_batch`` gives every replica the whole batch)."""
+    ``predict_on_batch`` gives every replica the whole batch). With ``mirror``, the mean of the
+    logits of each case and of its left-right mirror image, as a bundle with
+    ``test_time_mirror`` answers (see :mod:`~napari_scan_classifier.inference`)."""
+    views = [x, mirror_left_right(x)] if mirror else [x]
+    return np.mean([_logits(model, view, batch_size) for view in views], axis=0)
+
+
+def bundle_logits(bundle: Bundle, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """The volume logits ``bundle`` answers with for arrays (N, D, H, W) on its grid."""
+    return volume_logits(bundle.model, x, batch_size, mirror=bundle.metadata.test_time_mirror)
+
+
+def _logits(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     chunks = []
     for start in range(0, len(x), batch_size):
         outputs = model(x[start : start + batch_size, ..., None], training=False)

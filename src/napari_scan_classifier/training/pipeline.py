@@ -57,7 +57,12 @@ from napari_scan_classifier.training.guardrails import (
     compare_with_base,
     too_few_warning,
 )
-from napari_scan_classifier.training.model import data_parallel, initial_model, volume_logits
+from napari_scan_classifier.training.model import (
+    bundle_logits,
+    data_parallel,
+    initial_model,
+    volume_logits,
+)
 from napari_scan_classifier.training.record import (
     free_bundle_path,
     metrics_summary,
@@ -143,7 +148,7 @@ def train(
         raise CancelledError(
             f"Training was cancelled during epoch {fitted.epochs_run + 1}; nothing was saved"
         )
-    logits = volume_logits(model, val_cases.x, config.batch_size)
+    logits = volume_logits(model, val_cases.x, config.batch_size, mirror=recipe.test_time_mirror)
     calibration, rule = _calibrate(logits, train_cases, val_cases, classes, config, fitted)
     uncalibrated = evaluate(val_cases.y, softmax(logits), classes)
     probabilities = calibration.probabilities(logits)
@@ -205,7 +210,7 @@ def evaluate_bundle(
     m = bundle.metadata
     data = _bundle_data(bundle, source, class_names)
     x, y = _cases_in_model_classes(data, data.split(split), m.classes)
-    logits = volume_logits(bundle.model, x, batch_size)
+    logits = bundle_logits(bundle, x, batch_size)
     return evaluate_by_rule(y, m.probabilities(logits), m.classes, m.decision_rule)
 
 
@@ -230,7 +235,7 @@ def recalibrate_bundle(
     data = _bundle_data(bundle, source, class_names)
     chosen = split or next((s for s in ("val", datasets.ALL) if s in data.splits), None)
     x, y = _cases_in_model_classes(data, data.split(chosen), m.classes)
-    logits = volume_logits(bundle.model, x, batch_size)
+    logits = bundle_logits(bundle, x, batch_size)
     before = evaluate_by_rule(y, m.probabilities(logits), m.classes, m.decision_rule)
     prior = _recorded_prior(m.training, m.classes, y)
     settings = m.training.get("settings", {})
@@ -323,7 +328,7 @@ def _base_probabilities(
     one that knows fewer classes and so cannot be compared)."""
     if base is None or len(base.metadata.classes) != len(classes):
         return None
-    return base.metadata.probabilities(volume_logits(base.model, val_cases.x, batch_size))
+    return base.metadata.probabilities(bundle_logits(base, val_cases.x, batch_size))
 
 
 def _against_base(

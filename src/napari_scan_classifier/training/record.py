@@ -111,6 +111,7 @@ def new_metadata(
         "class_bias": list(calibration.bias),
         "decision_rule": rule,
         "calibration": calibration.record(),
+        "test_time_mirror": recipe.test_time_mirror,
     }
     if base is not None:
         old = base.metadata

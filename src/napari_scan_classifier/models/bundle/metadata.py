@@ -64,6 +64,8 @@ class BundleMetadata:
     # the body region (one of REGIONS) the model is made for; None in bundles saved before it
     # was recorded (see choice.py for what stands in for it then)
     body_region: str | None = None
+    # answer with the mean logits of the scan and of its left-right mirror image (inference.py)
+    test_time_mirror: bool = False
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) of volume logits (n, classes)."""

@@ -118,6 +118,7 @@ def _check_metadata(m: BundleMetadata) -> None:
         _is_number(m.temperature) and m.temperature > 0, "temperature must be a positive number"
     )
     _expect(_is_text(m.gradcam_layer), "gradcam_layer must be a layer name")
+    _expect(isinstance(m.test_time_mirror, bool), "test_time_mirror must be true or false")
     _expect(isinstance(m.training, dict), "training must be a JSON object")
     _check_applicability(m.applicability)
     _expect(

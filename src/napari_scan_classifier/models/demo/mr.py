@@ -243,7 +243,7 @@ def build_mr_demo(
     seeds = _seeds(seed)
     validation_cases = unpaired_cases(val_cases, seeds["validation"], (CLEAR, SUBTLE))
     validation = on_grid(validation_cases, GRID, "validation")
-    config = _config(width, batch_size, seed)
+    config = {**_config(width, batch_size, seed), "test_time_mirror": True}
     stages = demo_stages(
         infarct_epochs, slice_epochs, subtle_slice_epochs, scan_epochs, mixed_epochs
     )
@@ -473,7 +473,8 @@ phantoms; it has never seen a patient scan and its output on real MR means nothi
   logits, then a bidirectional GRU across the slices), made by
   `python -m napari_scan_classifier.models.train_demo --model demo_mr_brain` ({minutes:.0f} min
   on a 2-core CPU for its last run; a run resumes after the stages it kept; augmentation with
-  bias fields, gain, flips and rotations in the scan-label stage).
+  bias fields, gain, flips and rotations in the scan-label stage). It answers with the mean
+  logits of the scan and of its left-right mirror image, and its maps explain that answer.
 - **Training data**: phantoms from `napari_scan_classifier.phantoms.make_brain_mr_phantom`: for
   the slice stages, pairs of a head with a lesion and another normal head of its contrast; for
   the scan stages, triplets that share head, acquisition and noise and differ only by the
