@@ -58,6 +58,7 @@ def test_the_shipped_mr_bundle_is_small_valid_and_three_class(folder, bundle):
     assert tuple(m.input_shape) == mr.GRID.input_shape
     assert set(bundle.model.output) == {"volume", "slices"}
     assert len(m.class_bias) == 3 and m.temperature > 0
+    assert m.test_time_mirror and "left-right mirror image" in " ".join(m.model_card.split())
     assert m.applicability["checks"]["modality"] == "MR"
     assert "not a diagnostic device" in m.model_card
 
