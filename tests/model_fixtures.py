@@ -114,6 +114,13 @@ def tiny_bundle(
     return Bundle(meta, model)
 
 
+def spread_logits(bundle: Bundle) -> Bundle:
+    """Logits of an untrained net are near 0: spread them (in place) so differences show."""
+    dense = bundle.model.get_layer("volume_logits")
+    dense.kernel.assign(dense.kernel * 40.0)
+    return bundle
+
+
 @functools.cache
 def trained_sphere_bundle(cases: int = 160, epochs: int = 3) -> Bundle:
     """A cnn3d that has learned to tell scans with a sphere from scans without.
@@ -194,9 +201,7 @@ def spread_bundle(**changes: object) -> Bundle:
     keras.utils.set_random_seed(0)
     k = len(changes.get("classes", CLASSES))  # type: ignore[arg-type]
     model = build_cnn3d((*GRID, 1), k, width=4, dropout=0.0)
-    dense = model.get_layer("volume_logits")
-    dense.kernel.assign(dense.kernel * 40.0)
-    return Bundle(metadata(**changes), model)
+    return spread_logits(Bundle(metadata(**changes), model))
 
 
 def save_ranking_models(folder: Path) -> dict[str, Path]:

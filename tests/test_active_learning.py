@@ -17,6 +17,7 @@ from model_fixtures import (
     save_ranking_models,
     sphere_case,
     spread_bundle,
+    spread_logits,
     tiny_bundle,
 )
 from scipy.special import entr
@@ -45,16 +46,9 @@ from napari_scan_classifier.volume import Volume
 SHAPES = [(20, 40, 36), (40, 30, 30), (32, 32, 32), (24, 28, 28), (30, 36, 30)]
 
 
-def _spread(bundle: Bundle) -> Bundle:
-    """Logits of an untrained net are near 0; spread them so the scans' uncertainties differ."""
-    dense = bundle.model.get_layer("volume_logits")
-    dense.kernel.assign(dense.kernel * 40.0)
-    return bundle
-
-
 @pytest.fixture(scope="module")
 def mc_bundle() -> Bundle:
-    return _spread(tiny_bundle())
+    return spread_logits(tiny_bundle())
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +136,7 @@ def test_three_class_entropy_and_margin_rank_differently():
 def test_a_three_class_model_ranks_by_its_three_probabilities(measure):
     keras.utils.set_random_seed(0)
     model = build_cnn3d((*GRID, 1), 3, width=4, dropout=0.0)
-    bundle = _spread(Bundle(metadata(classes=THREE), model))
+    bundle = spread_logits(Bundle(metadata(classes=THREE), model))
     volumes = scans()
 
     ranking = rank_by_uncertainty(volumes, bundle, measure=measure, passes=1)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from model_fixtures import sphere_case, tiny_bundle
+from model_fixtures import sphere_case, spread_logits, tiny_bundle
 from test_training import FAST, phantom_cases
 
 from napari_scan_classifier.errors import InvalidBundleError
@@ -30,21 +30,14 @@ def mirrored(bundle: Bundle) -> Bundle:
     return Bundle(replace(bundle.metadata, test_time_mirror=True), bundle.model)
 
 
-def spread(bundle: Bundle) -> Bundle:
-    """Logits of an untrained net are near 0: spread them so differences show."""
-    dense = bundle.model.get_layer("volume_logits")
-    dense.kernel.assign(dense.kernel * 40.0)
-    return bundle
-
-
 @pytest.fixture(scope="module")
 def cnn() -> Bundle:
-    return spread(tiny_bundle("cnn3d"))
+    return spread_logits(tiny_bundle("cnn3d"))
 
 
 @pytest.fixture(scope="module")
 def gru() -> Bundle:
-    return spread(tiny_bundle("slice_gru", GRU_GRID))
+    return spread_logits(tiny_bundle("slice_gru", GRU_GRID))
 
 
 def scan_with_a_lesion_on_one_side(seed: int = 3) -> Volume:
