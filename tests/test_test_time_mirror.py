@@ -18,7 +18,7 @@ from napari_scan_classifier.models import Bundle, load_bundle, save_bundle
 from napari_scan_classifier.preprocess import LEFT_RIGHT_AXIS, mirror_left_right
 from napari_scan_classifier.saliency import grad_cam, integrated_gradients
 from napari_scan_classifier.saliency.gradients import attributions
-from napari_scan_classifier.training import TrainingConfig, train
+from napari_scan_classifier.training import TrainingConfig, fit, train
 from napari_scan_classifier.training.model import volume_logits
 from napari_scan_classifier.training.pipeline import evaluate_bundle
 from napari_scan_classifier.volume import Volume
@@ -127,6 +127,23 @@ def test_training_evaluates_the_mirrored_answer_and_fine_tuning_keeps_it():
     kept = train(data, TrainingConfig(**FAST, epochs=1), base=bundle).bundle.metadata
     dropped = train(data, TrainingConfig(**FAST, epochs=1, test_time_mirror=False), base=bundle)
     assert kept.test_time_mirror and not dropped.bundle.metadata.test_time_mirror
+
+
+def test_epochs_are_chosen_on_the_mirrored_answer(monkeypatch):
+    """Early stopping and the best epoch judge the answer the bundle will give."""
+    asked = []
+
+    def recording(model, x, batch_size, *, mirror=False):
+        asked.append(mirror)
+        return volume_logits(model, x, batch_size, mirror=mirror)
+
+    monkeypatch.setattr(fit, "volume_logits", recording)
+    data = phantom_cases(["normal", "lesion"] * 10, seed=4)
+    train(data, TrainingConfig(**FAST, epochs=2, test_time_mirror=True))
+    assert len(asked) >= 2 and all(asked)
+    asked.clear()
+    train(data, TrainingConfig(**FAST, epochs=2))
+    assert len(asked) >= 2 and not any(asked)
 
 
 def test_the_setting_is_saved_and_checked(tmp_path, cnn):

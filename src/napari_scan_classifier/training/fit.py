@@ -124,9 +124,11 @@ class _Monitor(keras.callbacks.Callback):
         n_batches: int,
         progress: Callable[[TrainingEvent], None] | None,
         stop: Callable[[], bool],
+        mirror: bool,
     ) -> None:
         super().__init__()
         self.val_cases = val_cases
+        self.mirror = mirror
         self.config = config
         self.n_batches = n_batches
         self.progress = progress or (lambda event: None)
@@ -149,7 +151,9 @@ class _Monitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self.fitted.cancelled:
             return
-        logits = volume_logits(self.model, self.val_cases.x, self.config.batch_size)
+        logits = volume_logits(
+            self.model, self.val_cases.x, self.config.batch_size, mirror=self.mirror
+        )
         val_loss = float(
             -log_softmax(logits, axis=1)[np.arange(len(logits)), self.val_cases.y].mean()
         )
@@ -209,10 +213,14 @@ def fit_model(
     progress: Callable[[TrainingEvent], None] | None,
     stop: Callable[[], bool],
     intensity: Mapping[str, Any] | None = None,
+    *,
+    mirror: bool = False,
 ) -> Fitted:
     """Fit the volume output (a per-slice output has no labels to learn from), one ``fit`` call
     per epoch on that epoch's arrays (augmented by ``intensity``'s recipe, see
-    :func:`~napari_scan_classifier.training.augment.augment`)."""
+    :func:`~napari_scan_classifier.training.augment.augment`). Epochs are judged on the answer
+    the bundle will give: with ``mirror``, the mean of each validation scan's and its mirror
+    image's logits."""
     trainer = keras.Model(model.input, model.output["volume"])
     trainer.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -220,7 +228,7 @@ def fit_model(
         jit_compile=_use_xla(),
     )
     epochs = Epochs(train_cases, config, intensity)
-    monitor = _Monitor(val_cases, config, epochs.n_batches, progress, stop)
+    monitor = _Monitor(val_cases, config, epochs.n_batches, progress, stop, mirror)
     for epoch in range(config.epochs):
         arrays = epochs.arrays(epoch, stop)
         if arrays is None:
@@ -231,7 +239,7 @@ def fit_model(
             break
     if not monitor.fitted.cancelled:
         monitor.restore_best()
-        _refresh_unless_worse(model, train_cases.x, val_cases, epochs.batch_size)
+        _refresh_unless_worse(model, train_cases.x, val_cases, epochs.batch_size, mirror)
     monitor.fitted.class_weights = epochs.class_weights
     return monitor.fitted
 
@@ -258,22 +266,23 @@ def refresh_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int) -> Non
 
 
 def _refresh_unless_worse(
-    model: keras.Model, x: np.ndarray, val_cases: Split, batch_size: int
+    model: keras.Model, x: np.ndarray, val_cases: Split, batch_size: int, mirror: bool
 ) -> None:
     """:func:`refresh_batchnorm`, undone when it ranks the validation cases worse (AUC lower by
     more than :data:`REFRESH_AUC_TOLERANCE`): the epoch was chosen with the old statistics, and
     a tiny network on a few cases can depend on them."""
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.get_weights() for layer in norms]
-    before = _val_auc(model, val_cases, batch_size)
+    before = _val_auc(model, val_cases, batch_size, mirror)
     refresh_batchnorm(model, x, batch_size)
-    if _val_auc(model, val_cases, batch_size) < before - REFRESH_AUC_TOLERANCE:
+    if _val_auc(model, val_cases, batch_size, mirror) < before - REFRESH_AUC_TOLERANCE:
         for layer, weights in zip(norms, saved, strict=True):
             layer.set_weights(weights)
 
 
-def _val_auc(model: keras.Model, val_cases: Split, batch_size: int) -> float:
-    return _present_class_auc(val_cases.y, softmax(volume_logits(model, val_cases.x, batch_size)))
+def _val_auc(model: keras.Model, val_cases: Split, batch_size: int, mirror: bool) -> float:
+    logits = volume_logits(model, val_cases.x, batch_size, mirror=mirror)
+    return _present_class_auc(val_cases.y, softmax(logits))
 
 
 def _use_xla() -> bool | str:

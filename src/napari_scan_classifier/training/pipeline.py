@@ -142,7 +142,15 @@ def train(
     with data_parallel(config.devices) as devices:
         model = initial_model(recipe, base, classes, config.width)
         fitted = fit_model(
-            model, train_cases, val_cases, classes, config, progress, stop, recipe.intensity
+            model,
+            train_cases,
+            val_cases,
+            classes,
+            config,
+            progress,
+            stop,
+            recipe.intensity,
+            mirror=recipe.test_time_mirror,
         )
     if fitted.cancelled:
         raise CancelledError(
