@@ -16,6 +16,7 @@ from napari_scan_classifier.evaluation import evaluate
 from napari_scan_classifier.inference import classify, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle, load_bundle, save_bundle
 from napari_scan_classifier.preprocess import LEFT_RIGHT_AXIS, mirror_left_right
+from napari_scan_classifier.results import summary_lines
 from napari_scan_classifier.saliency import grad_cam, integrated_gradients
 from napari_scan_classifier.saliency.gradients import attributions
 from napari_scan_classifier.training import TrainingConfig, fit, train
@@ -72,6 +73,9 @@ def test_a_scan_and_its_mirror_image_get_the_same_answer(cnn, method):
         assert all(s > 0 for s in both[0].uncertainty["std"].values())
     plain = classify([volume, mirror], cnn, method="none")
     assert abs(plain[0].logits - plain[1].logits).max() > 0.01  # without it they differ
+    assert both[0].uncertainty["mirrored"] and not plain[0].uncertainty["mirrored"]
+    model_line = next(line for line in summary_lines(both[0].to_dict()) if "Model:" in line)
+    assert "each the mean of the scan and its mirror image" in model_line
 
 
 def test_per_slice_scores_are_averaged_too(gru):

@@ -381,7 +381,7 @@ def _prediction(
     if "slices" in outputs and grid.order[0] == 0:  # else its slices cut across the scan's
         per_slice = slice_index_map(grid).apply(softmax(outputs["slices"][b]))
     uncertainty = _uncertainty(meta.probabilities(samples[:, b]), meta.classes)
-    uncertainty.update(method=method, passes=int(samples.shape[0]))
+    uncertainty.update(method=method, passes=int(samples.shape[0]), mirrored=meta.test_time_mirror)
     if method == "mc_dropout" and samples.shape[0] == 1:
         uncertainty["note"] = "the model has no dropout layers to sample: no spread measured"
     return Prediction(

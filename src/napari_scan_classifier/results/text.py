@@ -32,6 +32,8 @@ def summary_lines(
         if uncertainty["method"] != "none"
         else "no uncertainty passes"
     )
+    if uncertainty.get("mirrored"):
+        spread += ", each the mean of the scan and its mirror image"
     lines = [
         *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
