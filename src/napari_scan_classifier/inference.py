@@ -52,6 +52,7 @@ from napari_scan_classifier.preprocess import (
     ModelGrid,
     check_scan,
     mirror_left_right,
+    mirror_views,
     prepare,
     slice_index_map,
 )
@@ -216,14 +217,12 @@ def prepare_input(
 def logits_of(bundle: Bundle, batch: np.ndarray) -> np.ndarray:
     """Volume logits (B, classes) of a (B, D, H, W) batch, through the compiled predict path,
     averaged with the mirror image's for a bundle with ``test_time_mirror``."""
-    model = bundle.model
+    model, mirror = bundle.model, bundle.metadata.test_time_mirror
 
     def logits(x: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_on_batch(x[..., None])["volume"], dtype=np.float64)
 
-    if not bundle.metadata.test_time_mirror:
-        return logits(batch)
-    return (logits(batch) + logits(mirror_left_right(batch))) / 2
+    return np.mean([logits(view) for view in mirror_views(batch, mirror)], axis=0)
 
 
 @dataclass
@@ -263,8 +262,7 @@ class _Runner:
         """Cut features and the model's outputs for a (B, D, H, W, 1) batch; with ``mirror``,
         the features of the batch and of its mirror image and the mean of their outputs (per
         scan and per slice: neither has a left-right axis)."""
-        views = [batch, mirror_left_right(batch)] if mirror else [batch]
-        passes = [self._one_pass(view) for view in views]
+        passes = [self._one_pass(view) for view in mirror_views(batch, mirror)]
         outputs = {key: np.mean([out[key] for _, out in passes], axis=0) for key in passes[0][1]}
         return [features for features, _ in passes], outputs
 

@@ -328,6 +328,12 @@ def mirror_left_right(batch: np.ndarray) -> np.ndarray:
     return np.flip(batch, axis=1 + LEFT_RIGHT_AXIS)
 
 
+def mirror_views(batch: np.ndarray, mirror: bool) -> list[np.ndarray]:
+    """The views a bundle answers from (see inference.py): the batch, and its mirror image
+    when ``mirror``; the answer is the mean of their outputs."""
+    return [batch, mirror_left_right(batch)] if mirror else [batch]
+
+
 def inside_mask(grid: ModelGrid) -> np.ndarray:
     """Boolean (D, H, W): which model voxels lie inside the source scan."""
     z, y, x = (

@@ -26,7 +26,13 @@ from napari_scan_classifier.backend import value_and_gradient
 from napari_scan_classifier.errors import InvalidBundleError
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
-from napari_scan_classifier.preprocess import Box, ModelGrid, inside_mask, mirror_left_right
+from napari_scan_classifier.preprocess import (
+    Box,
+    ModelGrid,
+    inside_mask,
+    mirror_left_right,
+    mirror_views,
+)
 from napari_scan_classifier.saliency.core import (
     SaliencyMap,
     Target,
@@ -60,7 +66,7 @@ def grad_cam(
     x, grid = prepare_input(volume, bundle, box)
     parts = _gradcam_parts(bundle.model, layer)
     mirror = bundle.metadata.test_time_mirror
-    views = np.concatenate([x[None], mirror_left_right(x[None])]) if mirror else x[None]
+    views = np.concatenate(mirror_views(x[None], mirror))
     activation = np.asarray(parts.features.predict_on_batch(views[..., None]))
     logits = keras.ops.convert_to_numpy(parts.head(activation)).mean(axis=0)
     k = target_index(bundle, target_class, logits)

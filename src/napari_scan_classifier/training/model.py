@@ -13,7 +13,7 @@ from napari_scan_classifier.models import (
     ARCHITECTURES,
     Bundle,
 )
-from napari_scan_classifier.preprocess import mirror_left_right
+from napari_scan_classifier.preprocess import mirror_views
 from napari_scan_classifier.training.config import BATCHNORM_MOMENTUM
 from napari_scan_classifier.training.data import Recipe
 
@@ -85,8 +85,7 @@ def volume_logits(
     ``predict_on_batch`` gives every replica the whole batch). With ``mirror``, the mean of the
     logits of each case and of its left-right mirror image, as a bundle with
     ``test_time_mirror`` answers (see :mod:`~napari_scan_classifier.inference`)."""
-    views = [x, mirror_left_right(x)] if mirror else [x]
-    return np.mean([_logits(model, view, batch_size) for view in views], axis=0)
+    return np.mean([_logits(model, view, batch_size) for view in mirror_views(x, mirror)], axis=0)
 
 
 def bundle_logits(bundle: Bundle, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
