@@ -187,10 +187,16 @@ def check_scan(voxels: np.ndarray) -> None:
         )
     if voxels.ndim == 3 and voxels.shape[-1] in (3, 4) and voxels.dtype == np.uint8:
         raise InvalidInputError(f"the data (shape {voxels.shape}, 8-bit) look like one RGB image")
+    if voxels.ndim == 4:
+        raise InvalidInputError(
+            f"the model needs one 3D volume (slice, row, column); got {len(voxels)} volumes "
+            f"(time points, echoes or channels) of shape {voxels.shape[1:]}: pick one, 0 to "
+            f"{len(voxels) - 1} (classify --frame N, or napari's slider)"
+        )
     if voxels.ndim != 3:
         raise InvalidInputError(
             f"the model needs one 3D volume (slice, row, column); got {voxels.ndim}D data of "
-            f"shape {voxels.shape} (pick one time point or channel first)"
+            f"shape {voxels.shape}"
         )
     if min(voxels.shape) < 2:
         raise InvalidInputError(f"the scan (shape {voxels.shape}) is a single 2D image, not 3D")

@@ -71,6 +71,8 @@ SAFE_METADATA_KEYS = frozenset(
         "slice_thickness",
         "geometry_warnings",
         "frame_axis",
+        "frame",
+        "frames",
         "series_key",
         "phantom_label",
         "phantom_lesions",
@@ -159,6 +161,8 @@ class Volume:
             parts.append(f"#{self.metadata['series_number']}")
         if self.description:
             parts.append(self.description)
+        if self.metadata.get("frame") is not None:
+            parts.append(f"frame {self.metadata['frame']}")
         return " ".join(parts)
 
     def index_to_world(self, indices: np.ndarray) -> np.ndarray:
@@ -193,6 +197,20 @@ class Volume:
         cosines = np.abs(self.affine[:3, :3]) / np.linalg.norm(self.affine[:3, :3], axis=0)
         order = max(permutations(range(3)), key=lambda p: sum(cosines[i, p[i]] for i in range(3)))
         return tuple(int(axis) for axis in order)  # type: ignore[return-value]
+
+    @property
+    def frames(self) -> int:
+        """How many volumes a 4D scan holds along its first axis (time points, echoes, b-values
+        or channels); 1 for a 3D scan."""
+        return 1 if self.voxels.ndim == 3 else int(self.voxels.shape[0])
+
+    def frame(self, index: int) -> Volume:
+        """The 3D volume at ``index`` (from 0, as napari's slider counts) of a 4D scan: a 3D
+        classifier answers for one time point or echo, and the result says which."""
+        if self.voxels.ndim == 3 or not 0 <= index < self.frames:
+            raise IndexError(f"frame {index} of a scan with {self.frames} (0 to {self.frames - 1})")
+        metadata = {**self.metadata, "frame": int(index), "frames": self.frames}
+        return replace(self, voxels=self.voxels[index], metadata=metadata)
 
     def with_voxels(self, voxels: np.ndarray, **metadata: Any) -> Volume:
         """A volume on the same grid with other voxels (a mask, a saliency or probability map)."""

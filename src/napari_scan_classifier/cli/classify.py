@@ -41,6 +41,7 @@ def _classify_cohort(args: argparse.Namespace) -> int:
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
         saliency_class=args.saliency_class,
+        frame=args.frame,
     )
     try:
         result = classify_cohort(
@@ -88,6 +89,7 @@ def _classify_here(args: argparse.Namespace) -> int:
         faithfulness=args.faithfulness,
         saliency_dir=args.saliency_dir,
         saliency_class=args.saliency_class,
+        frame=args.frame,
         on_row=_print_row,
         on_result=on_result,
         checkpoint=lambda partial: write_report(partial, out),
@@ -206,6 +208,13 @@ def _add_classify_command(commands: argparse._SubParsersAction) -> None:
         "--store-results",
         action="store_true",
         help="send a DICOM SR and the saliency map back to the DICOMweb server of each address",
+    )
+    classify.add_argument(
+        "--frame",
+        type=_passes,
+        metavar="N",
+        help="classify volume N (from 0) of each 4D series: a time point, echo or b-value "
+        "(3D series as they are; default: 4D series are not classified)",
     )
     where = classify.add_mutually_exclusive_group()
     where.add_argument(

@@ -67,3 +67,17 @@ def _check_same_bundle(rows: Iterable[dict[str, Any]], ref: BundleRef | AutoRef)
             f"{_JOURNAL} holds results of another model (SHA-256 "
             f"{sorted(map(str, other))[0][:12]}); choose another --out to classify with {models}"
         )
+
+
+def check_same_frame(rows: Iterable[dict[str, Any]], frame: int | None) -> None:
+    """A journal's rows answer for the 4D volume that was asked for: resuming with another
+    --frame would keep the other frame's answers (and the failures of 4D series without one)."""
+    found = {row.get("frame_requested") for row in rows} - {frame}
+    if found:
+        asked = sorted(found, key=lambda f: -1 if f is None else f)[0]
+        earlier = "no --frame" if asked is None else f"--frame {asked}"
+        now = "no --frame" if frame is None else f"--frame {frame}"
+        raise ScanClassifierError(
+            f"{_JOURNAL} holds results made with {earlier}; choose another --out to classify "
+            f"with {now}"
+        )

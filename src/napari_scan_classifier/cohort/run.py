@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from napari_scan_classifier.choice import is_auto
 from napari_scan_classifier.cohort.inputs import SeriesTask, discover, expand_inputs
-from napari_scan_classifier.cohort.journal import Journal, _check_same_bundle, journal_path
+from napari_scan_classifier.cohort.journal import (
+    Journal,
+    _check_same_bundle,
+    check_same_frame,
+    journal_path,
+)
 from napari_scan_classifier.cohort.progress import CohortProgress
 from napari_scan_classifier.cohort.refs import AutoRef, BundleRef, auto_ref, bundle_ref
 from napari_scan_classifier.cohort.worker import _BUNDLES, Options, classify_task, failed_row
@@ -193,6 +198,7 @@ def _classify_tasks(
     journal.path.parent.mkdir(parents=True, exist_ok=True)
     earlier = journal.rows()
     _check_same_bundle(earlier, ref)
+    check_same_frame(earlier, options.frame)
     done = {row["series_key"] for row in earlier if row["status"] != NO_MODEL}
     pending = [task for task in tasks if task.key not in done]
     progress = CohortProgress(len(tasks), len(tasks) - len(pending), stream)
@@ -206,6 +212,7 @@ def _classify_tasks(
     try:
         for row in rows:
             _redact_row(row, redact)
+            row["frame_requested"] = options.frame  # what a resumed run must ask for too
             journal.append(row)
             progress.update(row)
             choice = row.get("model_choice")

@@ -17,6 +17,7 @@ from napari_scan_classifier.errors import (
 )
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.results import (
+    at_frame,
     check_saliency_class,
     classify_series,
     json_safe,
@@ -34,6 +35,7 @@ class Options:
     faithfulness: bool = False
     saliency_dir: str | None = None
     saliency_class: str | None = None  # None: each series' predicted class
+    frame: int | None = None  # the volume of each 4D series to classify (see at_frame)
 
 
 _BUNDLES: dict[str, Bundle] = {}
@@ -103,7 +105,7 @@ def classify_task(task: SeriesTask, ref: BundleRef | AutoRef, options: Options) 
     used = ref if isinstance(ref, BundleRef) else None
     choice = None
     try:
-        volume = _load_series(task)
+        volume = at_frame(_load_series(task), options.frame)
         loaded = time.perf_counter() - start
         if isinstance(ref, AutoRef):
             choice = choose(identify(volume), ref.entries)
@@ -160,6 +162,8 @@ def failed_row(task: SeriesTask, reason: str) -> dict[str, Any]:
         "modality": None,
         "series_number": None,
         "description": None,
+        "frame": None,
+        "frames": None,
         "shape": None,
         "spacing_mm": None,
         "geometry_warnings": [],

@@ -12,7 +12,7 @@ same way and name their scan layer in their metadata (``SOURCE_KEY``): a new res
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -115,6 +115,15 @@ def scan_volume(layer: Layer) -> Volume:
             f"'{layer.name}' is {layer.ndim}D; classification needs a 3D scan (slice, row, column)"
         )
     return layer_to_volume(layer)
+
+
+def shown_frame(volume: Volume, layer: Layer, point: Sequence[float]) -> Volume:
+    """The volume a 4D scan shows at the viewer's ``point`` (its first slider: time point, echo
+    or b-value): the one the user sees is the one classified. A 3D scan as it is."""
+    if volume.voxels.ndim == 3:
+        return volume
+    position = layer.world_to_data(np.asarray(point, dtype=float)[-layer.ndim :])
+    return volume.frame(int(np.clip(np.round(position[0]), 0, volume.frames - 1)))
 
 
 def is_result_layer(layer: Layer) -> bool:

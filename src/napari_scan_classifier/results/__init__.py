@@ -10,6 +10,7 @@ paths).
 """
 
 from napari_scan_classifier.results.batch import (
+    at_frame,
     chosen_models_summary,
     classify_paths,
     classify_series,
@@ -67,6 +68,7 @@ __all__ = [
     "UNCERTAINTY_TITLES",
     "BatchReport",
     "ScanResult",
+    "at_frame",
     "check_output",
     "check_saliency_class",
     "chosen_models_summary",

@@ -48,6 +48,7 @@ def classify_paths(
     faithfulness: bool = False,
     saliency_dir: str | os.PathLike[str] | None = None,
     saliency_class: str | None = None,
+    frame: int | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     on_result: Callable[[int, Volume, ScanResult], None] | None = None,
     checkpoint: Callable[[BatchReport], None] | None = None,
@@ -55,7 +56,8 @@ def classify_paths(
     """Classify every series under every path with ``bundle`` (or the bundle at that path, the
     bundled one for None; ``"auto"`` or a Chooser: the model each scan chooses, see choice.py);
     maps of each series' predicted class (or of ``saliency_class``) go to ``saliency_dir`` as
-    NIfTI; ``on_row`` gets each series' row as soon as it is done (a long batch shows its
+    NIfTI; ``frame`` picks that volume of every 4D series (see :func:`at_frame`); ``on_row``
+    gets each series' row as soon as it is done (a long batch shows its
     progress); ``on_result`` gets each
     classified scan with its input's position (to send results on, e.g. to a PACS);
     ``checkpoint`` the report so far after each input and series (to write it, so a late
@@ -91,7 +93,7 @@ def classify_paths(
     save = checkpoint or (lambda _report: None)
     index = 0
     for number, path in enumerate(paths, start=1):
-        volumes = _load(path, number, report, redact)
+        volumes = [at_frame(volume, frame) for volume in _load(path, number, report, redact)]
         save(report)
         for chunk in _chunks(volumes, BATCH_SIZE):
             for volume, (outcome, used, choice) in zip(
@@ -291,6 +293,14 @@ def _predict_each(volumes: list[Volume], bundle: Bundle, passes: int) -> list[Pr
     return [outcome for volume in volumes for outcome in _predict_each([volume], bundle, passes)]
 
 
+def at_frame(volume: Volume, frame: int | None) -> Volume:
+    """The volume at ``frame`` of a 4D series that has it; any other series as it is: a cohort
+    mixes 3D and 4D series, and a 4D series without that frame fails with the range it has."""
+    if frame is None or volume.voxels.ndim == 3 or not 0 <= frame < volume.frames:
+        return volume
+    return volume.frame(frame)
+
+
 def series_row(index: int, number: int, volume: Volume) -> dict[str, Any]:
     """A series' de-identified label and geometry: ``index`` counts series over the whole run,
     ``number`` is the position of the input path on the command line."""
@@ -303,6 +313,8 @@ def series_row(index: int, number: int, volume: Volume) -> dict[str, Any]:
         "modality": volume.modality,
         "series_number": meta.get("series_number"),
         "description": volume.description,
+        "frame": meta.get("frame"),
+        "frames": volume.frames if meta.get("frame") is None else meta.get("frames"),
         "shape": list(volume.shape),
         "spacing_mm": [round(s, 6) for s in volume.spacing],
         "geometry_warnings": [str(w) for w in meta.get("geometry_warnings", ())],

@@ -85,6 +85,7 @@ _SERIES_COLUMNS = (
     "modality",
     "series_number",
     "description",
+    "frame",
     "status",
 )
 
@@ -137,7 +138,7 @@ def to_csv(report: BatchReport) -> str:
 
 
 def _csv_row(row: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    flat = {key: row[key] for key in _SERIES_COLUMNS}
+    flat = {key: row.get(key) for key in _SERIES_COLUMNS}  # journals before "frame" lack it
     flat["geometry_warnings"] = "; ".join(row["geometry_warnings"])
     flat["note"] = row["error"] or ""
     flat["worker"] = row.get("worker") or ""  # where a cohort ran it, and with which bundle

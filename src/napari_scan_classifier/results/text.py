@@ -37,6 +37,7 @@ def summary_lines(
     lines = [
         *(ood_lines(result) if banner else []),
         f"Predicted: {result['predicted_class']}",
+        *_frame_lines(result),
         *decision_lines(result.get("decision_rule")),
         *(probability_lines(result) if probabilities else []),
         *_choice_lines(result.get("model_choice")),
@@ -47,6 +48,13 @@ def summary_lines(
     if result.get("modality_warning"):
         lines.append(f"Warning: {result['modality_warning']}")
     return lines
+
+
+def _frame_lines(result: Mapping[str, Any]) -> list[str]:
+    """Which volume of a 4D scan answered: another time point or echo may answer otherwise."""
+    if result.get("frame") is None:
+        return []
+    return [f"Frame: {result['frame']} of a 4D scan (0 to {result['frames'] - 1})"]
 
 
 def decision_lines(rule: Mapping[str, Any] | None) -> list[str]:

@@ -48,6 +48,7 @@ from napari_scan_classifier.plugin.layers import (
     put_result_layer,
     remove_result_layer,
     scan_volume,
+    shown_frame,
 )
 from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.progress_bar import DockProgress
@@ -305,7 +306,7 @@ class ClassifyWidget(Container):
             show_info("Open a CT or MR scan (an image layer) to classify it.")
             return None
         try:
-            volume = scan_volume(layer)
+            volume = shown_frame(scan_volume(layer), layer, self._viewer.dims.point)
         except ScanClassifierError as error:
             show_error(str(error))
             return None
@@ -402,6 +403,8 @@ class ClassifyWidget(Container):
             show_info(f"'{layer.name}' was closed before its classification finished.")
             return
         data = result.to_dict()
+        if volume.metadata.get("frame") is not None:
+            data.update(frame=volume.metadata["frame"], frames=volume.metadata["frames"])
         if choice is not None:
             data["model_choice"] = choice.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
@@ -427,6 +430,8 @@ class ClassifyWidget(Container):
         method = data["saliency"]["method"]
         title = SALIENCY_TITLES.get(method_key(method), method)
         name = f"{title} · {data['saliency']['target_class']}"
+        if data.get("frame") is not None:
+            name += f" · frame {data['frame']}"
         peak, upper = (None, 1.0) if view is None else view
         metadata = {CLASSIFICATION_KEY: data, SCAN_NAME_KEY: layer.name, PEAK_KEY: peak}
         layer_data = map_to_layer_data(volume, result.saliency.values, name, metadata, upper)

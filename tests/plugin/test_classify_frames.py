@@ -1,0 +1,56 @@
+"""A 4D scan in the Classify dock: the volume on screen (napari's first slider) is the one
+classified, and the dock and the map's name say which."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_fixtures import tiny_bundle
+from napari.components import ViewerModel
+from pytestqt.qtbot import QtBot
+from test_frames import four_d_ct
+
+from napari_scan_classifier.inference import classify
+from napari_scan_classifier.models import load_bundle, save_bundle
+from napari_scan_classifier.plugin.layers import find_result_layer, volume_to_layer_data
+from napari_scan_classifier.plugin.widgets.classify import (
+    CLASSIFICATION_KEY,
+    SALIENCY_KIND,
+    ClassifyWidget,
+)
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_bundle(tiny_bundle(), tmp_path_factory.mktemp("models") / "cnn3d")
+
+
+@pytest.mark.parametrize("shown", [1, 2])
+def test_the_frame_on_screen_is_classified(
+    viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path, shown: int
+) -> None:
+    scan = four_d_ct()
+    data, kwargs, _ = volume_to_layer_data(scan)
+    layer = viewer.add_image(data, **kwargs)
+    viewer.dims.set_point(0, shown)
+    widget = ClassifyWidget(viewer)
+    widget.model.value = cnn_dir
+    widget.saliency.value = "gradcam"
+
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    result = layer.metadata[CLASSIFICATION_KEY]
+    expected = classify(scan.frame(shown), load_bundle(cnn_dir), method="none")
+    assert (result["frame"], result["frames"]) == (shown, 3)
+    for name, p in expected.probabilities.items():
+        assert result["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    assert f"Frame: {shown} of a 4D scan (0 to 2)" in widget.summary.value
+    saliency = find_result_layer(viewer.layers, layer, SALIENCY_KIND)
+    assert saliency is not None and saliency.ndim == 3
+    assert saliency.name.endswith(f" · frame {shown}")
+    np.testing.assert_allclose(saliency.affine.affine_matrix, layer.affine.affine_matrix[1:, 1:])
