@@ -48,6 +48,7 @@ from napari_scan_classifier.plugin.layers import (
     mask_on_acquired_grid,
     put_result_layer,
     scan_volume,
+    shown_frame,
 )
 from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.annotate_drafts import DRAFT_DELAY_MS, MaskDrafts
@@ -228,7 +229,7 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
             return None
         try:
             label = clean_label(self.chosen_label())
-            volume = scan_volume(layer)
+            volume = shown_frame(scan_volume(layer), layer, self._viewer.dims.point)
             mask = self._mask_for(volume)
             library = CaseLibrary(self.library.value)
         except ScanClassifierError as error:

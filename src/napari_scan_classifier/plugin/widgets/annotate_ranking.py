@@ -36,7 +36,7 @@ from napari_scan_classifier.active_learning import (
 from napari_scan_classifier.choice import is_auto
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.models import Bundle
-from napari_scan_classifier.plugin.layers import scan_volume
+from napari_scan_classifier.plugin.layers import scan_volume, shown_frame
 from napari_scan_classifier.plugin.widgets.annotate_layout import (
     DATA_ROLE,
     is_scan,
@@ -118,7 +118,8 @@ class RankingSection:
                 show_info("Open some scans to rank them, or rank the scans in a folder.")
                 return None
             try:
-                sources = [scan_volume(layer) for layer in layers]
+                point = self._viewer.dims.point
+                sources = [shown_frame(scan_volume(layer), layer, point) for layer in layers]
             except ScanClassifierError as error:
                 notify_error(error, "Ranking")
                 return None

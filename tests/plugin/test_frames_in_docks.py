@@ -1,5 +1,5 @@
-"""A 4D scan in the Classify dock: the volume on screen (napari's first slider) is the one
-classified, and the dock and the map's name say which."""
+"""A 4D scan in the docks: the volume on screen (napari's first slider) is the one classified,
+or saved as a case with its painted mask; the dock and the map's name say which."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ import numpy as np
 import pytest
 from model_fixtures import tiny_bundle
 from napari.components import ViewerModel
+from napari.layers import Image
 from pytestqt.qtbot import QtBot
 from test_frames import four_d_ct
 
+from napari_scan_classifier.cases import CaseLibrary
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.plugin.layers import find_result_layer, volume_to_layer_data
+from napari_scan_classifier.plugin.widgets.annotate import AnnotateWidget
 from napari_scan_classifier.plugin.widgets.classify import (
     CLASSIFICATION_KEY,
     SALIENCY_KIND,
     ClassifyWidget,
 )
+from napari_scan_classifier.volume import Volume
 
 WAIT_MS = 60_000
 
@@ -29,14 +33,19 @@ def cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_bundle(tiny_bundle(), tmp_path_factory.mktemp("models") / "cnn3d")
 
 
+def _show(viewer: ViewerModel, scan: Volume, frame: int) -> Image:
+    data, kwargs, _ = volume_to_layer_data(scan)
+    layer = viewer.add_image(data, **kwargs)
+    viewer.dims.set_point(0, frame)
+    return layer
+
+
 @pytest.mark.parametrize("shown", [1, 2])
 def test_the_frame_on_screen_is_classified(
     viewer: ViewerModel, qtbot: QtBot, cnn_dir: Path, shown: int
 ) -> None:
     scan = four_d_ct()
-    data, kwargs, _ = volume_to_layer_data(scan)
-    layer = viewer.add_image(data, **kwargs)
-    viewer.dims.set_point(0, shown)
+    layer = _show(viewer, scan, shown)
     widget = ClassifyWidget(viewer)
     widget.model.value = cnn_dir
     widget.saliency.value = "gradcam"
@@ -54,3 +63,27 @@ def test_the_frame_on_screen_is_classified(
     assert saliency is not None and saliency.ndim == 3
     assert saliency.name.endswith(f" · frame {shown}")
     np.testing.assert_allclose(saliency.affine.affine_matrix, layer.affine.affine_matrix[1:, 1:])
+
+
+def test_the_frame_on_screen_is_saved_as_a_case_with_its_mask(
+    viewer: ViewerModel, qtbot: QtBot, tmp_path: Path
+) -> None:
+    scan = four_d_ct()
+    layer = _show(viewer, scan, 2)
+    widget = AnnotateWidget(viewer)
+    widget.library.value = tmp_path / "library"
+    widget.scan.value = layer
+    mask = widget.add_mask()
+    mask.data[5:8, 10:20, 10:20] = 1
+    widget.new_label.value = "lesion"
+
+    assert widget.save_case() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+    library = CaseLibrary(widget.library.value)
+    (record,) = library.list()
+    volume, saved_mask = library.load(record.case_id)
+    assert record.label == "lesion" and record.shape == (20, 40, 40)
+    np.testing.assert_array_equal(volume.voxels, scan.voxels[2])
+    np.testing.assert_allclose(volume.affine, scan.affine)
+    assert int(saved_mask.sum()) == 3 * 10 * 10
