@@ -16,7 +16,7 @@ from napari_scan_classifier.inference import classify
 from napari_scan_classifier.io.nifti import load_nifti, save_nifti
 from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.phantoms import make_ct_phantom
-from napari_scan_classifier.results import at_frame
+from napari_scan_classifier.results import at_frame, classify_paths
 from napari_scan_classifier.results.text import summary_lines
 from napari_scan_classifier.volume import Volume
 
@@ -119,3 +119,15 @@ def test_resuming_with_another_frame_is_refused(
     assert code != 0
     assert "holds results made with --frame 1; choose another --out" in capsys.readouterr().err
     assert _classify(tmp_path, "results.csv", four_d_file, bundle_dir, "--frame", "1") == 0
+
+
+def test_classify_paths_takes_the_frame_as_the_cohort_does(
+    four_d_file: Path, bundle_dir: Path
+) -> None:
+    report = classify_paths([four_d_file], bundle_dir, passes=0, frame=1)
+
+    (row,) = report.series
+    expected = classify(load_nifti(four_d_file).frame(1), load_bundle(bundle_dir), method="none")
+    assert (row["frame"], row["frames"]) == (1, 3) and row["series"].endswith("frame 1")
+    for name, p in expected.probabilities.items():
+        assert row["probabilities"][name] == pytest.approx(p, abs=1e-5)
