@@ -22,7 +22,7 @@ import time
 import numpy as np
 import paired
 
-from napari_scan_classifier.evaluation import evaluate
+from napari_scan_classifier.evaluation import ece_text, evaluate
 from napari_scan_classifier.models import Bundle, load_bundle
 from napari_scan_classifier.models.bundled import named_bundle_path
 from napari_scan_classifier.models.demo import mr
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(paired.line(f"{set_name:7s} n={len(split.y)}", split.y, new, reference, base))
         report = evaluate(split.y, new, mr.GRID.classes)
         print(
-            f"{'':7s} ECE {report.ece:.3f}, mean confidence {new.max(axis=1).mean():.3f}, "
+            f"{'':7s} ECE {ece_text(report)}, mean confidence {new.max(axis=1).mean():.3f}, "
             f"accuracy {report.accuracy:.3f}"
         )
         for contrast in CONTRASTS:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         truths.append(split.y)
         predictions.append(new)
     both = evaluate(np.concatenate(truths), np.concatenate(predictions), mr.GRID.classes)
-    print(f"both sets together (the validation's mix) n={both.n}: ECE {both.ece:.3f}")
+    print(f"both sets together (the validation's mix) n={both.n}: ECE {ece_text(both)}")
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

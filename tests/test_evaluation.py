@@ -12,6 +12,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, roc_
 
 from napari_scan_classifier.evaluation import (
     confusion_lines,
+    ece_by_chance,
+    ece_text,
     evaluate,
     expected_calibration_error,
     fit_temperature,
@@ -300,7 +302,10 @@ def test_three_class_figures_show_each_class() -> None:
     reliability = plot_reliability(report).axes
     heights = [bar.get_height() for bar in reliability[1].patches]
     assert heights == report.reliability.counts.tolist() and sum(heights) == 90
-    assert reliability[0].get_title() == f"Reliability (ECE {report.ece:.3f})"
+    chance = report.ece_by_chance[0]
+    assert (
+        reliability[0].get_title() == f"Reliability (ECE {report.ece:.3f}; {chance:.3f} by chance)"
+    )
 
 
 def test_figures_for_a_one_class_report(tmp_path: Path) -> None:
@@ -309,3 +314,49 @@ def test_figures_for_a_one_class_report(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["roc.png", "confusion.png", "reliability.png"]
     with pytest.raises(ValueError, match="empty"):
         plot_history({"loss": []})
+
+
+def _dirichlet_probabilities(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).dirichlet((0.6, 0.6, 0.6), size=n)
+
+
+def _labels_drawn_from(probabilities: np.ndarray, seed: int) -> np.ndarray:
+    """Labels of a perfectly calibrated model: each case's class drawn from its probabilities."""
+    rng = np.random.default_rng(seed)
+    cumulative = probabilities.cumsum(axis=1)
+    draws = rng.random((len(probabilities), 1))
+    return np.minimum((draws > cumulative).sum(axis=1), probabilities.shape[1] - 1)
+
+
+@pytest.mark.parametrize("n", [40, 150])
+def test_ece_by_chance_is_what_a_calibrated_model_shows(n: int) -> None:
+    p = _dirichlet_probabilities(n, seed=n)
+    mean, top = ece_by_chance(p)
+
+    observed = np.array(
+        [evaluate(_labels_drawn_from(p, seed), p, ["a", "b", "c"]).ece for seed in range(300)]
+    )
+
+    assert 0.02 < mean < top
+    assert observed.mean() == pytest.approx(mean, abs=0.01)
+    assert 0.01 <= np.mean(observed > top) <= 0.12  # its 95th percentile, within sampling
+
+
+def test_ece_by_chance_shrinks_with_more_cases_and_flags_overconfidence() -> None:
+    few, many = (
+        ece_by_chance(_dirichlet_probabilities(40, 1)),
+        ece_by_chance(_dirichlet_probabilities(2000, 1)),
+    )
+    assert many[0] < few[0] / 3
+
+    sure = np.tile([0.95, 0.03, 0.02], (200, 1))  # 95 % sure, right 70 % of the time
+    y = np.where(np.arange(200) % 10 < 7, 0, 1)
+    report = evaluate(y, sure, ["a", "b", "c"])
+
+    assert report.ece == pytest.approx(0.25)
+    assert report.ece > report.ece_by_chance[1]
+    assert report.to_dict()["ece_by_chance"] == pytest.approx(report.ece_by_chance[0])
+    assert report.ece_by_chance == evaluate(y, sure, ["a", "b", "c"]).ece_by_chance
+    assert ece_text(report) == (
+        f"0.250 ({report.ece_by_chance[0]:.3f} by chance, 95 % {report.ece_by_chance[1]:.3f})"
+    )

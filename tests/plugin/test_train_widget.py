@@ -151,7 +151,8 @@ def test_a_three_class_result_shows_each_class_and_a_three_by_three_matrix(widge
 
     assert lines[1] == (
         f"Validation: macro AUC {report.auc:.2f}, accuracy 0.86, macro sensitivity 0.89, "
-        f"macro specificity 0.93, ECE {report.ece:.2f} (n = 7)"
+        f"macro specificity 0.93, ECE {report.ece:.2f} ({report.ece_by_chance[0]:.2f} by chance, "
+        f"95 % {report.ece_by_chance[1]:.2f}) (n = 7)"
     )
     # tumour's 0.7 and 0.5 against the others' 0.1, 0.3, 0.6, 0.2, 0.1: 9 of 10 pairs right
     assert lines[2] == (

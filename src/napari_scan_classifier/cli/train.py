@@ -157,8 +157,10 @@ def _print_training_summary(result: TrainingResult) -> None:
 
 
 def _metrics_line(report: EvaluationReport) -> str:
+    from napari_scan_classifier.evaluation import ece_text
+
     values = report.to_dict()
-    shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+    shown = ("auc", "accuracy", "sensitivity", "specificity")
     labels = {"auc": report.auc_label.lower()}
     if len(report.class_names) > 2:  # macro means over the classes
         labels.update(sensitivity="macro sensitivity", specificity="macro specificity")
@@ -166,7 +168,7 @@ def _metrics_line(report: EvaluationReport) -> str:
         f"{labels.get(key, key)} " + ("n/a" if values[key] is None else f"{values[key]:.3f}")
         for key in shown
     ]
-    return f"n {values['n']}  " + "  ".join(parts)
+    return f"n {values['n']}  " + "  ".join(parts) + f"  ece {ece_text(report)}"
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from napari_scan_classifier.errors import (
 )
 from napari_scan_classifier.evaluation import (
     EvaluationReport,
+    ece_text,
     evaluate,
     plot_confusion,
     plot_history,
@@ -271,7 +272,7 @@ def recalibrate_bundle(
         f"{m.model_card}\n\n## Recalibrated from version {m.version}\nTemperature "
         f"{calibration.temperature:.3f} and class bias refitted on {len(y)} cases of "
         f"{data.description}: accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}, ECE "
-        f"{before.ece:.3f} -> {after.ece:.3f}."
+        f"{before.ece:.3f} -> {ece_text(after)}."
     ).strip()
     metadata = derive(
         m,

@@ -87,7 +87,7 @@ def training_info(
 def metrics_summary(report: EvaluationReport) -> dict[str, Any]:
     """The headline figures, each class's one-vs-rest AUC and the confusion matrix."""
     summary = report.to_dict()
-    headline = ("n", "auc", "accuracy", "sensitivity", "specificity", "ece")
+    headline = ("n", "auc", "accuracy", "sensitivity", "specificity", "ece", "ece_by_chance")
     return {
         **{key: summary[key] for key in headline},
         "per_class_auc": {name: m["auc"] for name, m in summary["per_class"].items()},

@@ -42,6 +42,7 @@ HELD_OUT_KEYS = (
     "sensitivity",
     "specificity",
     "ece",
+    "ece_by_chance",
     "per_class",
     "confusion_matrix",
 )

@@ -36,7 +36,7 @@ from superqt.utils import FunctionWorker
 from napari_scan_classifier import outputs
 from napari_scan_classifier.cases import default_root
 from napari_scan_classifier.errors import ScanClassifierError
-from napari_scan_classifier.evaluation import EvaluationReport
+from napari_scan_classifier.evaluation import EvaluationReport, ece_text
 from napari_scan_classifier.models import ARCHITECTURES, Bundle
 from napari_scan_classifier.plugin.layout import scroll_when_docked
 from napari_scan_classifier.plugin.widgets.classify import BUNDLE_FILTER, ClassifyWidget
@@ -405,15 +405,15 @@ def _model_name(bundle: Bundle) -> str:
 
 def _metrics(report: EvaluationReport) -> str:
     values = report.to_dict()
-    labels = {"auc": report.auc_label, "ece": "ECE"}
+    labels = {"auc": report.auc_label}
     if len(report.class_names) > 2:  # macro means over the classes
         labels.update(sensitivity="macro sensitivity", specificity="macro specificity")
-    shown = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+    shown = ("auc", "accuracy", "sensitivity", "specificity")
     parts = [
         f"{labels.get(key, key)} " + ("n/a" if values[key] is None else f"{values[key]:.2f}")
         for key in shown
     ]
-    return f"{', '.join(parts)} (n = {values['n']})"
+    return f"{', '.join(parts)}, ECE {ece_text(report, 2)} (n = {values['n']})"
 
 
 def _per_class(report: EvaluationReport) -> str:
