@@ -88,7 +88,8 @@ def test_series_table_has_a_header(capsys) -> None:
     assert main(["series", str(sample_ct_path())]) == 0
     header, row = capsys.readouterr().out.splitlines()
     assert header.split()[:4] == ["series", "key", "modality", "number"]
-    assert row.split()[1:4] == ["CT", "#1", "72x128x128"]
+    assert row.split()[1:5] == ["CT", "#1", "72x128x128", "1"]
+    assert header.split()[5] == "frames"
 
 
 def test_training_progress_in_a_log_is_plain_lines(capsys) -> None:

@@ -28,12 +28,13 @@ def _series_command(args: argparse.Namespace) -> int:
             info.modality,
             f"#{info.series_number}",
             "x".join(str(n) for n in info.shape),
+            str(info.timepoints),  # a 4D series: classify --frame picks one
             info.description,
         )
         for info in series
     ]
-    header = ("series key", "modality", "number", "voxels", "description")
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
+    header = ("series key", "modality", "number", "voxels", "frames", "description")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(5)]
     _print_table(header, rows, widths)
     return 0
 
