@@ -13,7 +13,7 @@ from napari.layers import Image
 from pytestqt.qtbot import QtBot
 from test_frames import four_d_ct
 
-from napari_scan_classifier.cases import CaseLibrary
+from napari_scan_classifier.cases import DRAFTS, CaseLibrary
 from napari_scan_classifier.inference import classify
 from napari_scan_classifier.models import load_bundle, save_bundle
 from napari_scan_classifier.plugin.layers import find_result_layer, volume_to_layer_data
@@ -74,11 +74,18 @@ def test_the_frame_on_screen_is_saved_as_a_case_with_its_mask(
     widget.library.value = tmp_path / "library"
     widget.scan.value = layer
     mask = widget.add_mask()
+    _finish(qtbot, widget)
     mask.data[5:8, 10:20, 10:20] = 1
+    mask.paint((6, 15, 15), 1)  # a stroke: its draft is written as for any scan
+    widget.drafts.timer.stop()
+    widget.drafts.flush()
+    _finish(qtbot, widget)
+    drafts = tmp_path / "library" / DRAFTS
+    assert len(list(drafts.iterdir())) == 1
     widget.new_label.value = "lesion"
 
     assert widget.save_case() is not None
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    _finish(qtbot, widget)
 
     library = CaseLibrary(widget.library.value)
     (record,) = library.list()
@@ -86,4 +93,9 @@ def test_the_frame_on_screen_is_saved_as_a_case_with_its_mask(
     assert record.label == "lesion" and record.shape == (20, 40, 40)
     np.testing.assert_array_equal(volume.voxels, scan.voxels[2])
     np.testing.assert_allclose(volume.affine, scan.affine)
-    assert int(saved_mask.sum()) == 3 * 10 * 10
+    np.testing.assert_array_equal(saved_mask.astype(bool), mask.data.astype(bool))
+    assert list(drafts.iterdir()) == []  # the draft goes once its frame is saved
+
+
+def _finish(qtbot: QtBot, widget: AnnotateWidget) -> None:
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.drafts.busy, timeout=WAIT_MS)

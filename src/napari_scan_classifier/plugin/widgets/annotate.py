@@ -39,7 +39,7 @@ from napari.utils.notifications import show_info
 from superqt.utils import FunctionWorker
 
 from napari_scan_classifier.active_learning import Ranked, Unranked
-from napari_scan_classifier.cases import CaseLibrary, CaseRecord, clean_label
+from napari_scan_classifier.cases import CaseLibrary, CaseRecord, clean_label, scan_key
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
@@ -229,14 +229,15 @@ class AnnotateWidget(CaseLibrarySection, RankingSection, Container):
             return None
         try:
             label = clean_label(self.chosen_label())
-            volume = shown_frame(scan_volume(layer), layer, self._viewer.dims.point)
+            scan = scan_volume(layer)
+            volume = shown_frame(scan, layer, self._viewer.dims.point)
             mask = self._mask_for(volume)
             library = CaseLibrary(self.library.value)
         except ScanClassifierError as error:
             notify_error(error, "Saving the case")
             return None
         prediction = case_prediction(self._classification())
-        job = partial(library.add, volume, label, mask=mask, prediction=prediction)
+        job = partial(_add_case, library, scan, volume, label, mask, prediction)
         return self._start(job, self._on_saved, "Saving the case", f"Saving '{layer.name}'")
 
     def _mask_for(self, volume: Volume) -> np.ndarray | None:
@@ -314,3 +315,19 @@ def case_prediction(result: dict[str, Any] | None) -> dict[str, Any] | None:
     uncertainty = result.get("uncertainty") or {}
     kept["uncertainty"] = {key: uncertainty[key] for key in UNCERTAINTY_KEYS if key in uncertainty}
     return kept
+
+
+def _add_case(
+    library: CaseLibrary,
+    scan: Volume,
+    volume: Volume,
+    label: str,
+    mask: np.ndarray | None,
+    prediction: dict[str, Any] | None,
+) -> CaseRecord:
+    """In the worker: save the case; for a frame of a 4D scan, also drop the mask's draft,
+    which is keyed by the whole scan (the library drops the draft of what it saved)."""
+    record = library.add(volume, label, mask=mask, prediction=prediction)
+    if volume is not scan:
+        library.discard_draft(scan_key(scan))
+    return record
