@@ -52,9 +52,9 @@ def test_a_frame_is_that_volume_on_the_same_geometry() -> None:
     assert (second.metadata["frame"], second.metadata["frames"]) == (1, 3)
     assert second.display_name() == "CT Perfusion frame 1"
     for index in (-1, 3):
-        with pytest.raises(IndexError, match=rf"frame {index} of a scan with 3 \(0 to 2\)"):
+        with pytest.raises(InvalidInputError, match=rf"no frame {index}: .* has 3 \(0 to 2\)"):
             scan.frame(index)
-    with pytest.raises(IndexError, match="with 1"):
+    with pytest.raises(InvalidInputError, match="the scan has 1"):
         second.frame(0)
 
 

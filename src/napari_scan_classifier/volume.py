@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_scan_classifier.errors import InvalidInputError
+
 # Rows: world axes (I, P, L); columns: LPS axes (x=L, y=P, z=S).
 _WORLD_FROM_LPS = np.array(
     [
@@ -208,7 +210,9 @@ class Volume:
         """The 3D volume at ``index`` (from 0, as napari's slider counts) of a 4D scan: a 3D
         classifier answers for one time point or echo, and the result says which."""
         if self.voxels.ndim == 3 or not 0 <= index < self.frames:
-            raise IndexError(f"frame {index} of a scan with {self.frames} (0 to {self.frames - 1})")
+            raise InvalidInputError(
+                f"there is no frame {index}: the scan has {self.frames} (0 to {self.frames - 1})"
+            )
         metadata = {**self.metadata, "frame": int(index), "frames": self.frames}
         return replace(self, voxels=self.voxels[index], metadata=metadata)
 
