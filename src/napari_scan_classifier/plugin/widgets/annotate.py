@@ -26,6 +26,7 @@ the same scan later brings the draft back, and saving the case removes it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -40,7 +41,7 @@ from superqt.utils import FunctionWorker
 
 from napari_scan_classifier.active_learning import Ranked, Unranked
 from napari_scan_classifier.cases import CaseLibrary, CaseRecord, clean_label, scan_key
-from napari_scan_classifier.errors import ScanClassifierError
+from napari_scan_classifier.errors import CaseLibraryError, ScanClassifierError
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.plugin.layers import (
     empty_mask_layer_data,
@@ -329,5 +330,6 @@ def _add_case(
     which is keyed by the whole scan (the library drops the draft of what it saved)."""
     record = library.add(volume, label, mask=mask, prediction=prediction)
     if volume is not scan:
-        library.discard_draft(scan_key(scan))
+        with contextlib.suppress(CaseLibraryError):  # saved; a leftover draft is only restored
+            library.discard_draft(scan_key(scan))
     return record
