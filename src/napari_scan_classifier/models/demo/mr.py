@@ -58,6 +58,10 @@ Version 9 is version 8's network (the same weights) answering with the mean logi
 and of its left-right mirror image (``test_time_mirror``), calibrated on that answer: on 300 fresh
 phantoms per set, paired against version 8, subtle lesions 0.866 against 0.849 (+0.004 to
 +0.031; T1-like 0.769, FLAIR-like 0.935), clear ones 0.991 against 0.985 (+0.002 to +0.011).
+On 300 phantoms from yet other seeds it scores 0.818 on subtle lesions: sets of 300 differ by
+that much. There, the 540-pair network with the mirror scored 0.848 (paired +0.007 to +0.052),
+but 0.865 against 0.866 on the first set; the mean logits of it and version 9 scored 0.843, of
+it and the network with subtle T1-like pairs twice as often 0.858: an ensemble gains little.
 
 Why the last stage barely trains: version 5 followed its mask stage with 8 epochs on clear and
 6 on mixed lesions at 5e-4 and 3e-4, on 360 phantoms each. They took the T1-like held-out macro
