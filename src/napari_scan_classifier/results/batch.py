@@ -301,6 +301,14 @@ def at_frame(volume: Volume, frame: int | None) -> Volume:
     return volume.frame(frame)
 
 
+def frame_fields(volume: Volume) -> dict[str, int | None]:
+    """Which frame of a 4D series answered (``frame``; None for a whole scan) and how many the
+    series has: the row and the dock say the same."""
+    if volume.metadata.get("frame") is None:
+        return {"frame": None, "frames": volume.frames}
+    return {"frame": volume.metadata["frame"], "frames": volume.metadata["frames"]}
+
+
 def series_row(index: int, number: int, volume: Volume) -> dict[str, Any]:
     """A series' de-identified label and geometry: ``index`` counts series over the whole run,
     ``number`` is the position of the input path on the command line."""
@@ -313,8 +321,7 @@ def series_row(index: int, number: int, volume: Volume) -> dict[str, Any]:
         "modality": volume.modality,
         "series_number": meta.get("series_number"),
         "description": volume.description,
-        "frame": meta.get("frame"),
-        "frames": volume.frames if meta.get("frame") is None else meta.get("frames"),
+        **frame_fields(volume),
         "shape": list(volume.shape),
         "spacing_mm": [round(s, 6) for s in volume.spacing],
         "geometry_warnings": [str(w) for w in meta.get("geometry_warnings", ())],

@@ -65,6 +65,7 @@ from napari_scan_classifier.results import (
     SALIENCY_METHODS,
     SALIENCY_TITLES,
     ScanResult,
+    frame_fields,
     ood_lines,
     slice_text,
     summary_lines,
@@ -402,9 +403,7 @@ class ClassifyWidget(Container):
         if layer not in self._viewer.layers:
             show_info(f"'{layer.name}' was closed before its classification finished.")
             return
-        data = result.to_dict()
-        if volume.metadata.get("frame") is not None:
-            data.update(frame=volume.metadata["frame"], frames=volume.metadata["frames"])
+        data = {**result.to_dict(), **frame_fields(volume)}
         if choice is not None:
             data["model_choice"] = choice.to_dict()
         layer.metadata[CLASSIFICATION_KEY] = data
