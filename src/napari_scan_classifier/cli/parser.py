@@ -11,6 +11,7 @@ from napari_scan_classifier.cli._shared import AUTO_HELP
 from napari_scan_classifier.cli.cases import _add_cases_command
 from napari_scan_classifier.cli.classify import _add_classify_command, _demo_command
 from napari_scan_classifier.cli.listing import _convert_command, _models_command, _series_command
+from napari_scan_classifier.cli.rank import _add_rank_command
 from napari_scan_classifier.cli.train import _add_training_commands
 
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo_command)
 
     _add_training_commands(commands)
+    _add_rank_command(commands)
     _add_cases_command(commands)
     return parser
 
