@@ -19,8 +19,8 @@ from napari_scan_classifier.phantoms import make_ct_phantom
 from napari_scan_classifier.volume import Volume
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["cases", *argv])
+def run(capsys: pytest.CaptureFixture[str], library: Path, *argv: str) -> tuple[int, str, str]:
+    code = main(["cases", *argv, "--library", str(library)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -41,15 +41,7 @@ def test_a_scan_added_with_its_mask_is_the_library_case_with_its_voxels_and_mask
     library = tmp_path / "library"
 
     code, out, _ = run(
-        capsys,
-        "add",
-        str(path),
-        "--label",
-        "lesion",
-        "--mask",
-        str(mask_path),
-        "--library",
-        str(library),
+        capsys, library, "add", str(path), "--label", "lesion", "--mask", str(mask_path)
     )
 
     assert code == 0
@@ -66,11 +58,11 @@ def test_list_shows_every_case_and_the_count_per_class(scan, tmp_path, capsys) -
     path, volume = scan
     library = tmp_path / "library"
     other = save_nifti(Volume(volume.voxels + 1, volume.affine, "CT"), tmp_path / "b.nii.gz")
-    run(capsys, "add", str(path), "--label", "lesion", "--library", str(library))
-    run(capsys, "add", str(other), "--label", "normal", "--library", str(library))
+    run(capsys, library, "add", str(path), "--label", "lesion")
+    run(capsys, library, "add", str(other), "--label", "normal")
 
-    code, out, _ = run(capsys, "list", "--library", str(library))
-    _, listed, _ = run(capsys, "list", "--json", "--library", str(library))
+    code, out, _ = run(capsys, library, "list")
+    _, listed, _ = run(capsys, library, "list", "--json")
 
     assert code == 0
     lines = out.splitlines()
@@ -88,20 +80,20 @@ def test_list_shows_every_case_and_the_count_per_class(scan, tmp_path, capsys) -
 def test_relabel_delete_and_restore_change_the_library(scan, tmp_path, capsys) -> None:
     path, _ = scan
     library = tmp_path / "library"
-    run(capsys, "add", str(path), "--label", "lesion", "--library", str(library))
+    run(capsys, library, "add", str(path), "--label", "lesion")
     (record,) = CaseLibrary(library).list()
     case = record.case_id
 
-    assert run(capsys, "relabel", case, "normal", "--library", str(library))[:2] == (
+    assert run(capsys, library, "relabel", case, "normal")[:2] == (
         0,
         f"case {case} is now normal\n",
     )
     assert CaseLibrary(library).get(case).label == "normal"
-    assert run(capsys, "delete", case, "--library", str(library))[0] == 0
+    assert run(capsys, library, "delete", case)[0] == 0
     assert CaseLibrary(library).list() == []
-    _, trash, _ = run(capsys, "list", "--trash", "--library", str(library))
+    _, trash, _ = run(capsys, library, "list", "--trash")
     assert trash.splitlines()[-1] == "1 case in the trash: normal 1"
-    assert run(capsys, "restore", case, "--library", str(library))[0] == 0
+    assert run(capsys, library, "restore", case)[0] == 0
     assert [r.case_id for r in CaseLibrary(library).list()] == [case]
 
 
@@ -110,15 +102,15 @@ def test_export_then_import_brings_the_cases_into_another_library_once(
 ) -> None:
     path, volume = scan
     library, other = tmp_path / "library", tmp_path / "other"
-    run(capsys, "add", str(path), "--label", "lesion", "--library", str(library))
+    run(capsys, library, "add", str(path), "--label", "lesion")
     archive = tmp_path / "cases.zip"
 
-    assert run(capsys, "export", str(archive), "--library", str(library))[:2] == (
+    assert run(capsys, library, "export", str(archive))[:2] == (
         0,
         "wrote 1 case to cases.zip\n",
     )
-    code, out, _ = run(capsys, "import", str(archive), "--library", str(other))
-    again, out_again, err_again = run(capsys, "import", str(archive), "--library", str(other))
+    code, out, _ = run(capsys, other, "import", str(archive))
+    again, out_again, err_again = run(capsys, other, "import", str(archive))
 
     assert (code, out) == (0, "imported 1 case, skipped 0\n")
     (record,) = CaseLibrary(other).list()
@@ -139,18 +131,8 @@ def test_a_folder_of_several_series_needs_the_series_key(tmp_path, capsys) -> No
     keys = [v.metadata["series_key"] for v in load_scans(folder).volumes]
     library = tmp_path / "library"
 
-    code, _, err = run(capsys, "add", str(folder), "--label", "normal", "--library", str(library))
-    chosen = run(
-        capsys,
-        "add",
-        str(folder),
-        "--label",
-        "normal",
-        "--series",
-        keys[1],
-        "--library",
-        str(library),
-    )
+    code, _, err = run(capsys, library, "add", str(folder), "--label", "normal")
+    chosen = run(capsys, library, "add", str(folder), "--label", "normal", "--series", keys[1])
 
     assert code == 2
     assert err.startswith("error: <input 1> holds 2 series") and all(k in err for k in keys)
@@ -163,10 +145,8 @@ def test_a_4d_scan_needs_its_frame_and_keeps_that_volume(tmp_path, capsys) -> No
     path = save_nifti(four_d_ct(), tmp_path / "perfusion.nii.gz")
     library = tmp_path / "library"
 
-    code, _, err = run(capsys, "add", str(path), "--label", "normal", "--library", str(library))
-    chosen = run(
-        capsys, "add", str(path), "--label", "normal", "--frame", "2", "--library", str(library)
-    )
+    code, _, err = run(capsys, library, "add", str(path), "--label", "normal")
+    chosen = run(capsys, library, "add", str(path), "--label", "normal", "--frame", "2")
 
     assert code == 2 and "is 4D, with 3 volumes: choose one with --frame (0 to 2)" in err
     assert chosen[0] == 0
@@ -186,28 +166,8 @@ def test_a_mask_on_another_grid_or_not_nifti_is_refused_naming_the_mask(
     text.write_text("not a mask")
     library = tmp_path / "library"
 
-    elsewhere = run(
-        capsys,
-        "add",
-        str(path),
-        "--label",
-        "lesion",
-        "--mask",
-        str(moved),
-        "--library",
-        str(library),
-    )
-    not_nifti = run(
-        capsys,
-        "add",
-        str(path),
-        "--label",
-        "lesion",
-        "--mask",
-        str(text),
-        "--library",
-        str(library),
-    )
+    elsewhere = run(capsys, library, "add", str(path), "--label", "lesion", "--mask", str(moved))
+    not_nifti = run(capsys, library, "add", str(path), "--label", "lesion", "--mask", str(text))
 
     assert elsewhere[0] == 2 and "The mask is on another grid than the scan" in elsewhere[2]
     assert not_nifti[0] == 2
