@@ -136,9 +136,21 @@ def test_a_folder_of_several_series_needs_the_series_key(tmp_path, capsys) -> No
 
     assert code == 2
     assert err.startswith("error: <input 1> holds 2 series") and all(k in err for k in keys)
-    assert chosen[0] == 0
+    assert chosen[0] == 0 and chosen[2] == ""
     (record,) = CaseLibrary(library).list()
     assert record.shape == (4, 12, 10)
+
+
+def test_files_left_out_of_the_scan_are_named_by_their_place(tmp_path, capsys) -> None:
+    folder = tmp_path / "Doe_John"  # folders are often named after patients
+    write_stack(folder, stack_positions(4, (0, 0, 2.5)))
+    (folder / "zz_broken.dcm").write_bytes(b"DICM" * 40)
+
+    code, out, err = run(capsys, tmp_path / "library", "add", str(folder), "--label", "normal")
+
+    assert code == 0 and out.startswith("added case ")
+    assert "skipped a file of input 1: file 5: DICOM file without image data" in err
+    assert "Doe_John" not in err
 
 
 def test_a_4d_scan_needs_its_frame_and_keeps_that_volume(tmp_path, capsys) -> None:

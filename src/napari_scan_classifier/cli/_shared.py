@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from napari_scan_classifier.privacy import Redactor
+
+if TYPE_CHECKING:
+    from napari_scan_classifier.io import SkippedFile
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: list[int]) -> None:
@@ -19,6 +26,16 @@ def _tell_path(args: argparse.Namespace, line: str) -> None:
     if args.local_stderr is not None:
         sys.stderr.flush()
         print(line, file=args.local_stderr, flush=True)
+
+
+def _print_skipped(args: argparse.Namespace, skipped: Sequence[SkippedFile]) -> None:
+    """The files of ``args.path`` (input 1) that were left out, and why, on stderr; where they
+    are only with ``--show-paths``."""
+    redact = Redactor([args.path])
+    for file in skipped:
+        redact.found(file.local_path(), args.path)
+        print(f"skipped a file of input 1: {redact(str(file))}", file=sys.stderr)
+        _tell_path(args, f"file {file.position} of input 1 is {file.local_path()}")
 
 
 DEMO = "demo_ct_lesion"

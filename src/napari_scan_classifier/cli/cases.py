@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from napari_scan_classifier.cases import CaseLibrary, CaseRecord, default_root
-from napari_scan_classifier.cli._shared import _print_table
+from napari_scan_classifier.cli._shared import _print_skipped, _print_table
 from napari_scan_classifier.errors import InvalidInputError, ScanClassifierError
 from napari_scan_classifier.privacy import THE_INPUT, renamed
 from napari_scan_classifier.volume import Volume
@@ -110,7 +110,9 @@ def _row(record: CaseRecord) -> tuple[str, ...]:
 def _add(args: argparse.Namespace) -> int:
     from napari_scan_classifier.io import load_scans
 
-    volume = _one_volume(load_scans(args.path).volumes, args.series, args.frame)
+    loaded = load_scans(args.path)
+    _print_skipped(args, loaded.skipped)
+    volume = _one_volume(loaded.volumes, args.series, args.frame)
     mask = _mask(args.mask) if args.mask else None
     record = CaseLibrary(args.library).add(volume, args.label, mask=mask)
     masked = ", with its mask" if record.has_mask else ""
@@ -127,6 +129,8 @@ def _one_volume(volumes: list[Volume], series: str | None, frame: int | None) ->
             raise InvalidInputError(
                 f"{THE_INPUT} holds no series {series} (the series command lists its keys)"
             )
+    if not volumes:
+        raise InvalidInputError(f"{THE_INPUT} holds no scan")
     if len(volumes) != 1:
         keys = ", ".join(str(v.metadata.get("series_key")) for v in volumes)
         raise InvalidInputError(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from napari_scan_classifier import outputs
-from napari_scan_classifier.cli._shared import _print_table, _tell_path
+from napari_scan_classifier.cli._shared import _print_skipped, _print_table
 from napari_scan_classifier.errors import ScanClassifierError
 from napari_scan_classifier.privacy import Redactor
 
@@ -76,10 +76,7 @@ def _convert_command(args: argparse.Namespace) -> int:
     outputs.clean_stale(out)
     redact = Redactor([args.path])
     result = load_scans(args.path)
-    for skipped in result.skipped:
-        redact.found(skipped.local_path(), args.path)
-        print(f"skipped a file of input 1: {redact(str(skipped))}", file=sys.stderr)
-        _tell_path(args, f"file {skipped.position} of input 1 is {skipped.local_path()}")
+    _print_skipped(args, result.skipped)
     for number, volume in enumerate(result.volumes, start=1):
         path = save_nifti(volume, out / f"series_{number:03d}_{volume.modality}.nii.gz")
         for note in volume.metadata.get("geometry_warnings", []):
