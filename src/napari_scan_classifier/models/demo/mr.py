@@ -72,7 +72,11 @@ subtle 0.870, clear 0.991, ECE 0.052 on both; but both sample maps fail their fa
 many regions reads as a lesion to it: deleting the 30 regions the infarct map ranks first took
 P(infarct) to 0.70, deleting 69 brought it back to 1.00. Blurred copies (the check's fill, as the
 CT recipe has) in its scans stage alone, the encoder kept, moved the gaps at that stage from
--0.03 and 0.08 to 0.02 and 0.14 (validation AUC 0.919 against 0.929): the encoder needs them too.
+-0.03 and 0.08 to 0.02 and 0.14 (validation AUC 0.919 against 0.929). Copies in every mask stage
+did worse: validation AUC 0.865 after the scans stage, and the tumour sample read as normal. An
+oracle map (the sample's lesion mask) passes on the candidate (gaps 0.12 and 0.32), so the tumour
+failure is integrated gradients' own (5 of the 13 regions it ranks first touch the tumour, 118 of
+4796 do); from the scan's blur, not its mean, it passes the infarct (0.43), not the tumour (0.02).
 
 Why the last stage barely trains: version 5 followed its mask stage with 8 epochs on clear and
 6 on mixed lesions at 5e-4 and 3e-4, on 360 phantoms each. They took the T1-like held-out macro
