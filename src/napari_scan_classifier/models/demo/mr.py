@@ -78,7 +78,7 @@ oracle map (the sample's lesion mask) passes on the candidate (gaps 0.12 and 0.3
 failure is integrated gradients' own (5 of the 13 regions it ranks first touch the tumour, 118 of
 4796 do); from the scan's blur, not its mean, it passes the infarct (0.43), not the tumour (0.02).
 Grad-CAM on its last layer, 16 times higher inside the tumour than elsewhere, fails too (-0.16):
-its tumour answer outlives the removal of the regions that hold most of the tumour.
+its tumour answer outlives the removal of the regions its maps rank first.
 
 Why the last stage barely trains: version 5 followed its mask stage with 8 epochs on clear and
 6 on mixed lesions at 5e-4 and 3e-4, on 360 phantoms each. They took the T1-like held-out macro
