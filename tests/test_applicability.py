@@ -311,7 +311,7 @@ def test_the_command_line_reports_out_of_distribution_series(tmp_path: Path, cap
     assert "the scan is MR but the model was trained on CT scans" in rows[13]["ood"]["reasons"]
     assert rows["sample"]["predicted_class"] == "lesion"
     assert rows["sample"]["ood"]["reasons"] == []
-    assert "(4 of 4 series classified, 3 out of distribution)" in stdout
+    assert "(4 of 4 series classified, 3 of them out of distribution)" in stdout
 
     (tmp_path / "second").mkdir()
     table = tmp_path / "second" / "results.csv"  # beside no journal of the first run

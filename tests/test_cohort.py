@@ -217,6 +217,34 @@ def test_list_input_and_resume_in_process(
     )
 
 
+def test_a_results_file_used_again_for_other_inputs_holds_only_theirs_and_answers_are_printed(
+    tmp_path: Path,
+    cohort_dir: Path,
+    bundle_dir: Path,
+    broken_nifti: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, second = sorted(cohort_dir.iterdir())[:2]
+    out = tmp_path / "results.json"
+    assert _cli("classify", first, "--model", bundle_dir, "--out", out, "--passes", 0) == 0
+    capsys.readouterr()
+
+    again = ("classify", second, broken_nifti, "--model", bundle_dir, "--out", out)
+    assert _cli(*again, "--passes", 0) == 0
+
+    rows = json.loads(out.read_text())["series"]
+    assert [row["status"] for row in rows] == ["classified", "failed"]
+    assert rows[0]["series_key"] == list_series(second)[0].key
+    printed = capsys.readouterr()
+    assert f"wrote {out} (1 of 2 series classified, 1 failed (the reasons are in the results))" in (
+        printed.out
+    )
+    answered, broken = (row["series"] for row in rows)
+    assert f"{answered}: {rows[0]['predicted_class']}\n" in printed.err
+    assert f"{broken}: not classified\n" in printed.err
+    assert f"warning: {broken}: {rows[1]['error']}\n" in printed.err
+
+
 @pytest.mark.slow
 def test_resuming_with_another_model_is_refused(
     tmp_path: Path, cohort_dir: Path, bundle_dir: Path

@@ -56,14 +56,9 @@ def _classify_cohort(args: argparse.Namespace) -> int:
         print("interrupted: run the same command again to go on from here", file=sys.stderr)
         return 130
     classified = result.total - result.failed
+    counts = _counts(result.out_of_distribution, result.no_model, result.failed)
     resumed = f"; {result.resumed} from an earlier run" if result.resumed else ""
-    outside = f", {result.out_of_distribution} out of distribution" * bool(
-        result.out_of_distribution
-    )
-    outside += f", {result.no_model} with no model for them" * bool(result.no_model)
-    print(
-        f"wrote {result.out} ({classified} of {result.total} series classified{outside}{resumed})"
-    )
+    print(f"wrote {result.out} ({classified} of {result.total} series classified{counts}{resumed})")
     if not classified:
         raise ScanClassifierError("no scan could be classified (the reasons are in the results)")
     return 0
@@ -97,28 +92,32 @@ def _classify_here(args: argparse.Namespace) -> int:
     for skipped in report.skipped:
         print(f"skipped a file of input {skipped['input']}: {skipped['reason']}", file=sys.stderr)
     write_report(report, out)
-    outside = f", {report.out_of_distribution} out of distribution" * bool(
-        report.out_of_distribution
-    )
-    outside += f", {report.no_model} with no model for them" * bool(report.no_model)
-    print(f"wrote {out} ({report.classified} of {len(report.series)} series classified{outside})")
+    total = len(report.series)
+    counts = _counts(report.out_of_distribution, report.no_model, total - report.classified)
+    print(f"wrote {out} ({report.classified} of {total} series classified{counts})")
     return 0
 
 
+def _counts(out_of_distribution: int, no_model: int, not_classified: int) -> str:
+    """The summary's counts after "N of M series classified": the answered ones out of
+    distribution, those no model covers, and the others that failed."""
+    failed = not_classified - no_model
+    return (
+        f", {out_of_distribution} of them out of distribution" * bool(out_of_distribution)
+        + f", {no_model} with no model for them" * bool(no_model)
+        + f", {failed} failed (the reasons are in the results)" * bool(failed)
+    )
+
+
 def _print_row(row: dict[str, Any]) -> None:
-    """One line per series on stdout as it is done; its problems on stderr."""
-    outcome = row.get("predicted_class") or "not classified"
-    if row["status"] == "out_of_distribution":
-        outcome = f"out of distribution (the model would say {outcome})"
-    choice = row.get("model_choice")
-    if choice and row["status"] != "no_model":  # without a model, the error says why
-        print(f"{row['series']}: {choice['reason']} ({choice['how']})", flush=True)
-    print(f"{row['series']}: {outcome}", flush=True)
-    reasons = (row.get("ood") or {}).get("reasons", [])
-    modality = None if reasons else row.get("modality_warning")  # the reasons say it too
-    notes = [row["error"], modality, *reasons, *row["geometry_warnings"]]
-    for note in filter(None, notes):
-        print(f"warning: {row['series']}: {note}", file=sys.stderr)
+    """One series as it is done: its lines on stdout, its problems on stderr."""
+    from napari_scan_classifier.results import row_lines
+
+    lines, warnings = row_lines(row)
+    for line in lines:
+        print(line, flush=True)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _demo_command(args: argparse.Namespace) -> int:

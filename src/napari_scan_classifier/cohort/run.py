@@ -31,6 +31,7 @@ from napari_scan_classifier.results import (
     check_saliency_class,
     chosen_models_summary,
     resolve_bundle,
+    row_lines,
     write_report,
 )
 
@@ -215,14 +216,12 @@ def _classify_tasks(
             row["frame_requested"] = options.frame  # what a resumed run must ask for too
             journal.append(row)
             progress.update(row)
-            choice = row.get("model_choice")
-            if choice and row["status"] != NO_MODEL:
-                progress.note(f"{row['series']}: {choice['reason']} ({choice['how']})")
-            for note in filter(None, [row["error"], row.get("modality_warning")]):
-                progress.note(f"warning: {row['series']}: {note}")
+            lines, warnings = row_lines(row)
+            for line in [*lines, *(f"warning: {warning}" for warning in warnings)]:
+                progress.note(line)
     finally:
         progress.close()
-    return _summarise(target, journal, ref, bundle, len(done & {t.key for t in tasks}), skipped)
+    return _summarise(target, journal, ref, bundle, {t.key for t in tasks}, done, skipped)
 
 
 def _redact_row(row: dict[str, Any], redact: Redactor) -> None:
@@ -238,11 +237,15 @@ def _summarise(
     journal: Journal,
     ref: BundleRef | AutoRef,
     bundle: Bundle | None,
-    resumed: int,
+    keys: set[str],
+    done: set[str],
     skipped: list[dict[str, Any]],
 ) -> CohortResult:
+    """The results of this run's series (``keys``): a journal kept from a run on other inputs
+    lends them its rows, never its other series."""
     latest = {row["series_key"]: row for row in journal.rows()}  # a series tried again: its last
-    rows = sorted(latest.values(), key=lambda row: row["index"])
+    rows = sorted((latest[key] for key in keys), key=lambda row: row["index"])
+    resumed = len(done & keys)
     if bundle is None or not isinstance(ref, BundleRef):
         model = chosen_models_summary(rows)
     else:

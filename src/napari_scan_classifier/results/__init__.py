@@ -52,6 +52,7 @@ from napari_scan_classifier.results.scan import (
 from napari_scan_classifier.results.text import (
     ood_lines,
     probability_lines,
+    row_lines,
     saliency_title,
     slice_text,
     summary_lines,
@@ -86,6 +87,7 @@ __all__ = [
     "probability_lines",
     "resolve_bundle",
     "result_row",
+    "row_lines",
     "saliency_title",
     "series_label",
     "series_row",

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from napari_scan_classifier.results.constants import SALIENCY_TITLES, UNCERTAINTY_TITLES
+from napari_scan_classifier.results.constants import (
+    NO_MODEL,
+    OUT_OF_DISTRIBUTION,
+    SALIENCY_TITLES,
+    UNCERTAINTY_TITLES,
+)
 from napari_scan_classifier.saliency import method_key
 
 
@@ -125,3 +130,19 @@ def slice_text(result: Mapping[str, Any], k: int) -> str | None:
     total = len(next(iter(per_slice.values())))
     shown = " ".join(f"p({name})={p:.2f}" for name, p in scores.items())
     return f"slice {k + 1}/{total}: {shown}"
+
+
+def row_lines(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """One result row as a terminal shows it: the model chosen and why, then the answer; and,
+    apart, its warnings (the error, out-of-distribution reasons, geometry)."""
+    name = row["series"]
+    outcome = row.get("predicted_class") or "not classified"
+    if row["status"] == OUT_OF_DISTRIBUTION:
+        outcome = f"out of distribution (the model would say {outcome})"
+    choice = row.get("model_choice")
+    shown = choice and row["status"] != NO_MODEL  # without a model, the error says why
+    chosen = [f"{name}: {choice['reason']} ({choice['how']})"] if shown else []
+    reasons = (row.get("ood") or {}).get("reasons", [])
+    modality = None if reasons else row.get("modality_warning")  # the reasons say it too
+    notes = [row["error"], modality, *reasons, *row["geometry_warnings"]]
+    return [*chosen, f"{name}: {outcome}"], [f"{name}: {note}" for note in filter(None, notes)]
