@@ -18,6 +18,7 @@ from typing import TextIO
 # A quoted path ('/a/b', "C:\\a", './a'), or an unquoted absolute one up to the next space.
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:[\\/]|[/\\]|~[\\/]|\.{1,2}[\\/])[^'"\n]*\1""")
 _BARE_PATH = re.compile(r"""(?<![\w.%~>-])(?:[A-Za-z]:[\\/]|/|~/)[^\s'"]+""")
+_WRITTEN_UNDER = r"""(?=$|[\s'"\\/])(?:[\\/][^\s'"]*)?"""  # a file under a chosen output
 MIN_NAME_CHARS = 3  # shorter names cannot identify anyone, and replacing them would garble text
 THE_INPUT = "the input"  # how the core's messages name a file or folder it was given
 
@@ -80,16 +81,32 @@ class Redactor:
             self._add_name(name, "<file>")
 
     def __call__(self, text: str) -> str:
-        for number, spelling in enumerate(self._keep):  # first: an output may start like an input
-            text = text.replace(spelling, f"\0{number}\0")
+        kept: list[str] = []
+        for spelling in self._keep:  # first: an output may start like an input
+            pattern = f"({re.escape(spelling)})" + _WRITTEN_UNDER
+            text = re.sub(pattern, lambda match: self._hidden(match, kept), text)
         for spelling in sorted(self._spellings, key=len, reverse=True):
             text = text.replace(spelling, self._spellings[spelling])
         text = strip_paths(text)
+        text = self._without_names(text)
+        for number, path in enumerate(kept):
+            text = text.replace(f"\0{number}\0", path)
+        return text
+
+    def _hidden(self, match: re.Match[str], kept: list[str]) -> str:
+        """A chosen output behind a placeholder, with the file under it that the command wrote
+        (``out/series_001_CT.nii.gz``), unless that names an input."""
+        path = match[0]
+        under = path[len(match[1]) :]
+        if any(s in path for s in self._spellings) or self._without_names(under) != under:
+            path = match[1]
+        kept.append(path)
+        return f"\0{len(kept) - 1}\0" + match[0][len(path) :]
+
+    def _without_names(self, text: str) -> str:
         for name in sorted(self._names, key=len, reverse=True):
             pattern = rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])"
             text = re.sub(pattern, self._names[name], text)
-        for number, spelling in enumerate(self._keep):
-            text = text.replace(f"\0{number}\0", spelling)
         return text
 
     def _add_name(self, name: str, label: str) -> None:
