@@ -174,7 +174,10 @@ def test_files_in_a_folder_rank_like_the_same_volumes(fixed_bundle, tmp_path: Pa
     assert [r.score for r in from_files] == pytest.approx([r.score for r in from_memory], rel=1e-4)
     assert {r.item for r in from_files} == {0}  # all came from the one folder given
     (note,) = skipped  # notes.txt: said once, for the folder
-    assert note.startswith("input 1: no DICOM images found in this folder (5 files checked; ")
+    assert note == (  # the NIfTI files are not DICOM candidates
+        "input 1: no DICOM images found in this folder "
+        "(1 file checked; 1 skipped: not a DICOM file)"
+    )
     assert PATIENT not in note + repr(from_files) + str(from_files)
     first = load_ranked(from_files[0])
     np.testing.assert_array_equal(first.voxels, volumes[from_memory[0].item].voxels)

@@ -32,9 +32,11 @@ from napari_scan_classifier.cohort import (
     Options,
     classify_cohort,
     expand_inputs,
+    file_key,
     model_sha256,
 )
 from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
+from napari_scan_classifier.io import load_scans
 from napari_scan_classifier.io.dicom import list_series, read_headers, series_files
 from napari_scan_classifier.io.dicom_write import write_series
 from napari_scan_classifier.io.nifti import save_nifti
@@ -243,6 +245,32 @@ def test_a_results_file_used_again_for_other_inputs_holds_only_theirs_and_answer
     assert f"{answered}: {rows[0]['predicted_class']}\n" in printed.err
     assert f"{broken}: not classified\n" in printed.err
     assert f"warning: {broken}: {rows[1]['error']}\n" in printed.err
+
+
+def test_a_folder_of_nifti_files_and_dicom_series_is_one_cohort(
+    tmp_path: Path, cohort_dir: Path, bundle_dir: Path, broken_nifti: Path
+) -> None:
+    folder = tmp_path / "DOE_JANE"
+    scans = [folder / "nifti" / f"DOE_{n}.nii.gz" for n in (1, 2)]
+    for number, path in enumerate(scans, start=1):
+        save_nifti(make_ct_phantom(number, shape=(12, 32, 32)).volume, path)
+    (folder / "nifti" / "cut.nii.gz").write_bytes(broken_nifti.read_bytes())
+    dicom = sorted(cohort_dir.iterdir())[0]
+    write_series(load_scans(dicom).volumes[0], folder / "dicom", series_number=1)
+
+    result = classify_cohort([folder], bundle_dir, tmp_path / "r.json", options=Options(passes=0))
+
+    rows = json.loads((tmp_path / "r.json").read_text())["series"]
+    assert result.total == 4 and result.failed == 1
+    expected = [_keys(folder / "dicom").pop(), *(file_key(p) for p in [*scans, broken_nifti])]
+    assert [row["series_key"] for row in rows] == expected  # DICOM first, then files by name
+    alone = classify_cohort(scans[:1], bundle_dir, tmp_path / "a.json", options=Options(passes=0))
+    assert alone.total == 1
+    (single,) = json.loads((tmp_path / "a.json").read_text())["series"]
+    by_key = {row["series_key"]: row for row in rows}
+    assert by_key[single["series_key"]]["probabilities"] == single["probabilities"]
+    assert by_key[file_key(broken_nifti)]["status"] == "failed"
+    assert "DOE" not in json.dumps(rows)
 
 
 @pytest.mark.slow

@@ -169,3 +169,46 @@ def test_nibabel_test_files(name: str, shape: tuple[int, ...], spacing: tuple | 
     if reference_value.ndim:
         reference_value = reference_value.reshape(-1)[0]
     assert volume.voxels[(0,) * (volume.voxels.ndim - 3) + tuple(corner[::-1])] == reference_value
+
+
+def test_a_folder_holds_nifti_files_beside_dicom_series_and_a_broken_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    from napari_scan_classifier.io.dicom_write import write_series
+    from napari_scan_classifier.phantoms import make_ct_phantom
+
+    folder = tmp_path / "DOE_JANE"
+    ct = make_ct_phantom(1, shape=(6, 16, 16), spacing=(4.0, 2.0, 2.0)).volume
+    write_series(ct, folder / "dicom", series_number=3)
+    scans = [make_ct_phantom(n, shape=(5, 12, 12)).volume for n in (2, 3)]
+    for n, volume in enumerate(scans):
+        save_nifti(volume, folder / "nifti" / f"scan_{n}.nii.gz")
+    (folder / "nifti" / "DOE_cut.nii").write_bytes(b"not nifti")
+
+    result = load_scans(folder)
+
+    assert len(result.volumes) == 3  # the DICOM series first, then the NIfTI files in order
+    (series,) = load_scans(folder / "dicom").volumes
+    np.testing.assert_array_equal(result.volumes[0].voxels, series.voxels)
+    for loaded, saved in zip(result.volumes[1:], scans, strict=True):
+        np.testing.assert_array_equal(loaded.voxels, saved.voxels)
+        np.testing.assert_allclose(loaded.affine, saved.affine, atol=1e-4)
+    (skipped,) = result.skipped
+    assert str(skipped).startswith("file 1 of the NIfTI files: not a readable NIfTI file")
+    assert skipped.local_path() == folder / "nifti" / "DOE_cut.nii"
+
+
+def test_a_folder_of_nifti_files_only_needs_no_dicom(tmp_path: Path) -> None:
+    from napari_scan_classifier.phantoms import make_ct_phantom
+
+    volume = make_ct_phantom(4, shape=(5, 12, 12)).volume
+    save_nifti(volume, tmp_path / "only.nii")
+    (tmp_path / "notes.txt").write_text("a sidecar")
+
+    (loaded,) = load_scans(tmp_path).volumes
+
+    np.testing.assert_array_equal(loaded.voxels, volume.voxels)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UnreadableScanError, match="no DICOM images found"):
+        load_scans(empty)

@@ -40,7 +40,7 @@ from napari_scan_classifier.errors import (
     UnreadableScanError,
 )
 from napari_scan_classifier.inference import Cancel, Prediction, Progress, Reporter
-from napari_scan_classifier.io import is_nifti, load_scans
+from napari_scan_classifier.io import files_under, is_nifti, load_scans
 from napari_scan_classifier.io.dicom import load_dicom
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.privacy import renamed
@@ -300,7 +300,7 @@ def _expanded(scans: Sequence[ScanSource]) -> list[tuple[int, Volume | Path, str
         if not path.is_dir():
             inputs.append((item, path, place))
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = files_under(path)
         nifti = [p for p in files if is_nifti(p)]
         inputs.extend((item, p, f"{place}, NIfTI file {n}") for n, p in enumerate(nifti, 1))
         if len(nifti) < len(files):
@@ -318,14 +318,13 @@ def _scans(
             yield _Scan(item, source.display_name(), source)
             continue
         report(f"reading {place}")
-        try:
-            loaded = load_scans(source)
+        try:  # a folder's NIfTI files are read alone
+            loaded = load_dicom(source) if source.is_dir() else load_scans(source)
         except UnreadableScanError as error:
             skip(renamed(str(error), place))
             continue
         for skipped in loaded.skipped:
-            if not is_nifti(skipped.local_path() or ""):  # a folder's NIfTI files are read alone
-                skip(f"{place}: {skipped}")
+            skip(f"{place}: {skipped}")
         for volume in loaded.volumes:
             key = volume.metadata.get("series_key")
             series = "" if key is None else f", series {key}"

@@ -35,7 +35,8 @@ def _print_skipped(args: argparse.Namespace, skipped: Sequence[SkippedFile]) -> 
     for file in skipped:
         redact.found(file.local_path(), args.path)
         print(f"skipped a file of input 1: {redact(str(file))}", file=sys.stderr)
-        _tell_path(args, f"file {file.position} of input 1 is {file.local_path()}")
+        where = f" of {file.within}" * bool(file.within)
+        _tell_path(args, f"file {file.position}{where} of input 1 is {file.local_path()}")
 
 
 DEMO = "demo_ct_lesion"

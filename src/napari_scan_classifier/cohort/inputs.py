@@ -61,8 +61,7 @@ def discover(
     """The series under every input, from headers only (NIfTI: its file hash is its key), and
     the files left out (by input number, reasons redacted). A series given twice is kept once.
     ``reader`` reads the DICOM headers elsewhere (a cluster's workers), else this process does."""
-    from napari_scan_classifier.io import is_nifti
-    from napari_scan_classifier.io.dicom import series_files
+    from napari_scan_classifier.io import is_nifti, nifti_files_under
 
     tasks: list[SeriesTask] = []
     skipped: list[dict[str, Any]] = []
@@ -72,23 +71,42 @@ def discover(
         if special is not None:
             skipped.append({"input": number, "reason": special})
             continue
-        if path.is_file() and is_nifti(path):
-            found = {file_key(path): None}
-        else:
-            try:
-                stacks, left_out = series_files(path, reader=reader)
-            except ScanClassifierError as error:
-                skipped.append({"input": number, "reason": redact(numbered(str(error), number))})
-                continue
-            for file in left_out:
-                redact.found(file.local_path(), path)
-            skipped += [{"input": number, "reason": redact(str(s))} for s in left_out]
-            found = {key: tuple(map(str, files)) for key, files in stacks.items()}
-        for key, files in found.items():
+        niftis = [path] if path.is_file() and is_nifti(path) else nifti_files_under(path)
+        found: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        if path not in niftis:
+            found = _dicom_series(path, number, niftis, redact, reader, skipped)
+        for file in niftis:
+            redact.found(file, path)
+            found[file_key(file)] = (str(file), None)
+        for key, (where, files) in found.items():
             if key not in seen:
                 seen.add(key)
-                tasks.append(SeriesTask(len(tasks) + 1, number, key, str(path), files))
+                tasks.append(SeriesTask(len(tasks) + 1, number, key, where, files))
     return tasks, skipped
+
+
+def _dicom_series(
+    path: Path,
+    number: int,
+    niftis: list[Path],
+    redact: Redactor,
+    reader: HeaderReader | None,
+    skipped: list[dict[str, Any]],
+) -> dict[str, tuple[str, tuple[str, ...] | None]]:
+    """The DICOM series under input ``number`` by key (where, files); what it leaves out goes to
+    ``skipped``. A folder of NIfTI files needs no DICOM file."""
+    from napari_scan_classifier.io.dicom import series_files
+
+    try:
+        stacks, left_out = series_files(path, reader=reader)
+    except ScanClassifierError as error:
+        if not niftis:
+            skipped.append({"input": number, "reason": redact(numbered(str(error), number))})
+        return {}
+    for file in left_out:
+        redact.found(file.local_path(), path)
+    skipped += [{"input": number, "reason": redact(str(s))} for s in left_out]
+    return {key: (str(path), tuple(map(str, files))) for key, files in stacks.items()}
 
 
 def file_key(path: Path) -> str:

@@ -3,16 +3,18 @@ in the package's world convention; nothing here imports napari or Qt."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from napari_scan_classifier.errors import UnreadableScanError
+from napari_scan_classifier.errors import ScanClassifierError, UnreadableScanError
 from napari_scan_classifier.privacy import THE_INPUT
 from napari_scan_classifier.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+NIFTI_PART = "the NIfTI files"  # how a skipped NIfTI file in a folder is placed: "file 2 of ..."
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,30 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder`` in a stable order, hidden files and folders left out."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return found
+
+
+def nifti_files_under(path: Path) -> list[Path]:
+    """The NIfTI files under a folder (none under a file), in a stable order."""
+    return [file for file in files_under(path) if is_nifti(file)] if path.is_dir() else []
+
+
 def load_scans(
     path: str | Path,
     *,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> LoadResult:
-    """Load every scan under ``path``: a NIfTI file, a DICOM file, a folder of DICOM series, or
-    a DICOMweb study or series address (``http(s)://.../studies/UID[/series/UID]``).
-    ``progress`` and ``cancel`` reach the DICOM loader (reports; a stop between files)."""
+    """Load every scan under ``path``: a NIfTI file, a DICOM file, a folder of DICOM series
+    and NIfTI files, or a DICOMweb study or series address
+    (``http(s)://.../studies/UID[/series/UID]``). ``progress`` and ``cancel`` reach the DICOM
+    loader (reports; a stop between files)."""
     if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
         from napari_scan_classifier.io.dicomweb import load_url
 
@@ -80,7 +97,34 @@ def load_scans(
         return LoadResult([load_nifti(path)])
     from napari_scan_classifier.io.dicom import load_dicom
 
-    return load_dicom(path, progress=progress, cancel=cancel)
+    niftis = nifti_files_under(path)
+    try:
+        result = load_dicom(path, progress=progress, cancel=cancel)
+    except UnreadableScanError:
+        if not niftis:
+            raise
+        result = LoadResult([])  # a folder of NIfTI files
+    for position, file in enumerate(niftis, start=1):
+        _add_nifti(result, file, position)
+    return result
 
 
-__all__ = ["LoadResult", "SkippedFile", "is_nifti", "load_scans"]
+def _add_nifti(result: LoadResult, file: Path, position: int) -> None:
+    """``file``'s volume added to ``result``, or its reason to its skipped files."""
+    from napari_scan_classifier.io.nifti import load_nifti
+
+    try:
+        result.volumes.append(load_nifti(file))
+    except ScanClassifierError as error:
+        reason = str(error).removeprefix(f"{THE_INPUT}: ")
+        result.skipped.append(SkippedFile(position, reason, within=NIFTI_PART, _path=file))
+
+
+__all__ = [
+    "LoadResult",
+    "SkippedFile",
+    "files_under",
+    "is_nifti",
+    "load_scans",
+    "nifti_files_under",
+]

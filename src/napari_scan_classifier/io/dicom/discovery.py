@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -13,7 +12,7 @@ from napari_scan_classifier.errors import (
     CancelledError,
     UnreadableScanError,
 )
-from napari_scan_classifier.io import SkippedFile
+from napari_scan_classifier.io import SkippedFile, files_under, is_nifti
 from napari_scan_classifier.io.dicom.frames import _read_file
 from napari_scan_classifier.io.dicom.records import Cancel, Progress, _Frame, _SkipFileError, _Stack
 from napari_scan_classifier.limits import special_file_reason
@@ -21,19 +20,15 @@ from napari_scan_classifier.privacy import THE_INPUT
 
 
 def _candidate_files(path: Path) -> list[Path]:
-    """Every file under ``path`` in a stable order. Hidden files and folders are left out, and
-    so is a DICOMDIR index (choosing one means: the media it indexes, i.e. its folder)."""
+    """Every file under ``path`` in a stable order but NIfTI files (``load_scans`` reads them
+    as such) and a DICOMDIR index (choosing one means: the media it indexes, i.e. its folder)."""
     if path.is_file() and path.name.upper() != "DICOMDIR":
         return [path]
-    found = []
-    for root, dirs, names in os.walk(path.parent if path.is_file() else path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            Path(root) / n
-            for n in sorted(names)
-            if not n.startswith(".") and n.upper() != "DICOMDIR"
-        )
-    return found
+    return [
+        file
+        for file in files_under(path.parent if path.is_file() else path)
+        if file.name.upper() != "DICOMDIR" and not is_nifti(file)
+    ]
 
 
 def _try_file(
@@ -211,6 +206,6 @@ def _scan(
         common = f"; {reasons[0][1]} skipped: {reasons[0][0]}" if reasons else ""
         raise UnreadableScanError(
             f"{THE_INPUT}: no DICOM images found in this folder "
-            f"({len(candidates)} files checked{common})"
+            f"({len(candidates)} file{'s' * (len(candidates) != 1)} checked{common})"
         )
     return _group(frames), skipped
