@@ -9,6 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.uid import EnhancedCTImageStorage
 
+from napari_scan_classifier.io import is_nifti
 from napari_scan_classifier.io.dicom_write import SeriesUIDs, slice_dataset, write_slice
 from napari_scan_classifier.volume import Volume, lps_to_world
 
@@ -88,9 +89,14 @@ def write_stack(
 
 
 def file_positions(root: Path) -> dict[Path, int]:
-    """Each file's place (1 = first) in the loader's listing of ``root``: sorted, hidden files
-    left out (as the loader walks it where files sit only in the deepest folders)."""
-    files = sorted(p for p in root.rglob("*") if not p.is_dir() and not p.name.startswith("."))
+    """Each file's place (1 = first) in the DICOM loader's listing of ``root``: sorted, hidden
+    and NIfTI files left out (as the loader walks it where files sit only in the deepest
+    folders)."""
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if not p.is_dir() and not p.name.startswith(".") and not is_nifti(p)
+    )
     return {path: number for number, path in enumerate(files, start=1)}
 
 

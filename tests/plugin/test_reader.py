@@ -45,6 +45,22 @@ def test_folder_of_two_series_opens_one_layer_each(
     assert _severities(notifications) == []
 
 
+def test_a_folder_opens_its_nifti_files_beside_its_dicom_series(
+    viewer: ViewerModel, tmp_path: Path, mr_nifti: Path, notifications: list[Notification]
+) -> None:
+    study = tmp_path / PATIENT
+    write_ct_series(study / "ct", "Chest CT", 3)
+    (study / "mr").mkdir()
+    mr_nifti.rename(study / "mr" / f"{PATIENT}.nii.gz")
+
+    layers = viewer.open(study, plugin=PLUGIN)
+
+    ct, mr = layers
+    assert ct.name == "CT #3 Chest CT" and "DOE" not in mr.name
+    assert_same_scan(layer_to_volume(mr), load_nifti(study / "mr" / f"{PATIENT}.nii.gz"))
+    assert _severities(notifications) == []
+
+
 def test_no_patient_identifier_reaches_a_layer(viewer: ViewerModel, ct_series: DicomSeries) -> None:
 
     (layer,) = viewer.open(ct_series.folder, plugin=PLUGIN)
