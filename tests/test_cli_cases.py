@@ -129,13 +129,17 @@ def test_a_folder_of_several_series_needs_the_series_key(tmp_path, capsys) -> No
             series_number=number,
         )
     keys = [v.metadata["series_key"] for v in load_scans(folder).volumes]
+    save_nifti(load_scans(folder / "s1").volumes[0], folder / "s1.nii.gz")
     library = tmp_path / "library"
 
     code, _, err = run(capsys, library, "add", str(folder), "--label", "normal")
     chosen = run(capsys, library, "add", str(folder), "--label", "normal", "--series", keys[1])
 
     assert code == 2
-    assert err.startswith("error: <input 1> holds 2 series") and all(k in err for k in keys)
+    assert err == (
+        f"error: <input 1> holds 3 scans ({keys[0]}, {keys[1]}: choose one with --series; "
+        "1 NIfTI file: give the file itself)\n"
+    )
     assert chosen[0] == 0 and chosen[2] == ""
     (record,) = CaseLibrary(library).list()
     assert record.shape == (4, 12, 10)

@@ -132,10 +132,11 @@ def _one_volume(volumes: list[Volume], series: str | None, frame: int | None) ->
     if not volumes:
         raise InvalidInputError(f"{THE_INPUT} holds no scan")
     if len(volumes) != 1:
-        keys = ", ".join(str(v.metadata.get("series_key")) for v in volumes)
-        raise InvalidInputError(
-            f"{THE_INPUT} holds {len(volumes)} series ({keys}): choose one with --series"
-        )
+        keys = [str(v.metadata["series_key"]) for v in volumes if "series_key" in v.metadata]
+        files = len(volumes) - len(keys)
+        choices = [f"{', '.join(keys)}: choose one with --series"] * bool(keys)
+        choices += [f"{files} NIfTI file{'s' * (files != 1)}: give the file itself"] * bool(files)
+        raise InvalidInputError(f"{THE_INPUT} holds {len(volumes)} scans ({'; '.join(choices)})")
     (volume,) = volumes
     if frame is not None:
         return volume.frame(frame)
