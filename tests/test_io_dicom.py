@@ -646,7 +646,7 @@ def test_an_unreadable_input_is_named_generically_never_by_its_name(tmp_path):
 
     assert [str(e.value) for e in (empty, junk, one, missing)] == [
         "the input: no DICOM images found in this folder (0 files checked)",
-        "the input: no DICOM images found in this folder (1 files checked; 1 skipped: "
+        "the input: no DICOM images found in this folder (1 file checked; 1 skipped: "
         "not a DICOM file)",
         "the input: not a DICOM file",
         "the input: no such file or folder",
