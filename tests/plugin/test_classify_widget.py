@@ -281,7 +281,7 @@ def test_other_modality_warns_and_goes_on(
 
 
 @pytest.mark.parametrize(
-    ("how", "occluding_reports"), [("cancel button", 1), ("napari quits the worker", 2)]
+    ("how", "most_reports"), [("cancel button", 1), ("napari quits the worker", 2)]
 )
 def test_cancel_stops_the_worker(
     viewer: ViewerModel,
@@ -290,13 +290,15 @@ def test_cancel_stops_the_worker(
     cnn_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     how: str,
-    occluding_reports: int,
+    most_reports: int,
 ) -> None:
     """Occlusion takes many forward passes; cancelling at the first of them ends it there. The
     core's reporter holds the job after its first occlusion report until the test has asked for
     the cancel, so how many reports get out does not depend on how busy the machine is: the
-    Cancel button stops the core at its next report; a quit worker notices at its next yield,
-    so one more report gets out."""
+    Cancel button stops the core at its next report. A quit worker checks between yields: it
+    notices before the next one when the quit reaches it first (the yield's signal is queued,
+    so which comes first is the threads' race), else right after it: at most one more report
+    gets out."""
     asked = threading.Event()
 
     class HoldingReporter(maps.Reporter):
@@ -328,7 +330,7 @@ def test_cancel_stops_the_worker(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
     # stopped within a batch of patches, not after the whole map: counted, not timed
-    assert sum(r.startswith("occluding") for r in reports) == occluding_reports < min(totals)
+    assert 1 <= sum(r.startswith("occluding") for r in reports) <= most_reports < min(totals)
     assert "Classification cancelled." in _messages(notifications, NotificationSeverity.INFO)
     assert not _messages(notifications, NotificationSeverity.ERROR)
     assert CLASSIFICATION_KEY not in scan.metadata and len(viewer.layers) == 1
