@@ -25,7 +25,7 @@ from napari_scan_classifier.inference import classify, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle, load_bundle, save_bundle
 from napari_scan_classifier.models.bundled import load_default_bundle
 from napari_scan_classifier.phantoms import sample_ct_phantom
-from napari_scan_classifier.preprocess import Box, model_grid, to_source_grid
+from napari_scan_classifier.preprocess import Box, inside_mask, model_grid, to_source_grid
 from napari_scan_classifier.saliency import (
     SaliencyMap,
     activation_layers,
@@ -44,7 +44,7 @@ from napari_scan_classifier.saliency import (
 from napari_scan_classifier.saliency.core import coarse_grid, to_source
 from napari_scan_classifier.saliency.faithfulness import FAITHFUL_MARGIN, Regions, beside
 from napari_scan_classifier.saliency.gradients import attributions
-from napari_scan_classifier.saliency.sanity import RANK_CORRELATION_BOUND
+from napari_scan_classifier.saliency.sanity import RANK_CORRELATION_BOUND, RandomisationCheck
 from napari_scan_classifier.volume import Volume
 
 GRU_GRID = (16, 32, 32)
@@ -204,6 +204,23 @@ def test_integrated_gradients_add_up_to_the_score_change():
     assert attribution.sum() == pytest.approx(log_p[0] - log_p[1], rel=0.05, abs=1e-3)
 
 
+def test_integrated_gradients_add_up_where_max_pooling_meets_ties():
+    """The shipped CT model max-pools activations that tie wherever the CT window clips air. A
+    gradient that reaches every tied input (TensorFlow's eager CPU kernel) summed to 16.1 for a
+    change of 12.5 in log p(lesion) on the sample CT, and lit up the air; one tied input per
+    pooling window, as finite differences see it, keeps completeness."""
+    bundle = load_default_bundle()
+    x, grid = prepare_input(sample_ct_phantom().volume, bundle)
+    baseline = np.full_like(x, x[inside_mask(grid)].mean())
+    lesion = bundle.metadata.classes.index("lesion")
+    attribution = attributions(bundle, x, baseline, lesion, steps=64, batch_size=16)
+
+    log_p = np.log(softmax(logits_of(bundle, np.stack([x, baseline])), 1.0)[:, lesion])
+    assert attribution.sum() == pytest.approx(log_p[0] - log_p[1], rel=0.08)
+    attributions(bundle, x, baseline, 1 - lesion, steps=2)
+    assert len(bundle.compiled) == 1  # one traced gradient serves every class
+
+
 def test_unknown_classes_are_refused():
     bundle = tiny_bundle()
     volume, _ = sphere_case(5, 1)
@@ -338,10 +355,10 @@ def test_maps_of_a_randomised_model_differ_from_the_trained_ones(trained):
     again = randomisation_check(volume, trained, "integrated_gradients", "lesion")
     assert again.rank_correlation == pytest.approx(check.rank_correlation)  # seeded
     cam = randomisation_check(volume, trained, "gradcam", "lesion", layer=FINE_LAYER)
-    # the random network's Grad-CAM is all zeros (every weighted activation negative): no
-    # ranking in common, so no correlation to compute
-    assert cam.passed and np.isnan(cam.rank_correlation)
-    assert cam.to_dict()["rank_correlation"] is None
+    assert cam.passed and abs(cam.rank_correlation) < RANK_CORRELATION_BOUND
+    # a constant map (all zeros: every weighted activation negative) ranks nothing in common
+    flat = RandomisationCheck("grad_cam", float("nan"), RANK_CORRELATION_BOUND)
+    assert flat.passed and flat.to_dict()["rank_correlation"] is None
 
 
 def test_randomised_weights_keep_the_scale_and_reset_batchnorm():

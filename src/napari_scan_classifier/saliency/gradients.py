@@ -12,6 +12,14 @@ Why it suits CT here: it works on the model grid's full resolution (Grad-CAM's l
 48^3 ``cnn3d`` is 3^3, too coarse for a 12 mm lesion), on any architecture, and on the shipped
 demo model it localises the sample CT's lesions best and measured most faithful (see
 ``choose_saliency``). Costs ``steps`` gradient passes.
+
+The gradient is compiled once per bundle and kept in it (``Bundle.compiled``). Besides the speed
+(the sample MR's map: 19 s eagerly, 9 s compiled, after the first), TensorFlow's eager CPU kernel
+for max pooling's gradient passes it to *every* input tied for a window's maximum, and activations
+tie wherever a CT window clips air: on the sample CT the attributions summed to 16.1 for a change
+of 12.5 in log p(lesion), and 0.9 % of its air voxels rose above a tenth of the map's top. oneDNN's
+kernel, which compiled graphs use on x86 CPUs, routes it to one of them, as finite differences,
+JAX, PyTorch and cuDNN do: 13.0 for 12.5, and 0.05 % of the air.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from napari_scan_classifier.backend import value_and_gradient
+from napari_scan_classifier.backend import GradientFn, compiled_gradient
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
 from napari_scan_classifier.preprocess import LEFT_RIGHT_AXIS, Box, inside_mask
@@ -82,22 +90,34 @@ def attributions(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     alphas = (np.arange(steps) + 0.5) / steps
-    model, mirror = bundle.model, bundle.metadata.test_time_mirror
-
-    def score(batch: object) -> object:
-        logits = model(batch, training=False)["volume"]
-        if mirror:  # the answer's own logits (see inference.py): the map explains it
-            flipped = keras.ops.flip(batch, axis=1 + LEFT_RIGHT_AXIS)
-            logits = (logits + model(flipped, training=False)["volume"]) / 2
-        return keras.ops.sum(keras.ops.log_softmax(logits, axis=-1)[:, k])
-
+    gradient_of = _log_probability_gradient(bundle)
+    weights = np.eye(len(bundle.metadata.classes), dtype=np.float32)[k]
     total = np.zeros(x.shape, dtype=np.float64)
     chunks = [alphas[i : i + batch_size] for i in range(0, steps, batch_size)]
     report = Reporter(len(chunks), progress, cancel, job="integrated gradients")
     for chunk in chunks:
         report(f"gradients at {chunk[0]:.2f}-{chunk[-1]:.2f} of the way from the baseline")
         path = baseline[None] + chunk[:, None, None, None] * (x - baseline)[None]
-        _, gradient = value_and_gradient(score, path[..., None])
+        _, gradient = gradient_of(path[..., None], weights)
         total += gradient[..., 0].sum(axis=0)
     report.finish()
     return ((x - baseline) * total / steps).astype(np.float32)
+
+
+def _log_probability_gradient(bundle: Bundle) -> GradientFn:
+    """The gradient of the weighted log probabilities of the answer's own logits (see
+    inference.py: the mirror image's too when the bundle answers with both), compiled once per
+    bundle and kept in it: every later map of this model, of any class, reuses it."""
+    model, mirror = bundle.model, bundle.metadata.test_time_mirror
+    key = ("log_probability_gradient", mirror)
+    if key not in bundle.compiled:
+
+        def score(batch: object, weights: object) -> object:
+            logits = model(batch, training=False)["volume"]
+            if mirror:
+                flipped = keras.ops.flip(batch, axis=1 + LEFT_RIGHT_AXIS)
+                logits = (logits + model(flipped, training=False)["volume"]) / 2
+            return keras.ops.sum(keras.ops.log_softmax(logits, axis=-1) * weights)
+
+        bundle.compiled[key] = compiled_gradient(score)
+    return bundle.compiled[key]

@@ -22,7 +22,7 @@ from typing import Literal
 import keras
 import numpy as np
 
-from napari_scan_classifier.backend import value_and_gradient
+from napari_scan_classifier.backend import GradientFn, compiled_gradient
 from napari_scan_classifier.errors import InvalidBundleError
 from napari_scan_classifier.inference import Cancel, Progress, Reporter, logits_of, prepare_input
 from napari_scan_classifier.models import Bundle
@@ -70,7 +70,7 @@ def grad_cam(
     activation = np.asarray(parts.features.predict_on_batch(views[..., None]))
     logits = keras.ops.convert_to_numpy(parts.head(activation)).mean(axis=0)
     k = target_index(bundle, target_class, logits)
-    _, gradient = value_and_gradient(lambda a: keras.ops.sum(parts.head(a)[:, k]), activation)
+    _, gradient = parts.gradient(activation, np.eye(len(logits), dtype=np.float32)[k])
     per_slice = bundle.metadata.architecture in SLICE_WISE_ARCHITECTURES
     spatial = (1, 2) if per_slice else None
     cams = [_weighted_activation(a, g, spatial) for a, g in zip(activation, gradient, strict=True)]
@@ -155,10 +155,12 @@ def activation_layers(bundle: Bundle) -> list[str]:
 
 @dataclass(frozen=True)
 class _GradCamParts:
-    """The model split at the Grad-CAM layer: input -> activation, activation -> logits."""
+    """The model split at the Grad-CAM layer: input -> activation, activation -> logits, and
+    the compiled gradient of the head's weighted logits (see ``gradients.py`` for why compiled)."""
 
     features: keras.Model
     head: keras.Model
+    gradient: GradientFn
 
 
 _PARTS: weakref.WeakKeyDictionary[keras.Model, dict[str, _GradCamParts]] = (
@@ -191,7 +193,8 @@ def _gradcam_parts(model: keras.Model, layer_name: str) -> _GradCamParts:
                 f"Grad-CAM needs every path from the scan to the volume logits to pass through "
                 f"the layer '{layer_name}'; this model has a path around it"
             ) from None
-        cache[layer_name] = _GradCamParts(keras.Model(model.input, activation), head)
+        gradient = compiled_gradient(lambda a, weights: keras.ops.sum(head(a) * weights))
+        cache[layer_name] = _GradCamParts(keras.Model(model.input, activation), head, gradient)
     return cache[layer_name]
 
 

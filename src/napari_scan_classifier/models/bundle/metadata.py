@@ -132,12 +132,15 @@ class BundleMetadata:
 @dataclass
 class Bundle:
     """A loaded (or about to be saved) model with its metadata; ``path`` is where it came from;
-    ``detector`` is saved as DETECTOR_FILE when ``metadata.applicability`` describes it."""
+    ``detector`` is saved as DETECTOR_FILE when ``metadata.applicability`` describes it;
+    ``compiled`` keeps functions of this model that a backend traced once (tracing a large model
+    costs as much as several calls), so the next map reuses them."""
 
     metadata: BundleMetadata
     model: keras.Model
     path: Path | None = None
     detector: FeatureDetector | None = None
+    compiled: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def calibrated(
