@@ -14,7 +14,7 @@ demo model it localises the sample CT's lesions best and measured most faithful 
 ``choose_saliency``). Costs ``steps`` gradient passes.
 
 The gradient is compiled once per bundle and kept in it (``Bundle.compiled``). Besides the speed
-(the sample MR's map: 19 s eagerly, 9 s compiled, after the first), TensorFlow's eager CPU kernel
+(the sample MR's map, after the first: 17-19 s eagerly, 9 s compiled), TensorFlow's eager CPU kernel
 for max pooling's gradient passes it to *every* input tied for a window's maximum, and activations
 tie wherever a CT window clips air: on the sample CT the attributions summed to 16.1 for a change
 of 12.5 in log p(lesion), and 0.9 % of its air voxels rose above a tenth of the map's top. oneDNN's
