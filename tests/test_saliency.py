@@ -219,6 +219,7 @@ def test_integrated_gradients_add_up_where_max_pooling_meets_ties():
     assert attribution.sum() == pytest.approx(log_p[0] - log_p[1], rel=0.08)
     attributions(bundle, x, baseline, 1 - lesion, steps=2)
     assert len(bundle.compiled) == 1  # one traced gradient serves every class
+    assert replace(bundle, model=tiny_bundle().model).compiled == {}  # another model traces anew
 
 
 def test_unknown_classes_are_refused():

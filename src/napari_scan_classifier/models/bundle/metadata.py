@@ -140,7 +140,7 @@ class Bundle:
     model: keras.Model
     path: Path | None = None
     detector: FeatureDetector | None = None
-    compiled: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    compiled: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def calibrated(
